@@ -1,0 +1,157 @@
+//! Chat rooms over WebSocket.
+//!
+//! Run: `cargo run --example chat` (PORT=3000 by default; PORT=0 picks a free port).
+//! Try, with any WebSocket client (e.g. `websocat ws://127.0.0.1:3000`):
+//!   {"type":"JOIN_ROOM","payload":{"roomId":"0190f3a4-8a4e-7cc0-9a3e-2f1f0d1c2b3a","username":"ada"}}
+//!   {"type":"SEND_MESSAGE","payload":{"roomId":"0190f3a4-8a4e-7cc0-9a3e-2f1f0d1c2b3a","text":"hi"}}
+//!   {"type":"LEAVE_ROOM","payload":{"roomId":"0190f3a4-8a4e-7cc0-9a3e-2f1f0d1c2b3a"}}
+
+use uuid::Uuid;
+use ws_kit::{
+    Connection, Ctx, Message, PublishOptions, Router, ServeOptions, WsError, handler, routes,
+};
+
+/// What the server remembers about each connection.
+#[derive(Default)]
+struct ChatData {
+    username: Option<String>,
+}
+
+#[derive(Message)]
+struct JoinRoom {
+    room_id: Uuid,
+    #[validate(length(min = 1, max = 20))]
+    username: String,
+}
+
+#[derive(Message)]
+struct SendMessage {
+    room_id: Uuid,
+    #[validate(length(min = 1, max = 500))]
+    text: String,
+}
+
+#[derive(Message)]
+struct LeaveRoom {
+    room_id: Uuid,
+}
+
+#[derive(Message)]
+struct Welcome {
+    message: String,
+}
+
+#[derive(Message)]
+struct UserJoined {
+    username: String,
+    user_count: usize,
+}
+
+#[derive(Message)]
+struct NewMessage {
+    username: String,
+    text: String,
+}
+
+#[derive(Message)]
+struct UserLeft {
+    username: String,
+    user_count: usize,
+}
+
+fn topic(room_id: &Uuid) -> String {
+    format!("room:{room_id}")
+}
+
+fn username(conn: &Connection<ChatData>) -> String {
+    conn.data().username.clone().unwrap_or_default()
+}
+
+#[handler]
+async fn join_room(ctx: Ctx<JoinRoom, ChatData>) -> Result<(), WsError> {
+    let room = topic(&ctx.payload.room_id);
+    ctx.assign(|data| data.username = Some(ctx.payload.username.clone()));
+    ctx.subscribe(&room).await?;
+    let user_count = ctx.subscriber_count(&room).await.unwrap_or(0);
+    ctx.publish(
+        &room,
+        &UserJoined {
+            username: ctx.payload.username.clone(),
+            user_count,
+        },
+    )
+    .await;
+    Ok(())
+}
+
+#[handler]
+async fn send_message(ctx: Ctx<SendMessage, ChatData>) -> Result<(), WsError> {
+    let room = topic(&ctx.payload.room_id);
+    if !ctx.is_subscribed(&room) {
+        return Err(WsError::failed_precondition(
+            "join the room before sending to it",
+        ));
+    }
+    let message = NewMessage {
+        username: username(&ctx),
+        text: ctx.payload.text.clone(),
+    };
+    ctx.publish(&room, &message).await;
+    Ok(())
+}
+
+#[handler]
+async fn leave_room(ctx: Ctx<LeaveRoom, ChatData>) -> Result<(), WsError> {
+    let room = topic(&ctx.payload.room_id);
+    if !ctx.is_subscribed(&room) {
+        return Err(WsError::failed_precondition("not in this room"));
+    }
+    ctx.unsubscribe(&room).await?;
+    let user_count = ctx.subscriber_count(&room).await.unwrap_or(0);
+    ctx.publish(
+        &room,
+        &UserLeft {
+            username: username(&ctx),
+            user_count,
+        },
+    )
+    .await;
+    Ok(())
+}
+
+/// The chat router, also used by the integration tests.
+fn router() -> Router<ChatData> {
+    Router::new()
+        .routes(routes![join_room, send_message, leave_room])
+        .on_open(|conn: Connection<ChatData>| async move {
+            conn.send(&Welcome {
+                message: "Connected to chat server".into(),
+            });
+            Ok(())
+        })
+        .on_close(|conn: Connection<ChatData>, _| async move {
+            // Subscriptions are still in place here, so the leaver is counted and then excluded.
+            for room in conn.topics() {
+                let user_count = conn
+                    .subscriber_count(&room)
+                    .await
+                    .unwrap_or(1)
+                    .saturating_sub(1);
+                let left = UserLeft {
+                    username: username(&conn),
+                    user_count,
+                };
+                conn.publish_with(&room, &left, PublishOptions::new().exclude_self())
+                    .await;
+            }
+        })
+}
+
+#[tokio::main]
+async fn main() -> Result<(), ws_kit::Error> {
+    let port = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(3000);
+    ws_kit::serve(router(), ServeOptions::new().port(port)).await
+}

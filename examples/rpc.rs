@@ -1,0 +1,95 @@
+//! Request/response over WebSocket: replies, errors, progress, cancellation and deadlines.
+//!
+//! Run: `cargo run --example rpc` (PORT=3000 by default; PORT=0 picks a free port).
+//! Try:
+//!   {"type":"PING","payload":{"text":"hello"},"meta":{"correlationId":"c1"}}
+//!   {"type":"GET_USER","payload":{"id":"3"},"meta":{"correlationId":"c2"}}
+//!   {"type":"COUNTDOWN","payload":{"from":5,"intervalMs":500},"meta":{"correlationId":"c3"}}
+//!   {"type":"$ws:abort","meta":{"correlationId":"c3"}}
+
+use std::time::Duration;
+use ws_kit::{Ctx, Message, Router, ServeOptions, WsError, handler, routes};
+
+#[derive(Message)]
+#[rpc(response = Pong)]
+struct Ping {
+    #[validate(length(max = 1000))]
+    text: String,
+}
+
+#[derive(Message)]
+struct Pong {
+    reply: String,
+}
+
+#[derive(Message)]
+#[rpc(response = UserData)]
+struct GetUser {
+    id: String,
+}
+
+#[derive(Message)]
+struct UserData {
+    name: String,
+    email: String,
+}
+
+#[derive(Message)]
+#[rpc(response = CountdownResult)]
+struct Countdown {
+    #[validate(range(min = 1, max = 100))]
+    from: u32,
+    #[validate(range(min = 1, max = 10_000))]
+    interval_ms: u64,
+}
+
+#[derive(Message)]
+struct CountdownResult {
+    n: u32,
+    done: bool,
+}
+
+#[handler]
+async fn ping(ctx: Ctx<Ping>) {
+    ctx.reply(Pong {
+        reply: format!("Got: {}", ctx.payload.text),
+    });
+}
+
+#[handler]
+async fn get_user(ctx: Ctx<GetUser>) -> Result<(), WsError> {
+    let (name, email) = match ctx.payload.id.as_str() {
+        "1" => ("Alice", "alice@example.com"),
+        "2" => ("Bob", "bob@example.com"),
+        id => {
+            return Err(
+                WsError::not_found("user not found").with_details(serde_json::json!({ "id": id }))
+            );
+        }
+    };
+    ctx.reply(UserData {
+        name: name.into(),
+        email: email.into(),
+    });
+    Ok(())
+}
+
+#[handler]
+async fn countdown(ctx: Ctx<Countdown>) {
+    let interval = Duration::from_millis(ctx.payload.interval_ms);
+    for n in (1..=ctx.payload.from).rev() {
+        ctx.progress(&CountdownResult { n, done: false });
+        tokio::time::sleep(interval).await;
+    }
+    ctx.reply(CountdownResult { n: 0, done: true });
+}
+
+#[tokio::main]
+async fn main() -> Result<(), ws_kit::Error> {
+    let port = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(3000);
+    let router = Router::new().routes(routes![ping, get_user, countdown]);
+    ws_kit::serve(router, ServeOptions::new().port(port)).await
+}

@@ -1,0 +1,1 @@
+//! Integration tests of ws-kit over real sockets: see `tests/`.

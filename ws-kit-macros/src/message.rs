@@ -1,0 +1,393 @@
+//! `#[derive(Message)]`: parse → validate → expand.
+
+use crate::case;
+use crate::errors::Errors;
+use crate::validate;
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{Data, DeriveInput, Fields, Ident, LitStr, Type};
+
+/// Meta keys every envelope may carry; a message cannot declare them again.
+const STANDARD_META: [&str; 4] = ["correlationId", "timestamp", "timeoutMs", "idempotencyKey"];
+/// Meta keys the server owns; a client's values are stripped.
+const RESERVED_META: [&str; 2] = ["clientId", "receivedAt"];
+/// Type tags the protocol keeps for itself (besides the `$` and `__` prefixes).
+const RESERVED_TAGS: [&str; 2] = ["ERROR", "RPC_ERROR"];
+
+struct Message {
+    ident: Ident,
+    tag: String,
+    response: Option<Type>,
+    fields: Vec<Field>,
+    unit: bool,
+}
+
+struct Field {
+    ident: Ident,
+    ty: Type,
+    wire: String,
+    meta: bool,
+    rules: Vec<validate::Rule>,
+}
+
+pub fn expand(input: DeriveInput) -> TokenStream {
+    let mut errors = Errors::default();
+    let parsed = parse(&input, &mut errors);
+    match parsed {
+        Some(message) if errors.is_empty() => generate(&message),
+        // On error, emit the errors only: the struct itself is untouched by a derive, so the user's
+        // item still exists and other code keeps type-checking.
+        _ => errors.to_compile_errors(),
+    }
+}
+
+fn parse(input: &DeriveInput, errors: &mut Errors) -> Option<Message> {
+    let struct_data = match &input.data {
+        Data::Struct(s) => s,
+        Data::Enum(e) => {
+            errors.spanned(e.enum_token, "`Message` can only be derived for structs with named fields or unit structs, not enums");
+            return None;
+        }
+        Data::Union(u) => {
+            errors.spanned(u.union_token, "`Message` can only be derived for structs with named fields or unit structs, not unions");
+            return None;
+        }
+    };
+    if !input.generics.params.is_empty() || input.generics.where_clause.is_some() {
+        errors.spanned(&input.generics, "`Message` cannot be derived for generic structs; a message has one fixed shape on the wire");
+    }
+
+    let mut tag: Option<(String, Span)> = None;
+    let mut rename_all: Option<(String, Span)> = None;
+    let mut response: Option<Type> = None;
+    let mut rpc_attr_seen = false;
+    for attr in &input.attrs {
+        if attr.path().is_ident("message") {
+            let result = attr.parse_nested_meta(|meta| {
+                let key = meta.path.get_ident().map(ToString::to_string).unwrap_or_default();
+                match key.as_str() {
+                    "type" => {
+                        let lit: LitStr = meta.value()?.parse()?;
+                        if tag.is_some() {
+                            errors.spanned(&meta.path, "duplicate `type` in `#[message(...)]`");
+                        } else {
+                            tag = Some((lit.value(), lit.span()));
+                        }
+                    }
+                    "rename_all" => {
+                        let lit: LitStr = meta.value()?.parse()?;
+                        if rename_all.is_some() {
+                            errors.spanned(&meta.path, "duplicate `rename_all` in `#[message(...)]`");
+                        } else if case::rename_field("x", &lit.value()).is_none() {
+                            errors.spanned(&lit, format!("unknown `rename_all` rule; expected one of {}", case::RULES));
+                        } else {
+                            rename_all = Some((lit.value(), lit.span()));
+                        }
+                    }
+                    _ => {
+                        return Err(meta.error(format!(
+                            "unknown `message` attribute key `{key}`; expected `type` or `rename_all`"
+                        )));
+                    }
+                }
+                Ok(())
+            });
+            if let Err(e) = result {
+                errors.push(e);
+            }
+        } else if attr.path().is_ident("rpc") {
+            if rpc_attr_seen {
+                errors.spanned(attr, "duplicate `#[rpc(...)]` attribute");
+                continue;
+            }
+            rpc_attr_seen = true;
+            let result = attr.parse_nested_meta(|meta| {
+                if meta.path.is_ident("response") {
+                    if response.is_some() {
+                        return Err(meta.error("duplicate `response` in `#[rpc(...)]`"));
+                    }
+                    response = Some(meta.value()?.parse()?);
+                    Ok(())
+                } else {
+                    let key = meta
+                        .path
+                        .get_ident()
+                        .map(ToString::to_string)
+                        .unwrap_or_default();
+                    Err(meta.error(format!(
+                        "unknown `rpc` attribute key `{key}`; expected `response`"
+                    )))
+                }
+            });
+            match result {
+                Err(e) => errors.push(e),
+                Ok(()) if response.is_none() => errors.spanned(
+                    attr,
+                    "`#[rpc]` needs a response message: `#[rpc(response = MyReply)]`",
+                ),
+                Ok(()) => {}
+            }
+        }
+    }
+
+    let (tag, tag_span) = tag.unwrap_or_else(|| {
+        (
+            case::screaming_snake(&input.ident.to_string()),
+            input.ident.span(),
+        )
+    });
+    if tag.is_empty() {
+        errors.at(tag_span, "the type tag must not be empty");
+    } else if tag.starts_with('$') || tag.starts_with("__") || RESERVED_TAGS.contains(&tag.as_str())
+    {
+        errors.at(
+            tag_span,
+            format!("the type tag `{tag}` is reserved by the protocol (types starting with `$` or `__`, `ERROR` and `RPC_ERROR` are the server's own)"),
+        );
+    }
+
+    let rule = rename_all
+        .map(|(r, _)| r)
+        .unwrap_or_else(|| "camelCase".to_string());
+    let (named, unit) = match &struct_data.fields {
+        Fields::Named(named) => (named.named.iter().collect::<Vec<_>>(), false),
+        Fields::Unit => (Vec::new(), true),
+        Fields::Unnamed(unnamed) => {
+            errors.spanned(
+                unnamed,
+                "`Message` needs named fields (or a unit struct); tuple structs have no wire names",
+            );
+            return None;
+        }
+    };
+
+    let mut fields = Vec::new();
+    for field in named {
+        let ident = field.ident.clone().expect("named field");
+        let rust_name = ident.to_string();
+        let rust_name = rust_name
+            .strip_prefix("r#")
+            .unwrap_or(&rust_name)
+            .to_string();
+        let mut wire = case::rename_field(&rust_name, &rule).expect("rule checked above");
+        let mut meta = false;
+        let mut rename_seen = false;
+        let mut rules = Vec::new();
+        for attr in &field.attrs {
+            if attr.path().is_ident("message") {
+                let result = attr.parse_nested_meta(|m| {
+                    if m.path.is_ident("rename") {
+                        let lit: LitStr = m.value()?.parse()?;
+                        if rename_seen {
+                            return Err(m.error("duplicate `rename`"));
+                        }
+                        rename_seen = true;
+                        wire = lit.value();
+                        Ok(())
+                    } else if m.path.is_ident("meta") {
+                        if meta {
+                            return Err(m.error("duplicate `meta`"));
+                        }
+                        meta = true;
+                        Ok(())
+                    } else {
+                        let key = m.path.get_ident().map(ToString::to_string).unwrap_or_default();
+                        Err(m.error(format!("unknown `message` field attribute key `{key}`; expected `rename` or `meta`")))
+                    }
+                });
+                if let Err(e) = result {
+                    errors.push(e);
+                }
+            } else if attr.path().is_ident("validate") {
+                rules.extend(validate::parse(attr, errors));
+            }
+        }
+        if meta && RESERVED_META.contains(&wire.as_str()) {
+            errors.spanned(
+                &ident,
+                format!("`{wire}` is a reserved meta key: the server strips it from client frames and sets its own (use `ctx.client_id()` / `ctx.received_at()`)"),
+            );
+        } else if meta && STANDARD_META.contains(&wire.as_str()) {
+            errors.spanned(&ident, format!("`{wire}` is a standard meta key; read it from `ctx.meta()` instead of declaring it"));
+        }
+        if let Some(other) = fields
+            .iter()
+            .find(|f: &&Field| f.wire == wire && f.meta == meta)
+        {
+            errors.spanned(
+                &ident,
+                format!(
+                    "wire name `{wire}` is already used by field `{}`",
+                    other.ident
+                ),
+            );
+        }
+        fields.push(Field {
+            ident,
+            ty: field.ty.clone(),
+            wire,
+            meta,
+            rules,
+        });
+    }
+
+    Some(Message {
+        ident: input.ident.clone(),
+        tag,
+        response,
+        fields,
+        unit,
+    })
+}
+
+fn generate(m: &Message) -> TokenStream {
+    let ident = &m.ident;
+    let tag = &m.tag;
+    let ws = quote!(::ws_kit::__private);
+    let payload_fields: Vec<&Field> = m.fields.iter().filter(|f| !f.meta).collect();
+    let meta_fields: Vec<&Field> = m.fields.iter().filter(|f| f.meta).collect();
+    let has_payload = !payload_fields.is_empty();
+    let meta_keys = meta_fields.iter().map(|f| &f.wire);
+
+    let p_idents: Vec<&Ident> = payload_fields.iter().map(|f| &f.ident).collect();
+    let p_types: Vec<&Type> = payload_fields.iter().map(|f| &f.ty).collect();
+    let p_wires: Vec<&String> = payload_fields.iter().map(|f| &f.wire).collect();
+    let m_idents: Vec<&Ident> = meta_fields.iter().map(|f| &f.ident).collect();
+    let m_types: Vec<&Type> = meta_fields.iter().map(|f| &f.ty).collect();
+    let m_wires: Vec<&String> = meta_fields.iter().map(|f| &f.wire).collect();
+    let m_locals: Vec<Ident> = m_idents
+        .iter()
+        .map(|i| format_ident!("__meta_{}", i))
+        .collect();
+
+    let (shadow, decode_payload, serialize_payload) = if has_payload {
+        (
+            quote! {
+                #[derive(#ws::serde::Deserialize)]
+                #[serde(crate = "::ws_kit::__private::serde", deny_unknown_fields)]
+                struct __WsKitPayload {
+                    #( #[serde(rename = #p_wires)] #p_idents: #p_types, )*
+                }
+                #[derive(#ws::serde::Serialize)]
+                #[serde(crate = "::ws_kit::__private::serde")]
+                struct __WsKitPayloadRef<'__a> {
+                    #( #[serde(rename = #p_wires)] #p_idents: &'__a #p_types, )*
+                }
+            },
+            quote!(let __payload = #ws::decode_payload::<__WsKitPayload>(__raw_payload, &mut __issues);),
+            quote! {
+                #ws::serde::Serialize::serialize(&__WsKitPayloadRef { #( #p_idents: &self.#p_idents, )* }, __serializer)
+            },
+        )
+    } else {
+        (
+            quote!(),
+            quote!(let __payload = #ws::decode_no_payload(__raw_payload, &mut __issues);),
+            quote!(#ws::serde::Serializer::serialize_map(__serializer, ::core::option::Option::Some(0))
+                .and_then(#ws::serde::ser::SerializeMap::end)),
+        )
+    };
+    let construct = if m.unit {
+        quote!(#ident)
+    } else {
+        let payload_bind = if has_payload {
+            quote!(let __payload = __payload?;)
+        } else {
+            quote!(let () = __payload?;)
+        };
+        let p_assign = p_idents.iter().map(|i| quote!(#i: __payload.#i));
+        quote!({
+            #payload_bind
+            #ident { #( #p_assign, )* #( #m_idents: #m_locals?, )* }
+        })
+    };
+    let construct_bind = if m.unit {
+        quote!(let () = __payload?;)
+    } else {
+        quote!()
+    };
+
+    let validations = m.fields.iter().map(|f| {
+        let field = &f.ident;
+        let path = if f.meta {
+            format!("meta.{}", f.wire)
+        } else {
+            format!("payload.{}", f.wire)
+        };
+        validate::expand(&f.rules, quote!(self.#field), &path)
+    });
+
+    let (is_rpc, kind_impl) = match &m.response {
+        Some(response) => (
+            true,
+            quote_spanned! {response.span()=>
+                impl ::ws_kit::RpcMessage for #ident {
+                    type Response = #response;
+                }
+            },
+        ),
+        None => (false, quote!(impl ::ws_kit::EventMessage for #ident {})),
+    };
+
+    quote! {
+        const _: () = {
+            #shadow
+
+            impl ::ws_kit::Message for #ident {
+                const TYPE: &'static str = #tag;
+                #[doc(hidden)]
+                const __IS_RPC: bool = #is_rpc;
+                #[doc(hidden)]
+                const __HAS_PAYLOAD: bool = #has_payload;
+                #[doc(hidden)]
+                const __META_KEYS: &'static [&'static str] = &[#(#meta_keys),*];
+
+                #[doc(hidden)]
+                fn __decode(
+                    __raw_payload: ::core::option::Option<&#ws::RawValue>,
+                    __meta: &[(::std::borrow::Cow<'_, str>, &#ws::RawValue)],
+                ) -> ::core::result::Result<Self, ::std::vec::Vec<::ws_kit::Issue>> {
+                    let mut __issues = ::std::vec::Vec::new();
+                    #ws::check_meta_keys(__meta, <Self as ::ws_kit::Message>::__META_KEYS, &mut __issues);
+                    #decode_payload
+                    #( let #m_locals = #ws::decode_meta_field::<#m_types>(__meta, #m_wires, &mut __issues); )*
+                    let __build = || -> ::core::option::Option<Self> {
+                        #construct_bind
+                        ::core::option::Option::Some(#construct)
+                    };
+                    match __build() {
+                        ::core::option::Option::Some(__message) if __issues.is_empty() => {
+                            ::core::result::Result::Ok(__message)
+                        }
+                        _ => ::core::result::Result::Err(__issues),
+                    }
+                }
+
+                #[doc(hidden)]
+                fn __validate(&self, __issues: &mut ::std::vec::Vec<::ws_kit::Issue>) {
+                    #( #validations )*
+                }
+
+                #[doc(hidden)]
+                fn __serialize_payload<__S: #ws::serde::Serializer>(
+                    &self,
+                    __serializer: __S,
+                ) -> ::core::result::Result<__S::Ok, __S::Error> {
+                    #serialize_payload
+                }
+
+                #[doc(hidden)]
+                fn __serialize_meta<__M: #ws::serde::ser::SerializeMap>(
+                    &self,
+                    __map: &mut __M,
+                ) -> ::core::result::Result<(), __M::Error> {
+                    #( __map.serialize_entry(#m_wires, &self.#m_idents)?; )*
+                    ::core::result::Result::Ok(())
+                }
+            }
+
+            #kind_impl
+        };
+    }
+}

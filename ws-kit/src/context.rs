@@ -1,0 +1,405 @@
+//! What handlers and hooks hold: the connection (`Connection`) and one message's context (`Ctx`).
+
+use crate::error::WsError;
+use crate::message::{Message, Meta, RpcMessage};
+use crate::middleware::Request;
+use crate::outbound::Outbound;
+use crate::pubsub::{ClientId, PublishOptions, PublishResult, Subscriber, validate_topic};
+use crate::router::{App, ErrorEvent, ErrorKind};
+use crate::wire::{self, Layout, OutMeta};
+use serde_json::{Map, Value};
+use std::collections::{HashMap, HashSet};
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Instant, SystemTime};
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// One WebSocket connection: its id, typed data, outbound queue and subscriptions.
+///
+/// Cheap to clone (a reference count). Handlers reach it through [`Ctx`], which dereferences to it.
+pub struct Connection<D = ()> {
+    pub(crate) inner: Arc<ConnInner<D>>,
+}
+
+impl<D> Clone for Connection<D> {
+    fn clone(&self) -> Self {
+        Connection {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+pub(crate) struct ConnInner<D> {
+    pub id: ClientId,
+    pub data: RwLock<D>,
+    pub out: Arc<Outbound>,
+    pub topics: Mutex<HashSet<Box<str>>>,
+    pub inflight: Mutex<HashMap<Box<str>, Arc<RpcSlot>>>,
+    pub app: Arc<App<D>>,
+}
+
+impl<D: Send + Sync + 'static> Connection<D> {
+    pub(crate) fn new(id: ClientId, data: D, app: Arc<App<D>>) -> Self {
+        let out = Arc::new(Outbound::new(
+            app.limits.max_queued_bytes,
+            app.limits.overflow,
+        ));
+        Connection {
+            inner: Arc::new(ConnInner {
+                id,
+                data: RwLock::new(data),
+                out,
+                topics: Mutex::default(),
+                inflight: Mutex::default(),
+                app,
+            }),
+        }
+    }
+
+    /// The connection's id (UUID v7), the same as the `x-client-id` response header.
+    pub fn client_id(&self) -> ClientId {
+        self.inner.id
+    }
+
+    /// Reads the per-connection data. Do not hold the guard across an `.await`.
+    pub fn data(&self) -> RwLockReadGuard<'_, D> {
+        // A handler that panicked while writing leaves the data as it was; keep serving it.
+        self.inner.data.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes the per-connection data. Do not hold the guard across an `.await`.
+    pub fn data_mut(&self) -> RwLockWriteGuard<'_, D> {
+        self.inner.data.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Changes the per-connection data in a closure.
+    pub fn assign<R>(&self, f: impl FnOnce(&mut D) -> R) -> R {
+        f(&mut self.data_mut())
+    }
+
+    /// Sends a message to this connection: `{"type", "meta": {}, "payload"}`.
+    pub fn send<M: Message>(&self, msg: &M) {
+        self.send_encoded(msg, OutMeta::default());
+    }
+
+    /// Sends a message with extra meta keys (`type` and `correlationId` are never taken from it).
+    pub fn send_with_meta<M: Message>(&self, msg: &M, meta: &Map<String, Value>) {
+        self.send_encoded(
+            msg,
+            OutMeta {
+                correlation_id: None,
+                user: Some(meta),
+            },
+        );
+    }
+
+    fn send_encoded<M: Message>(&self, msg: &M, meta: OutMeta<'_>) {
+        match wire::encode_message(msg, meta, Layout::Direct) {
+            Ok(frame) => {
+                self.inner.out.push_text(frame);
+            }
+            Err(e) => self.report(ErrorKind::Encode, Some(M::TYPE), None, e),
+        }
+    }
+
+    /// Subscribes this connection to a topic. Idempotent.
+    ///
+    /// Errors: `INVALID_ARGUMENT` for a bad topic name, `RESOURCE_EXHAUSTED` past
+    /// `max_topics_per_connection`, or the engine's error.
+    pub async fn subscribe(&self, topic: &str) -> Result<(), WsError> {
+        validate_topic(topic)?;
+        {
+            let mut topics = self.inner.topics.lock().unwrap_or_else(|e| e.into_inner());
+            if topics.contains(topic) {
+                return Ok(());
+            }
+            let limit = self.inner.app.limits.max_topics_per_connection;
+            if topics.len() >= limit {
+                return Err(WsError::resource_exhausted(format!(
+                    "at most {limit} topics per connection"
+                ))
+                .with_details(serde_json::json!({ "limit": limit })));
+            }
+            topics.insert(topic.into());
+        }
+        let subscriber = Subscriber::new(self.inner.id, self.inner.out.clone());
+        if let Err(e) = self.inner.app.pubsub.subscribe(topic, subscriber).await {
+            self.inner
+                .topics
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(topic);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Unsubscribes this connection from a topic. Idempotent.
+    pub async fn unsubscribe(&self, topic: &str) -> Result<(), WsError> {
+        validate_topic(topic)?;
+        let removed = self
+            .inner
+            .topics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(topic);
+        if removed {
+            self.inner
+                .app
+                .pubsub
+                .unsubscribe(topic, self.inner.id)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The topics this connection subscribes to.
+    pub fn topics(&self) -> Vec<String> {
+        let topics = self.inner.topics.lock().unwrap_or_else(|e| e.into_inner());
+        topics.iter().map(|t| t.to_string()).collect()
+    }
+
+    /// Whether this connection subscribes to `topic`.
+    pub fn is_subscribed(&self, topic: &str) -> bool {
+        self.inner
+            .topics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(topic)
+    }
+
+    /// Publishes a message to a topic's subscribers (this connection included, if subscribed).
+    pub async fn publish<M: Message>(&self, topic: &str, msg: &M) -> PublishResult {
+        self.publish_with(topic, msg, PublishOptions::default())
+            .await
+    }
+
+    /// Publishes with options (`exclude_self`, meta).
+    pub async fn publish_with<M: Message>(
+        &self,
+        topic: &str,
+        msg: &M,
+        options: PublishOptions,
+    ) -> PublishResult {
+        let exclude = options.exclude_self.then_some(self.inner.id);
+        self.inner
+            .app
+            .publisher()
+            .publish_with(topic, msg, options.meta.as_ref(), exclude)
+            .await
+    }
+
+    /// How many connections subscribe to `topic`, when the pub/sub engine knows.
+    pub async fn subscriber_count(&self, topic: &str) -> Option<usize> {
+        self.inner.app.pubsub.subscriber_count(topic).await
+    }
+
+    /// Closes the connection with a code and reason, after the frames already queued.
+    pub fn close(&self, code: u16, reason: &str) {
+        self.inner.out.close(code, reason);
+    }
+
+    pub(crate) fn push(&self, frame: Utf8Bytes) -> bool {
+        self.inner.out.push_text(frame)
+    }
+
+    pub(crate) fn report(
+        &self,
+        kind: ErrorKind,
+        ty: Option<&str>,
+        correlation_id: Option<&str>,
+        error: WsError,
+    ) {
+        self.inner.app.report(&ErrorEvent {
+            client_id: self.inner.id,
+            kind,
+            message_type: ty.map(str::to_string),
+            correlation_id: correlation_id.map(str::to_string),
+            error,
+        });
+    }
+}
+
+/// The state of one RPC: its terminal is sent at most once, and progress never after it.
+pub(crate) struct RpcSlot {
+    pub correlation_id: Option<Box<str>>,
+    done: Mutex<bool>,
+    /// Fired by `$ws:abort` (after the abort claimed the terminal).
+    pub cancel: Notify,
+}
+
+impl RpcSlot {
+    pub fn new(correlation_id: Option<Box<str>>) -> Self {
+        RpcSlot {
+            correlation_id,
+            done: Mutex::new(false),
+            cancel: Notify::new(),
+        }
+    }
+
+    /// Queues `frame` as the terminal unless one was sent. Holding the lock while queueing keeps
+    /// every progress frame before the terminal.
+    pub fn terminal(&self, out: &Outbound, frame: impl FnOnce() -> Utf8Bytes) -> bool {
+        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        if *done {
+            return false;
+        }
+        *done = true;
+        out.push_text(frame());
+        true
+    }
+
+    /// Queues a progress frame unless the terminal was sent.
+    pub fn progress(&self, out: &Outbound, frame: Utf8Bytes) -> bool {
+        let done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        !*done && out.push_text(frame)
+    }
+
+    pub fn is_done(&self) -> bool {
+        *self.done.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The context of one message: its typed payload, meta, timing, and the connection.
+///
+/// Dereferences to [`Connection`] for `send`, `publish`, `subscribe`, `data()` and the rest.
+pub struct Ctx<M, D = ()> {
+    /// The decoded, validated payload.
+    pub payload: M,
+    conn: Connection<D>,
+    meta: Meta,
+    received_at: SystemTime,
+    deadline: Option<Instant>,
+    rpc: Option<Arc<RpcSlot>>,
+}
+
+impl<M, D> Deref for Ctx<M, D> {
+    type Target = Connection<D>;
+    fn deref(&self) -> &Connection<D> {
+        &self.conn
+    }
+}
+
+impl<M: Message, D: Send + Sync + 'static> Ctx<M, D> {
+    pub(crate) fn new(
+        payload: M,
+        conn: Connection<D>,
+        meta: Meta,
+        received_at: SystemTime,
+        deadline: Option<Instant>,
+        rpc: Option<Arc<RpcSlot>>,
+    ) -> Self {
+        Ctx {
+            payload,
+            conn,
+            meta,
+            received_at,
+            deadline,
+            rpc,
+        }
+    }
+
+    /// The message's type tag.
+    pub fn message_type(&self) -> &'static str {
+        M::TYPE
+    }
+
+    /// The envelope's standard meta (client-sent `clientId`/`receivedAt` are stripped).
+    pub fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    /// The server clock when the frame arrived.
+    pub fn received_at(&self) -> SystemTime {
+        self.received_at
+    }
+
+    /// The RPC deadline (`received_at + meta.timeoutMs`, capped by the server), if any.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// The connection this message came from.
+    pub fn connection(&self) -> &Connection<D> {
+        &self.conn
+    }
+
+    /// Sends an error to the client: `RPC_ERROR` (the request's terminal) for an RPC, `ERROR`
+    /// with the correlation id echoed for an event. Returning `Err(..)` from the handler does the same.
+    pub fn error(&self, err: impl Into<WsError>) {
+        let err = err.into();
+        let cid = self.meta.correlation_id.as_deref();
+        match &self.rpc {
+            Some(slot) => {
+                if !slot.terminal(&self.conn.inner.out, || wire::encode_error(true, &err, cid)) {
+                    self.conn
+                        .report(ErrorKind::AfterTerminal, Some(M::TYPE), cid, err);
+                }
+            }
+            None => {
+                self.conn.push(wire::encode_error(false, &err, cid));
+            }
+        }
+    }
+
+    /// What middleware sees of this message.
+    pub(crate) fn request(&self) -> Request<D> {
+        Request {
+            conn: self.conn.clone(),
+            message_type: M::TYPE,
+            meta: Arc::new(self.meta.clone()),
+            received_at: self.received_at,
+            rpc: self.rpc.is_some(),
+        }
+    }
+}
+
+impl<M: RpcMessage, D: Send + Sync + 'static> Ctx<M, D> {
+    /// Sends the reply: the request's one terminal frame. A second terminal is not sent (it is
+    /// reported to `on_error`).
+    pub fn reply(&self, response: M::Response) {
+        let cid = self.meta.correlation_id.as_deref();
+        let Some(slot) = &self.rpc else { return };
+        let meta = OutMeta {
+            correlation_id: cid,
+            user: None,
+        };
+        match wire::encode_message(&response, meta, Layout::Direct) {
+            Ok(frame) => {
+                if !slot.terminal(&self.conn.inner.out, || frame) {
+                    self.conn.report(
+                        ErrorKind::AfterTerminal,
+                        Some(M::TYPE),
+                        cid,
+                        WsError::internal("reply after the request's terminal frame"),
+                    );
+                }
+            }
+            Err(e) => self.error(e),
+        }
+    }
+
+    /// Sends a progress frame (`$ws:rpc-progress`) carrying a response payload. Returns false once
+    /// the terminal was sent (the request finished, was aborted or timed out).
+    pub fn progress(&self, update: &M::Response) -> bool {
+        let Some(slot) = &self.rpc else { return false };
+        let cid = self.meta.correlation_id.as_deref();
+        let meta = OutMeta {
+            correlation_id: cid,
+            user: None,
+        };
+        match wire::encode_message_as("$ws:rpc-progress", update, meta, Layout::Direct) {
+            Ok(frame) => slot.progress(&self.conn.inner.out, frame),
+            Err(e) => {
+                self.conn.report(ErrorKind::Encode, Some(M::TYPE), cid, e);
+                false
+            }
+        }
+    }
+
+    /// Whether the request already has its terminal (replied, failed, aborted or timed out).
+    pub fn is_finished(&self) -> bool {
+        self.rpc.as_ref().is_none_or(|s| s.is_done())
+    }
+}

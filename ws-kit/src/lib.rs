@@ -1,0 +1,150 @@
+#![doc = include_str!("docs/crate.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod connection;
+mod context;
+mod error;
+mod handler;
+mod message;
+mod middleware;
+mod outbound;
+mod pubsub;
+mod router;
+mod server;
+mod wire;
+
+pub use context::{Connection, Ctx};
+pub use error::{Error, ErrorCode, Issue, WsError};
+pub use handler::{Handler, IntoHandlerResult, Layered, Routes};
+pub use message::{EventMessage, Message, Meta, RpcMessage};
+pub use middleware::{Middleware, Next, Request};
+pub use outbound::OverflowPolicy;
+pub use pubsub::{
+    Capability, ClientId, MAX_TOPIC_LEN, MemoryPubSub, PubSub, PublishOptions, PublishResult,
+    Subscriber, validate_topic,
+};
+pub use router::{CloseInfo, ErrorEvent, ErrorKind, Publisher, Router};
+pub use server::{
+    IntoAuth, PayloadLimit, Rejection, ServeOptions, Server, Service, query_param, serve,
+};
+pub use ws_kit_macros::{Message, handler, routes};
+
+/// The WebSocket implementation underneath, part of the API (`http::Request` in `authenticate`).
+pub use tokio_tungstenite::tungstenite;
+/// HTTP types of the upgrade request.
+pub use tokio_tungstenite::tungstenite::http;
+
+/// What the macros' expansions name. Not public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::handler::{CtxParts, DynRoute, IntoHandlerResult, RouteTable};
+    pub use crate::wire::Envelope;
+    pub use serde;
+    pub use serde_json::value::RawValue;
+    pub use validator;
+
+    use crate::error::Issue;
+    use std::borrow::Cow;
+
+    /// Decodes a payload object strictly; on failure, records issues with their paths.
+    pub fn decode_payload<T: serde::de::DeserializeOwned>(
+        raw: Option<&RawValue>,
+        issues: &mut Vec<Issue>,
+    ) -> Option<T> {
+        let Some(raw) = raw else {
+            issues.push(Issue::new("payload", "required"));
+            return None;
+        };
+        match serde_json::from_str::<T>(raw.get()) {
+            Ok(value) => Some(value),
+            Err(_) => {
+                // Decode again, only on failure, to learn where it failed.
+                let mut de = serde_json::Deserializer::from_str(raw.get());
+                match serde_path_to_error::deserialize::<_, T>(&mut de) {
+                    Ok(value) => Some(value),
+                    Err(e) => {
+                        let path = e.path().to_string();
+                        let path = if path == "." {
+                            "payload".to_string()
+                        } else {
+                            format!("payload.{path}")
+                        };
+                        issues.push(Issue::new(path, crate::wire::strip_position(e.inner())));
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// A message without payload fields must come without `payload`.
+    pub fn decode_no_payload(raw: Option<&RawValue>, issues: &mut Vec<Issue>) -> Option<()> {
+        match raw {
+            None => Some(()),
+            Some(_) => {
+                issues.push(Issue::new("payload", "this message takes no payload"));
+                None
+            }
+        }
+    }
+
+    /// Rejects meta keys the message does not declare.
+    pub fn check_meta_keys(
+        meta: &[(Cow<'_, str>, &RawValue)],
+        declared: &[&str],
+        issues: &mut Vec<Issue>,
+    ) {
+        for (key, _) in meta {
+            if !declared.contains(&&**key) {
+                issues.push(Issue::new(format!("meta.{key}"), "unknown key"));
+            }
+        }
+    }
+
+    /// Decodes one declared meta field; a missing key decodes from `null` (so `Option` fields may be absent).
+    pub fn decode_meta_field<T: serde::de::DeserializeOwned>(
+        meta: &[(Cow<'_, str>, &RawValue)],
+        key: &str,
+        issues: &mut Vec<Issue>,
+    ) -> Option<T> {
+        let raw = meta
+            .iter()
+            .find(|(k, _)| k == key)
+            .map_or("null", |(_, v)| v.get());
+        match serde_json::from_str(raw) {
+            Ok(value) => Some(value),
+            Err(_) if raw == "null" => {
+                issues.push(Issue::new(format!("meta.{key}"), "required"));
+                None
+            }
+            Err(e) => {
+                issues.push(Issue::new(
+                    format!("meta.{key}"),
+                    crate::wire::strip_position(&e),
+                ));
+                None
+            }
+        }
+    }
+
+    /// The error text of a custom validation function, if it failed.
+    pub fn custom_error<E: std::fmt::Display>(result: Result<(), E>) -> Option<String> {
+        result.err().map(|e| e.to_string())
+    }
+
+    /// `a == b` for strings, in `const` context (duplicate type tags in `routes!`).
+    pub const fn str_eq(a: &str, b: &str) -> bool {
+        let (a, b) = (a.as_bytes(), b.as_bytes());
+        if a.len() != b.len() {
+            return false;
+        }
+        let mut i = 0;
+        while i < a.len() {
+            if a[i] != b[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+}

@@ -1,0 +1,222 @@
+//! The per-connection outbound queue, bounded in bytes, drained by one writer task.
+
+use futures_util::{Sink, SinkExt};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
+
+/// What happens when a connection's outbound queue would grow past `max_queued_bytes`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OverflowPolicy {
+    /// Close the slow connection with 1013 (Try Again Later). The default.
+    #[default]
+    Close,
+    /// Drop the oldest queued frames until the new one fits.
+    DropOldest,
+}
+
+/// A close the server decided on: code and reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Closing {
+    pub code: u16,
+    pub reason: String,
+}
+
+pub(crate) struct Outbound {
+    state: Mutex<State>,
+    /// Wakes the writer: frames or a close are waiting.
+    writer: Notify,
+    /// Wakes the reader: the server decided to close (overflow, `close()`, writer failure).
+    reader: Notify,
+    max_bytes: usize,
+    policy: OverflowPolicy,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<WsMessage>,
+    bytes: usize,
+    /// Set once; after it nothing more is queued.
+    closing: Option<Closing>,
+    /// The reader is done: flush what is queued, then end.
+    finished: bool,
+    /// The socket failed; nothing can be written any more.
+    dead: bool,
+}
+
+/// What the writer takes in one go.
+struct Batch {
+    frames: VecDeque<WsMessage>,
+    closing: Option<Closing>,
+    finished: bool,
+}
+
+impl Outbound {
+    pub fn new(max_bytes: usize, policy: OverflowPolicy) -> Self {
+        Outbound {
+            state: Mutex::default(),
+            writer: Notify::new(),
+            reader: Notify::new(),
+            max_bytes,
+            policy,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while holding this lock; recover the data even if something did.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a text frame. Returns false when the connection is closing or the frame was refused.
+    pub fn push_text(&self, frame: Utf8Bytes) -> bool {
+        self.push(WsMessage::Text(frame))
+    }
+
+    pub fn push(&self, msg: WsMessage) -> bool {
+        let len = msg.len();
+        let mut state = self.lock();
+        if state.closing.is_some() || state.dead || state.finished {
+            return false;
+        }
+        if state.bytes + len > self.max_bytes {
+            match self.policy {
+                OverflowPolicy::Close => {
+                    state.queue.clear();
+                    state.bytes = 0;
+                    state.closing = Some(Closing {
+                        code: 1013,
+                        reason: "Outbound queue full".into(),
+                    });
+                    drop(state);
+                    self.writer.notify_one();
+                    self.reader.notify_one();
+                    return false;
+                }
+                OverflowPolicy::DropOldest => {
+                    while state.bytes + len > self.max_bytes {
+                        match state.queue.pop_front() {
+                            Some(old) => state.bytes -= old.len(),
+                            None => break,
+                        }
+                    }
+                    if len > self.max_bytes {
+                        return false;
+                    }
+                }
+            }
+        }
+        state.bytes += len;
+        state.queue.push_back(msg);
+        let first = state.queue.len() == 1;
+        drop(state);
+        if first {
+            self.writer.notify_one();
+        }
+        true
+    }
+
+    /// Asks for the connection to close with `code` after the frames already queued.
+    /// The first close wins. Returns false if the connection was already closing.
+    pub fn close(&self, code: u16, reason: impl Into<String>) -> bool {
+        let mut state = self.lock();
+        if state.closing.is_some() || state.dead {
+            return false;
+        }
+        state.closing = Some(Closing {
+            code,
+            reason: reason.into(),
+        });
+        drop(state);
+        self.writer.notify_one();
+        self.reader.notify_one();
+        true
+    }
+
+    /// The close the server decided on, if any.
+    pub fn closing(&self) -> Option<Closing> {
+        self.lock().closing.clone()
+    }
+
+    /// Resolves when the server decides to close this connection.
+    pub async fn closed_by_server(&self) {
+        loop {
+            {
+                let state = self.lock();
+                if state.closing.is_some() || state.dead {
+                    return;
+                }
+            }
+            self.reader.notified().await;
+        }
+    }
+
+    /// The reader is done: the writer flushes what is queued and ends.
+    pub fn finish(&self) {
+        self.lock().finished = true;
+        self.writer.notify_one();
+    }
+
+    async fn next_batch(&self) -> Batch {
+        loop {
+            {
+                let mut state = self.lock();
+                if !state.queue.is_empty() || state.closing.is_some() || state.finished {
+                    state.bytes = 0;
+                    return Batch {
+                        frames: std::mem::take(&mut state.queue),
+                        closing: state.closing.clone(),
+                        finished: state.finished,
+                    };
+                }
+            }
+            self.writer.notified().await;
+        }
+    }
+
+    fn mark_dead(&self) {
+        let mut state = self.lock();
+        state.dead = true;
+        state.queue.clear();
+        state.bytes = 0;
+        drop(state);
+        self.reader.notify_one();
+    }
+}
+
+/// The writer task: drains the queue in batches (one flush per batch), sends the close frame.
+pub(crate) async fn write_loop<S>(mut sink: S, out: Arc<Outbound>)
+where
+    S: Sink<WsMessage> + Unpin,
+{
+    let mut close_sent = false;
+    loop {
+        let batch = out.next_batch().await;
+        for frame in batch.frames {
+            if sink.feed(frame).await.is_err() {
+                out.mark_dead();
+                return;
+            }
+        }
+        if let Some(closing) = batch.closing.filter(|_| !close_sent) {
+            close_sent = true;
+            let frame = CloseFrame {
+                code: CloseCode::from(closing.code),
+                reason: Utf8Bytes::from(closing.reason),
+            };
+            // The peer may already be gone; the connection ends either way.
+            let _ = sink.feed(WsMessage::Close(Some(frame))).await;
+        }
+        if sink.flush().await.is_err() {
+            out.mark_dead();
+            return;
+        }
+        if batch.finished {
+            let _ = sink.close().await;
+            return;
+        }
+    }
+}

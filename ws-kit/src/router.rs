@@ -1,0 +1,317 @@
+//! The router: routes, middleware, lifecycle hooks and the pub/sub engine, built into an `App`.
+
+use crate::context::Connection;
+use crate::error::{Error, WsError};
+use crate::handler::{DynRoute, Handler, RouteTable, Routes, Single};
+use crate::message::{EventMessage, Message, RpcMessage};
+use crate::middleware::Middleware;
+use crate::outbound::OverflowPolicy;
+use crate::pubsub::{ClientId, MemoryPubSub, PubSub, PublishResult, validate_topic};
+use crate::wire::{self, Layout, OutMeta};
+use futures_util::future::BoxFuture;
+use serde_json::{Map, Value};
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+
+/// What kind of failure an [`ErrorEvent`] reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The frame was not a JSON object with a string `type`.
+    InvalidFrame,
+    /// A client sent a reserved type.
+    ReservedType,
+    /// No handler for the type.
+    UnknownType,
+    /// Strict decoding or field validation failed.
+    Validation,
+    /// A handler or middleware returned an error.
+    Handler,
+    /// A handler panicked.
+    Panic,
+    /// An RPC handler finished without replying.
+    MissingTerminal,
+    /// A reply or error after the request's terminal was dropped.
+    AfterTerminal,
+    /// A request reused a correlation id already in flight; it was dropped.
+    DuplicateCorrelation,
+    /// Too many RPCs in flight on the connection.
+    InflightLimit,
+    /// An RPC passed its deadline.
+    DeadlineExceeded,
+    /// An inbound frame was larger than `max_payload_bytes`.
+    PayloadTooLarge,
+    /// An outbound frame could not be encoded.
+    Encode,
+    /// `on_open` failed.
+    Open,
+    /// A lifecycle hook panicked.
+    HookPanic,
+}
+
+/// A server-side failure, given to `on_error` hooks.
+#[derive(Clone, Debug)]
+pub struct ErrorEvent {
+    /// The connection it happened on.
+    pub client_id: ClientId,
+    /// What kind of failure.
+    pub kind: ErrorKind,
+    /// The message type involved, if known.
+    pub message_type: Option<String>,
+    /// The request's correlation id, if any.
+    pub correlation_id: Option<String>,
+    /// The error (for panics: `INTERNAL` with the panic message; the client saw only "Internal error").
+    pub error: WsError,
+}
+
+/// Why a connection closed, given to `on_close` hooks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloseInfo {
+    /// The close code (the client's, or the server's when it closed; 1006 when the socket dropped).
+    pub code: u16,
+    /// The close reason.
+    pub reason: String,
+}
+
+type OpenHook<D> =
+    Arc<dyn Fn(Connection<D>) -> BoxFuture<'static, Result<(), WsError>> + Send + Sync>;
+type CloseHook<D> = Arc<dyn Fn(Connection<D>, CloseInfo) -> BoxFuture<'static, ()> + Send + Sync>;
+type ErrorHook = Arc<dyn Fn(&ErrorEvent) + Send + Sync>;
+
+/// Routes messages to handlers, with middleware, lifecycle hooks and a pub/sub engine.
+///
+/// `D` is the per-connection data (set by `authenticate`, or `D::default()`).
+///
+/// ```
+/// use ws_kit::{handler, routes, Ctx, Message, Router};
+///
+/// #[derive(Message)]
+/// struct Hello { name: String }
+///
+/// #[handler]
+/// async fn hello(ctx: Ctx<Hello>) {
+///     println!("hello, {}", ctx.payload.name);
+/// }
+///
+/// let router = Router::new().routes(routes![hello]);
+/// ```
+pub struct Router<D = ()> {
+    tables: Vec<Box<dyn RouteTable<D>>>,
+    middleware: Vec<Arc<dyn Middleware<D>>>,
+    on_open: Vec<OpenHook<D>>,
+    on_close: Vec<CloseHook<D>>,
+    on_error: Vec<ErrorHook>,
+    pubsub: Arc<dyn PubSub>,
+}
+
+impl<D: Send + Sync + 'static> Default for Router<D> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<D: Send + Sync + 'static> Router<D> {
+    /// An empty router with the in-memory pub/sub engine.
+    pub fn new() -> Self {
+        Router {
+            tables: Vec::new(),
+            middleware: Vec::new(),
+            on_open: Vec::new(),
+            on_close: Vec::new(),
+            on_error: Vec::new(),
+            pubsub: Arc::new(MemoryPubSub::new()),
+        }
+    }
+
+    /// Adds the handler of an event message.
+    pub fn on<H>(mut self, handler: H) -> Self
+    where
+        H: Handler<Data = D>,
+        H::Message: EventMessage,
+    {
+        self.tables.push(Box::new(Single(handler)));
+        self
+    }
+
+    /// Adds the handler of an RPC message (one with `#[rpc(response = ..)]`).
+    pub fn rpc<H>(mut self, handler: H) -> Self
+    where
+        H: Handler<Data = D>,
+        H::Message: RpcMessage,
+    {
+        self.tables.push(Box::new(Single(handler)));
+        self
+    }
+
+    /// Adds a route table built by `routes![..]` (events and RPCs alike).
+    pub fn routes(mut self, routes: Routes<D>) -> Self {
+        self.tables.push(routes.table);
+        self
+    }
+
+    /// Adds global middleware: it runs for every message, after validation, in the order added.
+    pub fn middleware(mut self, middleware: impl Middleware<D>) -> Self {
+        self.middleware.push(Arc::new(middleware));
+        self
+    }
+
+    /// Adds the routes, middleware and hooks of a feature router. Its global middleware runs after
+    /// this router's. Two routes for one type tag are an error when the server starts.
+    pub fn merge(mut self, other: Router<D>) -> Self {
+        self.tables.extend(other.tables);
+        self.middleware.extend(other.middleware);
+        self.on_open.extend(other.on_open);
+        self.on_close.extend(other.on_close);
+        self.on_error.extend(other.on_error);
+        self
+    }
+
+    /// Runs when a connection opens, before its first message. An error closes it with 1011
+    /// (or the code of [`WsError::close`]).
+    pub fn on_open<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(Connection<D>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), WsError>> + Send + 'static,
+    {
+        self.on_open
+            .push(Arc::new(move |conn| Box::pin(hook(conn))));
+        self
+    }
+
+    /// Runs when a connection closes, before its subscriptions are removed (so it can still publish).
+    pub fn on_close<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(Connection<D>, CloseInfo) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.on_close
+            .push(Arc::new(move |conn, info| Box::pin(hook(conn, info))));
+        self
+    }
+
+    /// Sees every server-side failure: validation, handler errors, panics, unknown types,
+    /// dropped duplicates. Keep it quick; it runs inline.
+    pub fn on_error(mut self, hook: impl Fn(&ErrorEvent) + Send + Sync + 'static) -> Self {
+        self.on_error.push(Arc::new(hook));
+        self
+    }
+
+    /// Replaces the pub/sub engine (in-memory by default).
+    pub fn pubsub(mut self, engine: impl PubSub) -> Self {
+        self.pubsub = Arc::new(engine);
+        self
+    }
+
+    /// A handle that publishes to this router's topics from outside handlers.
+    pub fn publisher(&self) -> Publisher {
+        Publisher {
+            pubsub: self.pubsub.clone(),
+        }
+    }
+
+    /// Checks the routes and freezes the router.
+    pub(crate) fn build(self, limits: Limits) -> Result<Arc<App<D>>, Error> {
+        let mut seen = HashSet::new();
+        for table in &self.tables {
+            for tag in table.tags() {
+                if !seen.insert(tag) {
+                    return Err(Error::DuplicateType(tag));
+                }
+            }
+        }
+        Ok(Arc::new(App {
+            tables: self.tables,
+            middleware: self.middleware.into(),
+            on_open: self.on_open,
+            on_close: self.on_close,
+            on_error: self.on_error,
+            pubsub: self.pubsub,
+            limits,
+        }))
+    }
+}
+
+/// Per-connection limits, from `ServeOptions`.
+#[derive(Clone, Debug)]
+pub(crate) struct Limits {
+    pub max_inflight_rpcs: usize,
+    pub max_queued_bytes: usize,
+    pub overflow: OverflowPolicy,
+    pub max_topics_per_connection: usize,
+    pub max_rpc_timeout: Option<std::time::Duration>,
+}
+
+/// A built router: what connections share.
+pub(crate) struct App<D> {
+    tables: Vec<Box<dyn RouteTable<D>>>,
+    pub middleware: Arc<[Arc<dyn Middleware<D>>]>,
+    pub on_open: Vec<OpenHook<D>>,
+    pub on_close: Vec<CloseHook<D>>,
+    on_error: Vec<ErrorHook>,
+    pub pubsub: Arc<dyn PubSub>,
+    pub limits: Limits,
+}
+
+impl<D: Send + Sync + 'static> App<D> {
+    pub fn find(&self, tag: &str) -> Option<&dyn DynRoute<D>> {
+        self.tables.iter().find_map(|t| t.find(tag))
+    }
+
+    pub fn report(&self, event: &ErrorEvent) {
+        if self.on_error.is_empty() {
+            tracing::debug!(client_id = %event.client_id, kind = ?event.kind, error = %event.error, "ws-kit error");
+        }
+        for hook in &self.on_error {
+            hook(event);
+        }
+    }
+
+    pub fn publisher(&self) -> Publisher {
+        Publisher {
+            pubsub: self.pubsub.clone(),
+        }
+    }
+}
+
+/// Publishes to topics from anywhere (a background task, another service's callback).
+#[derive(Clone)]
+pub struct Publisher {
+    pubsub: Arc<dyn PubSub>,
+}
+
+impl Publisher {
+    /// Publishes a message to a topic's subscribers.
+    pub async fn publish<M: Message>(&self, topic: &str, msg: &M) -> PublishResult {
+        self.publish_with(topic, msg, None, None).await
+    }
+
+    pub(crate) async fn publish_with<M: Message>(
+        &self,
+        topic: &str,
+        msg: &M,
+        meta: Option<&Map<String, Value>>,
+        exclude: Option<ClientId>,
+    ) -> PublishResult {
+        if let Err(e) = validate_topic(topic) {
+            return PublishResult::failed(e);
+        }
+        let frame = match wire::encode_message(
+            msg,
+            OutMeta {
+                correlation_id: None,
+                user: meta,
+            },
+            Layout::Publication,
+        ) {
+            Ok(frame) => frame,
+            Err(e) => return PublishResult::failed(e),
+        };
+        self.pubsub.publish(topic, frame, exclude).await
+    }
+
+    /// How many connections subscribe to `topic`, when the engine knows.
+    pub async fn subscriber_count(&self, topic: &str) -> Option<usize> {
+        self.pubsub.subscriber_count(topic).await
+    }
+}

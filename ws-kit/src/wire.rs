@@ -1,0 +1,394 @@
+//! The wire format: parsing inbound envelopes and encoding outbound frames (PROTOCOL.md 2–4).
+
+use crate::error::{Issue, WsError};
+use crate::message::{Message, Meta};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::ser::{SerializeMap, Serializer};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::fmt;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// Longest accepted `meta.correlationId`, in bytes.
+pub(crate) const MAX_CORRELATION_ID: usize = 128;
+
+/// A parsed client → server envelope; `payload` and unknown meta keys stay raw until the message
+/// type is known.
+#[doc(hidden)]
+pub struct Envelope<'a> {
+    pub(crate) ty: Cow<'a, str>,
+    pub(crate) payload: Option<&'a RawValue>,
+    pub(crate) meta: Meta,
+    /// Meta keys beyond the standard ones (declared by the message schema, or unknown).
+    pub(crate) meta_extra: Vec<(Cow<'a, str>, &'a RawValue)>,
+    /// Problems found in the envelope itself (unknown root keys, bad standard meta values).
+    pub(crate) issues: Vec<Issue>,
+}
+
+/// Parses an envelope. `Err` means the frame is not a JSON object with a string `type`.
+pub(crate) fn parse_envelope(text: &str) -> Result<Envelope<'_>, String> {
+    let raw: RawEnvelope<'_> = serde_json::from_str(text).map_err(|e| strip_position(&e))?;
+    let Some(ty) = raw.ty else {
+        return Err("missing string field `type`".to_string());
+    };
+    let mut issues = raw.issues;
+    let mut meta = Meta::default();
+    let mut meta_extra = Vec::new();
+    for (key, value) in raw.meta {
+        match &*key {
+            "correlationId" => match serde_json::from_str::<String>(value.get()) {
+                Ok(id) if id.len() > MAX_CORRELATION_ID => issues.push(Issue::new(
+                    "meta.correlationId",
+                    format!("must be at most {MAX_CORRELATION_ID} bytes"),
+                )),
+                Ok(id) => meta.correlation_id = Some(id.into_boxed_str()),
+                Err(_) => issues.push(Issue::new("meta.correlationId", "must be a string")),
+            },
+            "timestamp" => match serde_json::from_str::<f64>(value.get()) {
+                Ok(ts) => meta.timestamp = Some(ts),
+                Err(_) => issues.push(Issue::new("meta.timestamp", "must be a number")),
+            },
+            "timeoutMs" => match serde_json::from_str::<u64>(value.get()) {
+                Ok(ms) if ms > 0 => meta.timeout_ms = Some(ms),
+                _ => issues.push(Issue::new("meta.timeoutMs", "must be a positive integer")),
+            },
+            "idempotencyKey" => match serde_json::from_str::<String>(value.get()) {
+                Ok(key) => meta.idempotency_key = Some(key.into_boxed_str()),
+                Err(_) => issues.push(Issue::new("meta.idempotencyKey", "must be a string")),
+            },
+            // Server-owned keys: stripped, never trusted, never rejected.
+            "clientId" | "receivedAt" => {}
+            _ => meta_extra.push((key, value)),
+        }
+    }
+    Ok(Envelope {
+        ty,
+        payload: raw.payload,
+        meta,
+        meta_extra,
+        issues,
+    })
+}
+
+/// The first pass over a frame: the root object, with `payload` left raw.
+struct RawEnvelope<'a> {
+    ty: Option<Cow<'a, str>>,
+    payload: Option<&'a RawValue>,
+    meta: Vec<(Cow<'a, str>, &'a RawValue)>,
+    issues: Vec<Issue>,
+}
+
+impl<'de> Deserialize<'de> for RawEnvelope<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(RootVisitor)
+    }
+}
+
+struct RootVisitor;
+
+impl<'de> Visitor<'de> for RootVisitor {
+    type Value = RawEnvelope<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object with a string `type`")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut env = RawEnvelope {
+            ty: None,
+            payload: None,
+            meta: Vec::new(),
+            issues: Vec::new(),
+        };
+        let mut seen_payload = false;
+        let mut seen_meta = false;
+        while let Some(CowStr(key)) = map.next_key()? {
+            match &*key {
+                "type" => {
+                    if env.ty.is_some() {
+                        return Err(de::Error::custom("duplicate key `type`"));
+                    }
+                    let CowStr(ty) = map
+                        .next_value()
+                        .map_err(|_| de::Error::custom("`type` must be a string"))?;
+                    env.ty = Some(ty);
+                }
+                "payload" => {
+                    if seen_payload {
+                        return Err(de::Error::custom("duplicate key `payload`"));
+                    }
+                    seen_payload = true;
+                    let raw: &RawValue = map.next_value()?;
+                    // `"payload": null` counts as absent.
+                    env.payload = (raw.get() != "null").then_some(raw);
+                }
+                "meta" => {
+                    if seen_meta {
+                        return Err(de::Error::custom("duplicate key `meta`"));
+                    }
+                    seen_meta = true;
+                    let RawMeta(entries) = map.next_value()?;
+                    env.meta = entries;
+                }
+                _ => {
+                    map.next_value::<de::IgnoredAny>()?;
+                    env.issues.push(Issue::new(key.into_owned(), "unknown key"));
+                }
+            }
+        }
+        Ok(env)
+    }
+}
+
+/// The entries of `meta`, values left raw.
+struct RawMeta<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for RawMeta<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct MetaVisitor;
+        impl<'de> Visitor<'de> for MetaVisitor {
+            type Value = RawMeta<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("`meta` to be an object")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(RawMeta(Vec::new()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(CowStr(key)) = map.next_key()? {
+                    let value: &RawValue = map.next_value()?;
+                    entries.push((key, value));
+                }
+                Ok(RawMeta(entries))
+            }
+        }
+        d.deserialize_any(MetaVisitor)
+    }
+}
+
+/// A string borrowed from the frame when it has no escapes.
+struct CowStr<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for CowStr<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = CowStr<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// serde_json's message without the " at line 1 column 9" suffix.
+pub(crate) fn strip_position(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}
+
+/// Whether a client may not send this type (PROTOCOL.md section 6).
+pub(crate) fn is_reserved(ty: &str) -> bool {
+    ty.starts_with('$') || ty.starts_with("__") || ty == "ERROR" || ty == "RPC_ERROR"
+}
+
+/// Outbound meta: the correlation id, the sender's own keys, and the message's declared meta fields.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct OutMeta<'a> {
+    pub correlation_id: Option<&'a str>,
+    pub user: Option<&'a Map<String, Value>>,
+}
+
+/// A source of declared meta fields for a frame (a message, or nothing for error frames).
+pub(crate) trait MetaFields {
+    fn write<M: SerializeMap>(&self, map: &mut M) -> Result<(), M::Error>;
+    fn is_empty(&self) -> bool;
+}
+
+impl MetaFields for () {
+    fn write<M: SerializeMap>(&self, _: &mut M) -> Result<(), M::Error> {
+        Ok(())
+    }
+    fn is_empty(&self) -> bool {
+        true
+    }
+}
+
+impl<T: Message> MetaFields for &T {
+    fn write<M: SerializeMap>(&self, map: &mut M) -> Result<(), M::Error> {
+        self.__serialize_meta(map)
+    }
+    fn is_empty(&self) -> bool {
+        T::__META_KEYS.is_empty()
+    }
+}
+
+struct MetaOut<'a, F> {
+    meta: OutMeta<'a>,
+    fields: &'a F,
+}
+
+impl<F: MetaFields> Serialize for MetaOut<'_, F> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        if let Some(user) = self.meta.user {
+            for (k, v) in user {
+                // A sender can never set the envelope's own keys through user meta.
+                if k != "type" && k != "correlationId" {
+                    map.serialize_entry(k, v)?;
+                }
+            }
+        }
+        self.fields.write(&mut map)?;
+        if let Some(id) = self.meta.correlation_id {
+            map.serialize_entry("correlationId", id)?;
+        }
+        map.end()
+    }
+}
+
+/// Key order of a frame.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// `type`, `meta` (always, `{}` when empty), `payload`: direct sends, replies, errors.
+    Direct,
+    /// `type`, `payload`, then `meta` only when there is some: pub/sub deliveries.
+    Publication,
+}
+
+struct Frame<'a, P, F> {
+    ty: &'a str,
+    meta: OutMeta<'a>,
+    fields: &'a F,
+    payload: Option<&'a P>,
+    layout: Layout,
+}
+
+impl<P: Serialize, F: MetaFields> Serialize for Frame<'_, P, F> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("type", self.ty)?;
+        let meta = MetaOut {
+            meta: self.meta,
+            fields: self.fields,
+        };
+        if self.layout == Layout::Direct {
+            map.serialize_entry("meta", &meta)?;
+        }
+        if let Some(p) = self.payload {
+            map.serialize_entry("payload", p)?;
+        }
+        if self.layout == Layout::Publication {
+            let has_meta = self.meta.correlation_id.is_some()
+                || self
+                    .meta
+                    .user
+                    .is_some_and(|u| u.keys().any(|k| k != "type" && k != "correlationId"))
+                || !self.fields.is_empty();
+            if has_meta {
+                map.serialize_entry("meta", &meta)?;
+            }
+        }
+        map.end()
+    }
+}
+
+fn to_frame<T: Serialize>(value: &T) -> Result<Utf8Bytes, WsError> {
+    serde_json::to_string(value)
+        .map(Utf8Bytes::from)
+        .map_err(|e| WsError::internal(format!("could not encode frame: {}", strip_position(&e))))
+}
+
+/// Encodes a message under its own type tag (send, reply, publication).
+pub(crate) fn encode_message<M: Message>(
+    msg: &M,
+    meta: OutMeta<'_>,
+    layout: Layout,
+) -> Result<Utf8Bytes, WsError> {
+    encode_message_as(M::TYPE, msg, meta, layout)
+}
+
+/// Encodes a message's payload under another type (progress frames).
+pub(crate) fn encode_message_as<M: Message>(
+    ty: &str,
+    msg: &M,
+    meta: OutMeta<'_>,
+    layout: Layout,
+) -> Result<Utf8Bytes, WsError> {
+    let payload = crate::message::PayloadOf(msg);
+    to_frame(&Frame {
+        ty,
+        meta,
+        fields: &msg,
+        payload: M::__HAS_PAYLOAD.then_some(&payload),
+        layout,
+    })
+}
+
+/// Encodes an `ERROR` or `RPC_ERROR` frame.
+pub(crate) fn encode_error(rpc: bool, err: &WsError, correlation_id: Option<&str>) -> Utf8Bytes {
+    let ty = if rpc { "RPC_ERROR" } else { "ERROR" };
+    let payload = err.payload();
+    let frame = Frame {
+        ty,
+        meta: OutMeta {
+            correlation_id,
+            user: None,
+        },
+        fields: &(),
+        payload: Some(&payload),
+        layout: Layout::Direct,
+    };
+    // An error payload holds only strings, numbers and a JSON object: encoding cannot fail.
+    to_frame(&frame).unwrap_or_else(|_| Utf8Bytes::from_static("{\"type\":\"ERROR\",\"meta\":{},\"payload\":{\"code\":\"INTERNAL\",\"message\":\"Internal error\"}}"))
+}
+
+/// `{"type":"__heartbeat_ack","meta":{"ts":...}}`.
+pub(crate) fn heartbeat_ack(now_ms: u64) -> Utf8Bytes {
+    Utf8Bytes::from(format!(
+        "{{\"type\":\"__heartbeat_ack\",\"meta\":{{\"ts\":{now_ms}}}}}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_reserved_meta_and_collects_issues() {
+        let env = parse_envelope(
+            r#"{"type":"X","extra":1,"meta":{"clientId":"spoof","receivedAt":5,"correlationId":"c1","timeoutMs":0,"traceId":"t"}}"#,
+        )
+        .unwrap();
+        assert_eq!(env.ty, "X");
+        assert_eq!(env.meta.correlation_id.as_deref(), Some("c1"));
+        assert_eq!(env.meta_extra.len(), 1);
+        assert_eq!(env.meta_extra[0].0, "traceId");
+        let paths: Vec<_> = env.issues.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(paths, ["extra", "meta.timeoutMs"]);
+    }
+
+    #[test]
+    fn rejects_non_objects_and_missing_type() {
+        assert!(parse_envelope("[1]").is_err());
+        assert!(parse_envelope("nope").is_err());
+        assert!(parse_envelope(r#"{"payload":{}}"#).is_err());
+        assert!(parse_envelope(r#"{"type":5}"#).is_err());
+    }
+}
