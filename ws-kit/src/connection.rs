@@ -179,6 +179,9 @@ pub(crate) async fn run<D, S>(
         }
     }
     // Subscriptions go after the close hooks, which may still publish.
+    conn.inner
+        .closed
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     let topics: Vec<Box<str>> = conn
         .inner
         .topics

@@ -5,11 +5,12 @@ use crate::message::{Message, Meta, RpcMessage};
 use crate::middleware::Request;
 use crate::outbound::Outbound;
 use crate::pubsub::{ClientId, PublishOptions, PublishResult, Subscriber, validate_topic};
-use crate::router::{App, ErrorEvent, ErrorKind};
+use crate::router::{App, ErrorEvent, ErrorKind, TopicAction};
 use crate::wire::{self, Layout, OutMeta};
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
 use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Instant, SystemTime};
 use tokio::sync::Notify;
@@ -37,6 +38,8 @@ pub(crate) struct ConnInner<D> {
     pub topics: Mutex<HashSet<Box<str>>>,
     pub inflight: Mutex<HashMap<Box<str>, Arc<RpcSlot>>>,
     pub app: Arc<App<D>>,
+    /// Set when teardown removes the subscriptions; a subscribe racing with it undoes itself.
+    pub closed: AtomicBool,
 }
 
 impl<D: Send + Sync + 'static> Connection<D> {
@@ -53,6 +56,7 @@ impl<D: Send + Sync + 'static> Connection<D> {
                 topics: Mutex::default(),
                 inflight: Mutex::default(),
                 app,
+                closed: AtomicBool::new(false),
             }),
         }
     }
@@ -109,6 +113,9 @@ impl<D: Send + Sync + 'static> Connection<D> {
     /// `max_topics_per_connection`, or the engine's error.
     pub async fn subscribe(&self, topic: &str) -> Result<(), WsError> {
         validate_topic(topic)?;
+        self.inner
+            .app
+            .authorize(self, topic, TopicAction::Subscribe)?;
         {
             let mut topics = self.inner.topics.lock().unwrap_or_else(|e| e.into_inner());
             if topics.contains(topic) {
@@ -131,6 +138,16 @@ impl<D: Send + Sync + 'static> Connection<D> {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(topic);
             return Err(e);
+        }
+        if self.inner.closed.load(Ordering::SeqCst) {
+            // Teardown may have drained the topic set before this subscription reached the engine.
+            let _ = self
+                .inner
+                .app
+                .pubsub
+                .unsubscribe(topic, self.inner.id)
+                .await;
+            return Err(WsError::unavailable("connection closed"));
         }
         Ok(())
     }
@@ -182,6 +199,9 @@ impl<D: Send + Sync + 'static> Connection<D> {
         msg: &M,
         options: PublishOptions,
     ) -> PublishResult {
+        if let Err(e) = self.inner.app.authorize(self, topic, TopicAction::Publish) {
+            return PublishResult::failed(e);
+        }
         let exclude = options.exclude_self.then_some(self.inner.id);
         self.inner
             .app

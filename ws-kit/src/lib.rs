@@ -23,7 +23,7 @@ pub use pubsub::{
     Capability, ClientId, MAX_TOPIC_LEN, MemoryPubSub, PubSub, PublishOptions, PublishResult,
     Subscriber, validate_topic,
 };
-pub use router::{CloseInfo, ErrorEvent, ErrorKind, Publisher, Router};
+pub use router::{CloseInfo, ErrorEvent, ErrorKind, Publisher, Router, TopicAction};
 pub use server::{
     IntoAuth, PayloadLimit, Rejection, ServeOptions, Server, Service, query_param, serve,
 };
@@ -148,3 +148,8 @@ pub mod __private {
         true
     }
 }
+
+/// The README's code sample, compiled as a doctest so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -78,6 +78,16 @@ type OpenHook<D> =
     Arc<dyn Fn(Connection<D>) -> BoxFuture<'static, Result<(), WsError>> + Send + Sync>;
 type CloseHook<D> = Arc<dyn Fn(Connection<D>, CloseInfo) -> BoxFuture<'static, ()> + Send + Sync>;
 type ErrorHook = Arc<dyn Fn(&ErrorEvent) + Send + Sync>;
+type AuthorizeHook<D> = Arc<dyn Fn(&Connection<D>, &str, TopicAction) -> bool + Send + Sync>;
+
+/// What a connection wants to do with a topic, for the `authorize_topics` hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TopicAction {
+    /// `subscribe(topic)`.
+    Subscribe,
+    /// `publish(topic, ..)` from a handler or hook of this connection.
+    Publish,
+}
 
 /// Routes messages to handlers, with middleware, lifecycle hooks and a pub/sub engine.
 ///
@@ -103,6 +113,7 @@ pub struct Router<D = ()> {
     on_close: Vec<CloseHook<D>>,
     on_error: Vec<ErrorHook>,
     pubsub: Arc<dyn PubSub>,
+    authorize: Vec<AuthorizeHook<D>>,
 }
 
 impl<D: Send + Sync + 'static> Default for Router<D> {
@@ -121,6 +132,7 @@ impl<D: Send + Sync + 'static> Router<D> {
             on_close: Vec::new(),
             on_error: Vec::new(),
             pubsub: Arc::new(MemoryPubSub::new()),
+            authorize: Vec::new(),
         }
     }
 
@@ -164,6 +176,7 @@ impl<D: Send + Sync + 'static> Router<D> {
         self.on_open.extend(other.on_open);
         self.on_close.extend(other.on_close);
         self.on_error.extend(other.on_error);
+        self.authorize.extend(other.authorize);
         self
     }
 
@@ -197,6 +210,16 @@ impl<D: Send + Sync + 'static> Router<D> {
         self
     }
 
+    /// Decides whether a connection may subscribe or publish to a topic; a `false` from any hook
+    /// denies it with `PERMISSION_DENIED`. Publishing through a [`Publisher`] is not checked.
+    pub fn authorize_topics(
+        mut self,
+        hook: impl Fn(&Connection<D>, &str, TopicAction) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.authorize.push(Arc::new(hook));
+        self
+    }
+
     /// Replaces the pub/sub engine (in-memory by default).
     pub fn pubsub(mut self, engine: impl PubSub) -> Self {
         self.pubsub = Arc::new(engine);
@@ -227,6 +250,7 @@ impl<D: Send + Sync + 'static> Router<D> {
             on_close: self.on_close,
             on_error: self.on_error,
             pubsub: self.pubsub,
+            authorize: self.authorize,
             limits,
         }))
     }
@@ -250,6 +274,7 @@ pub(crate) struct App<D> {
     pub on_close: Vec<CloseHook<D>>,
     on_error: Vec<ErrorHook>,
     pub pubsub: Arc<dyn PubSub>,
+    authorize: Vec<AuthorizeHook<D>>,
     pub limits: Limits,
 }
 
@@ -270,6 +295,27 @@ impl<D: Send + Sync + 'static> App<D> {
     pub fn publisher(&self) -> Publisher {
         Publisher {
             pubsub: self.pubsub.clone(),
+        }
+    }
+
+    /// Runs the `authorize_topics` hooks.
+    pub fn authorize(
+        &self,
+        conn: &Connection<D>,
+        topic: &str,
+        action: TopicAction,
+    ) -> Result<(), WsError> {
+        if self.authorize.iter().all(|hook| hook(conn, topic, action)) {
+            Ok(())
+        } else {
+            let verb = match action {
+                TopicAction::Subscribe => "subscribe to",
+                TopicAction::Publish => "publish to",
+            };
+            Err(
+                WsError::permission_denied(format!("not allowed to {verb} this topic"))
+                    .with_details(serde_json::json!({ "topic": topic })),
+            )
         }
     }
 }

@@ -316,7 +316,7 @@ impl<D: Send + Sync + 'static> Service<D> {
         };
         let config = WebSocketConfig::default()
             .read_buffer_size(opts.read_buffer_size)
-            .write_buffer_size(0)
+            .write_buffer_size(8 * 1024)
             .max_message_size(Some(hard_max))
             .max_frame_size(Some(hard_max));
         let socket =
