@@ -87,7 +87,7 @@ pub(crate) async fn run<D, S>(
     tokio::pin!(ping);
     let mut client_close: Option<CloseInfo> = None;
 
-    while opened {
+    while opened && !out.is_closing() {
         tokio::select! {
             biased;
             _ = out.closed_by_server() => break,
@@ -315,20 +315,18 @@ pub(crate) fn dispatch<H: Handler>(
 
     // A duplicate in-flight id is dropped before anything is sent for it: any frame would carry
     // the first request's correlation id.
-    if rpc {
-        if let Some(id) = &cid {
-            let inflight = conn
-                .inner
-                .inflight
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if inflight.contains_key(id) {
-                drop(inflight);
-                let err =
-                    WsError::already_exists(format!("correlation id `{id}` is already in flight"));
-                conn.report(ErrorKind::DuplicateCorrelation, Some(ty), Some(id), err);
-                return None;
-            }
+    if let Some(id) = cid.as_ref().filter(|_| rpc) {
+        let duplicate = conn
+            .inner
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(id);
+        if duplicate {
+            let err =
+                WsError::already_exists(format!("correlation id `{id}` is already in flight"));
+            conn.report(ErrorKind::DuplicateCorrelation, Some(ty), Some(id), err);
+            return None;
         }
     }
 

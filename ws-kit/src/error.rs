@@ -168,6 +168,12 @@ impl Issue {
 /// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct WsError {
+    // Boxed: errors are the rare path, and every `Result<_, WsError>` stays one pointer wide.
+    inner: Box<ErrorInner>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct ErrorInner {
     code: ErrorCode,
     message: Cow<'static, str>,
     details: Option<Map<String, Value>>,
@@ -180,12 +186,14 @@ impl WsError {
     /// An error with a code and a message.
     pub fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
         WsError {
-            code,
-            message: message.into(),
-            details: None,
-            retryable: None,
-            retry_after_ms: None,
-            close: None,
+            inner: Box::new(ErrorInner {
+                code,
+                message: message.into(),
+                details: None,
+                retryable: None,
+                retry_after_ms: None,
+                close: None,
+            }),
         }
     }
 
@@ -197,7 +205,7 @@ impl WsError {
 
     /// Adds `details` (an object; other JSON values are put under `"value"`).
     pub fn with_details(mut self, details: Value) -> Self {
-        self.details = match details {
+        self.inner.details = match details {
             Value::Object(map) if map.is_empty() => None,
             Value::Object(map) => Some(map),
             Value::Null => None,
@@ -208,13 +216,13 @@ impl WsError {
 
     /// Says explicitly whether the client may retry (sent as `retryable`).
     pub fn with_retryable(mut self, retryable: bool) -> Self {
-        self.retryable = Some(retryable);
+        self.inner.retryable = Some(retryable);
         self
     }
 
     /// Sets the retry hint `retryAfterMs`.
     pub fn with_retry_after_ms(mut self, ms: u64) -> Self {
-        self.retry_after_ms = Some(ms);
+        self.inner.retry_after_ms = Some(ms);
         self
     }
 
@@ -222,37 +230,37 @@ impl WsError {
     pub fn close(code: u16, reason: impl Into<Cow<'static, str>>) -> Self {
         let reason = reason.into();
         let mut err = WsError::new(ErrorCode::FailedPrecondition, reason.clone());
-        err.close = Some((code, reason));
+        err.inner.close = Some((code, reason));
         err
     }
 
     /// The wire code.
     pub fn code(&self) -> &ErrorCode {
-        &self.code
+        &self.inner.code
     }
 
     /// The message.
     pub fn message(&self) -> &str {
-        &self.message
+        &self.inner.message
     }
 
     /// The details object, if any.
     pub fn details(&self) -> Option<&Map<String, Value>> {
-        self.details.as_ref()
+        self.inner.details.as_ref()
     }
 
     /// The explicit `retryable` flag, if set.
     pub fn retryable(&self) -> Option<bool> {
-        self.retryable
+        self.inner.retryable
     }
 
     /// The `retryAfterMs` hint, if set.
     pub fn retry_after_ms(&self) -> Option<u64> {
-        self.retry_after_ms
+        self.inner.retry_after_ms
     }
 
     pub(crate) fn close_frame(&self) -> Option<&(u16, Cow<'static, str>)> {
-        self.close.as_ref()
+        self.inner.close.as_ref()
     }
 
     /// `INVALID_ARGUMENT` with `details.issues`.
@@ -274,11 +282,11 @@ impl WsError {
     /// The wire payload of this error.
     pub(crate) fn payload(&self) -> ErrorPayload<'_> {
         ErrorPayload {
-            code: &self.code,
-            message: &self.message,
-            details: self.details.as_ref(),
-            retryable: self.retryable,
-            retry_after_ms: self.retry_after_ms,
+            code: &self.inner.code,
+            message: &self.inner.message,
+            details: self.inner.details.as_ref(),
+            retryable: self.inner.retryable,
+            retry_after_ms: self.inner.retry_after_ms,
         }
     }
 }
@@ -333,7 +341,7 @@ impl From<ErrorCode> for WsError {
 
 impl fmt::Display for WsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.code, self.message)
+        write!(f, "{}: {}", self.inner.code, self.inner.message)
     }
 }
 

@@ -300,6 +300,7 @@ impl<D: Send + Sync + 'static> Service<D> {
         let opts = &self.inner.options;
         let client_id = uuid::Uuid::now_v7();
         let mut data = None;
+        #[allow(clippy::result_large_err)]
         let callback = |req: &Request, response: Response| -> Result<Response, ErrorResponse> {
             let result = handshake(opts, req, response, client_id)?;
             match (opts.authenticate)(req) {
@@ -360,16 +361,20 @@ impl<D: Send + Sync + 'static> Service<D> {
 }
 
 /// Checks path and Origin, picks the subprotocol and sets `x-client-id`.
+// `ErrorResponse` is tungstenite's type; its size is not ours to choose.
+#[allow(clippy::result_large_err)]
 fn handshake<D>(
     opts: &ServeOptions<D>,
     req: &Request,
     mut response: Response,
     client_id: uuid::Uuid,
 ) -> Result<Response, ErrorResponse> {
-    if let Some(path) = &opts.path {
-        if req.uri().path() != path {
-            return Err(reject(404, "Not Found".into()));
-        }
+    if opts
+        .path
+        .as_ref()
+        .is_some_and(|path| req.uri().path() != path)
+    {
+        return Err(reject(404, "Not Found".into()));
     }
     if let Some(allowed) = &opts.allowed_origins {
         let origin = req.headers().get("origin").and_then(|o| o.to_str().ok());
