@@ -102,6 +102,13 @@ fn parse(input: &DeriveInput, errors: &mut Errors) -> Option<Message> {
                 continue;
             }
             rpc_attr_seen = true;
+            if let syn::Meta::Path(_) = attr.meta {
+                errors.spanned(
+                    attr,
+                    "`#[rpc]` needs a response message: `#[rpc(response = MyReply)]`",
+                );
+                continue;
+            }
             let result = attr.parse_nested_meta(|meta| {
                 if meta.path.is_ident("response") {
                     if response.is_some() {
@@ -365,6 +372,8 @@ fn generate(m: &Message) -> TokenStream {
                 }
 
                 #[doc(hidden)]
+                // `length` bounds are cast to `u64` whatever their type; a `u64` one is a trivial cast.
+                #[allow(trivial_numeric_casts)]
                 fn __validate(&self, __issues: &mut ::std::vec::Vec<::ws_kit::Issue>) {
                     #( #validations )*
                 }

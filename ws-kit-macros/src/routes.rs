@@ -42,11 +42,18 @@ pub fn expand(input: RoutesInput) -> TokenStream {
     // One check per pair, spanned at the later handler, so the error points at the duplicate.
     let mut checks = Vec::new();
     for (j, later) in handlers.iter().enumerate() {
-        for earlier in &handlers[..j] {
-            let (a, b) = (
-                &tag_values[handlers.iter().position(|h| h == earlier).unwrap_or(0)],
-                &tag_values[j],
-            );
+        if let Some(earlier) = handlers[..j]
+            .iter()
+            .find(|h| path_text(h) == path_text(later))
+        {
+            let message = format!("`{}` is listed twice in `routes!`", path_text(earlier));
+            return quote_spanned!(later.span()=> ::core::compile_error!(#message));
+        }
+        checks.push(quote_spanned! {later.span()=>
+            const _: fn() = #ws::same_data::<#data, #later>;
+        });
+        for (i, earlier) in handlers[..j].iter().enumerate() {
+            let (a, b) = (&tag_values[i], &tag_values[j]);
             let message = format!(
                 "duplicate type tag in `routes!`: `{}` handles the same message type as `{}`",
                 path_text(later),
@@ -78,7 +85,9 @@ pub fn expand(input: RoutesInput) -> TokenStream {
                 ::std::vec![#(#tag_values),*]
             }
         }
-        ::ws_kit::Routes::<#data>::from_table(__WsKitRoutes(#(#handlers),*))
+        ::ws_kit::Routes::<#data>::from_table(__WsKitRoutes(
+            #( <#handlers as ::core::default::Default>::default() ),*
+        ))
     }}
 }
 

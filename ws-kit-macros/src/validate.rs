@@ -7,6 +7,7 @@
 use crate::errors::Errors;
 use proc_macro2::TokenStream;
 use quote::quote;
+use syn::spanned::Spanned;
 use syn::{Expr, LitStr, meta::ParseNestedMeta};
 
 /// One constraint on one field, ready to expand.
@@ -27,6 +28,7 @@ pub fn parse(attr: &syn::Attribute, errors: &mut Errors) -> Vec<Rule> {
             .map(ToString::to_string)
             .unwrap_or_default();
         let v = quote!(__value);
+        let mut span = meta.path.span();
         let p = quote!(::ws_kit::__private::validator);
         let rule = match name.as_str() {
             "length" => {
@@ -120,6 +122,7 @@ pub fn parse(attr: &syn::Attribute, errors: &mut Errors) -> Vec<Rule> {
                 let Some(function) = args.get("function") else {
                     return Err(meta.error("`custom` needs `function = path::to::fn`"));
                 };
+                span = function.span();
                 let function = match function {
                     Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(s), .. }) => {
                         let path: syn::Path = s.parse()?;
@@ -145,13 +148,31 @@ pub fn parse(attr: &syn::Attribute, errors: &mut Errors) -> Vec<Rule> {
                 )));
             }
         };
-        rules.push(rule);
+        rules.push(Rule { check: respan(rule.check, span), message: rule.message });
         Ok(())
     });
     if let Err(e) = result {
         errors.push(e);
     }
     rules
+}
+
+/// Re-spans generated tokens at the rule's name, so a type error (say `length` on a number)
+/// points at the rule the user wrote.
+fn respan(tokens: TokenStream, span: proc_macro2::Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut tt| {
+            if let proc_macro2::TokenTree::Group(g) = &tt {
+                let mut group = proc_macro2::Group::new(g.delimiter(), respan(g.stream(), span));
+                group.set_span(span);
+                tt = proc_macro2::TokenTree::Group(group);
+            } else {
+                tt.set_span(span);
+            }
+            tt
+        })
+        .collect()
 }
 
 /// Expands the rules of one field into statements that push issues.

@@ -182,9 +182,15 @@ pub trait CtxParts {
     type Message: Message;
     /// The connection data type.
     type Data: Send + Sync + 'static;
+    /// The identity: lets the generated call name the argument's type, so a mismatch is reported
+    /// there.
+    fn from_ctx(ctx: Ctx<Self::Message, Self::Data>) -> Self;
 }
 
 impl<M: Message, D: Send + Sync + 'static> CtxParts for Ctx<M, D> {
     type Message = M;
     type Data = D;
+    fn from_ctx(ctx: Ctx<M, D>) -> Self {
+        ctx
+    }
 }

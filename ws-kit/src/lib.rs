@@ -128,9 +128,28 @@ pub mod __private {
     }
 
     /// The error text of a custom validation function, if it failed.
-    pub fn custom_error<E: std::fmt::Display>(result: Result<(), E>) -> Option<String> {
-        result.err().map(|e| e.to_string())
+    pub fn custom_error<R: CustomResult>(result: R) -> Option<String> {
+        result.error_text()
     }
+
+    /// What a `#[validate(custom(function = f))]` function returns.
+    #[diagnostic::on_unimplemented(
+        message = "a `custom` validation function must return `Result<(), E>` where `E: Display`, not `{Self}`",
+        label = "this function's return type"
+    )]
+    pub trait CustomResult {
+        /// The failure's text, if it failed.
+        fn error_text(self) -> Option<String>;
+    }
+
+    impl<E: std::fmt::Display> CustomResult for Result<(), E> {
+        fn error_text(self) -> Option<String> {
+            self.err().map(|e| e.to_string())
+        }
+    }
+
+    /// Compile-time check that a handler in `routes!` has the table's data type.
+    pub fn same_data<D, H: crate::Handler<Data = D>>() {}
 
     /// `a == b` for strings, in `const` context (duplicate type tags in `routes!`).
     pub const fn str_eq(a: &str, b: &str) -> bool {
