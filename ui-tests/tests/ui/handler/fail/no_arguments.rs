@@ -1,0 +1,6 @@
+use ws_kit::handler;
+
+#[handler]
+async fn ping() {}
+
+fn main() {}

@@ -1,0 +1,5 @@
+#[derive(ws_kit::Message)]
+#[message(type = "A", type = "B")]
+struct Twice;
+
+fn main() {}

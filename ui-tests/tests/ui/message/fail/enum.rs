@@ -1,0 +1,7 @@
+#[derive(ws_kit::Message)]
+enum Command {
+    Start,
+    Stop,
+}
+
+fn main() {}

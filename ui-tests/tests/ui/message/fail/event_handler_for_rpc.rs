@@ -1,0 +1,21 @@
+use ws_kit::{Ctx, Message, Router, handler};
+
+#[derive(Message)]
+#[rpc(response = Pong)]
+struct Ping {
+    text: String,
+}
+
+#[derive(Message)]
+struct Pong {
+    reply: String,
+}
+
+#[handler]
+async fn ping(ctx: Ctx<Ping>) {
+    ctx.reply(Pong { reply: ctx.payload.text.clone() });
+}
+
+fn main() {
+    let _router = Router::new().on(ping);
+}

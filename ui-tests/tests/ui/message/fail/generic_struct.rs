@@ -1,0 +1,6 @@
+#[derive(ws_kit::Message)]
+struct Envelope<T> {
+    body: T,
+}
+
+fn main() {}

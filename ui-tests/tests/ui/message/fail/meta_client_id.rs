@@ -1,0 +1,7 @@
+#[derive(ws_kit::Message)]
+struct Hello {
+    #[message(meta)]
+    client_id: String,
+}
+
+fn main() {}

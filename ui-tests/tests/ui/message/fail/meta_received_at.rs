@@ -1,0 +1,7 @@
+#[derive(ws_kit::Message)]
+struct Hello {
+    #[message(meta)]
+    received_at: u64,
+}
+
+fn main() {}

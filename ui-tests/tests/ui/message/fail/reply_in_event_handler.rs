@@ -1,0 +1,18 @@
+use ws_kit::{Ctx, Message, handler};
+
+#[derive(Message)]
+struct Notify {
+    text: String,
+}
+
+#[derive(Message)]
+struct Pong {
+    reply: String,
+}
+
+#[handler]
+async fn notify(ctx: Ctx<Notify>) {
+    ctx.reply(Pong { reply: ctx.payload.text.clone() });
+}
+
+fn main() {}

@@ -1,0 +1,5 @@
+#[derive(ws_kit::Message)]
+#[rpc()]
+struct Ping;
+
+fn main() {}

@@ -1,0 +1,5 @@
+#[derive(ws_kit::Message)]
+#[rpc(response = String)]
+struct Ping;
+
+fn main() {}

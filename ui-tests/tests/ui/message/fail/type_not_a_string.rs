@@ -1,0 +1,5 @@
+#[derive(ws_kit::Message)]
+#[message(type = PING)]
+struct Ping;
+
+fn main() {}

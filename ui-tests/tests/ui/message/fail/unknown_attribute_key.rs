@@ -1,0 +1,5 @@
+#[derive(ws_kit::Message)]
+#[message(tpye = "X")]
+struct Typo;
+
+fn main() {}

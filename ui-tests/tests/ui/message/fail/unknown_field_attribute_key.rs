@@ -1,0 +1,7 @@
+#[derive(ws_kit::Message)]
+struct JoinRoom {
+    #[message(renmae = "room")]
+    room_id: String,
+}
+
+fn main() {}

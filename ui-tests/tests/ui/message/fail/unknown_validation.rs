@@ -1,0 +1,7 @@
+#[derive(ws_kit::Message)]
+struct SignUp {
+    #[validate(phone)]
+    phone: String,
+}
+
+fn main() {}
