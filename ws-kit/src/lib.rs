@@ -55,6 +55,11 @@ pub mod __private {
             issues.push(Issue::new("payload", "required"));
             return None;
         };
+        // A struct also deserializes from an array in serde; the wire wants an object.
+        if !raw.get().trim_start().starts_with('{') {
+            issues.push(Issue::new("payload", "must be an object"));
+            return None;
+        }
         match serde_json::from_str::<T>(raw.get()) {
             Ok(value) => Some(value),
             Err(_) => {
@@ -63,13 +68,19 @@ pub mod __private {
                 match serde_path_to_error::deserialize::<_, T>(&mut de) {
                     Ok(value) => Some(value),
                     Err(e) => {
-                        let path = e.path().to_string();
-                        let path = if path == "." {
-                            "payload".to_string()
-                        } else {
-                            format!("payload.{path}")
+                        let message = crate::wire::strip_position(e.inner());
+                        let mut path = match e.path().to_string() {
+                            p if p == "." => "payload".to_string(),
+                            p => format!("payload.{p}"),
                         };
-                        issues.push(Issue::new(path, crate::wire::strip_position(e.inner())));
+                        // serde reports a missing field at its parent; name the field itself.
+                        if let Some(field) = message
+                            .strip_prefix("missing field `")
+                            .and_then(|rest| rest.strip_suffix('`'))
+                        {
+                            path = format!("{path}.{field}");
+                        }
+                        issues.push(Issue::new(path, message));
                         None
                     }
                 }

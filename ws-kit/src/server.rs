@@ -512,7 +512,7 @@ impl<D: Send + Sync + 'static> Server<D> {
                     });
                 }
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
-                _ = shutdown.wait_for(|stop| *stop) => break,
+                () = async { let _ = shutdown.wait_for(|stop| *stop).await; } => break,
             }
         }
         drop(self.listener);

@@ -33,6 +33,9 @@ pub(crate) fn parse_envelope(text: &str) -> Result<Envelope<'_>, String> {
     let Some(ty) = raw.ty else {
         return Err("missing string field `type`".to_string());
     };
+    if ty.is_empty() {
+        return Err("`type` must be a non-empty string".to_string());
+    }
     let mut issues = raw.issues;
     let mut meta = Meta::default();
     let mut meta_extra = Vec::new();
