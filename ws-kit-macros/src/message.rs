@@ -373,7 +373,7 @@ fn generate(m: &Message) -> TokenStream {
 
                 #[doc(hidden)]
                 // `length` bounds are cast to `u64` whatever their type; a `u64` one is a trivial cast.
-                #[allow(trivial_numeric_casts)]
+                #[allow(trivial_numeric_casts, clippy::unnecessary_cast)]
                 fn __validate(&self, __issues: &mut ::std::vec::Vec<::ws_kit::Issue>) {
                     #( #validations )*
                 }

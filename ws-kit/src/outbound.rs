@@ -42,6 +42,8 @@ struct State {
     bytes: usize,
     /// Set once; after it nothing more is queued.
     closing: Option<Closing>,
+    /// The writer has taken the close frame (so it waits again instead of spinning).
+    close_taken: bool,
     /// The reader is done: flush what is queued, then end.
     finished: bool,
     /// The socket failed; nothing can be written any more.
@@ -170,11 +172,17 @@ impl Outbound {
         loop {
             {
                 let mut state = self.lock();
-                if !state.queue.is_empty() || state.closing.is_some() || state.finished {
+                let new_close = state.closing.is_some() && !state.close_taken;
+                if !state.queue.is_empty() || new_close || state.finished {
                     state.bytes = 0;
+                    state.close_taken |= new_close;
                     return Batch {
                         frames: std::mem::take(&mut state.queue),
-                        closing: state.closing.clone(),
+                        closing: if new_close {
+                            state.closing.clone()
+                        } else {
+                            None
+                        },
                         finished: state.finished,
                     };
                 }
@@ -198,7 +206,6 @@ pub(crate) async fn write_loop<S>(mut sink: S, out: Arc<Outbound>)
 where
     S: Sink<WsMessage> + Unpin,
 {
-    let mut close_sent = false;
     loop {
         let batch = out.next_batch().await;
         for frame in batch.frames {
@@ -207,8 +214,7 @@ where
                 return;
             }
         }
-        if let Some(closing) = batch.closing.filter(|_| !close_sent) {
-            close_sent = true;
+        if let Some(closing) = batch.closing {
             let frame = CloseFrame {
                 code: CloseCode::from(closing.code),
                 reason: Utf8Bytes::from(closing.reason),
