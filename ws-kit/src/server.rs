@@ -178,8 +178,8 @@ impl<D: Send + Sync + 'static> ServeOptions<D> {
         self
     }
 
-    /// Subprotocols the app speaks, in order of preference. The server selects the first one the
-    /// client offered; with none configured it echoes the client's first.
+    /// Subprotocols the app speaks. The server selects the first protocol the client offered that
+    /// is on this list; with none configured it echoes the client's first offer.
     pub fn subprotocols<I: IntoIterator<Item = S>, S: Into<String>>(
         mut self,
         protocols: I,
@@ -394,10 +394,10 @@ fn handshake<D>(
     let selected = if opts.subprotocols.is_empty() {
         offered.first().copied()
     } else {
-        opts.subprotocols
+        offered
             .iter()
-            .map(String::as_str)
-            .find(|p| offered.contains(p))
+            .copied()
+            .find(|p| opts.subprotocols.iter().any(|s| s == p))
     };
     let headers = response.headers_mut();
     if let Some(protocol) = selected.and_then(|p| HeaderValue::from_str(p).ok()) {
