@@ -13,7 +13,7 @@ use ws_kit::{
 
 /// What the server remembers about each connection.
 #[derive(Default)]
-struct ChatData {
+pub struct ChatData {
     username: Option<String>,
 }
 
@@ -120,7 +120,7 @@ async fn leave_room(ctx: Ctx<LeaveRoom, ChatData>) -> Result<(), WsError> {
 }
 
 /// The chat router, also used by the integration tests.
-fn router() -> Router<ChatData> {
+pub fn router() -> Router<ChatData> {
     Router::new()
         .routes(routes![join_room, send_message, leave_room])
         .on_open(|conn: Connection<ChatData>| async move {

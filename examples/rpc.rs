@@ -84,12 +84,16 @@ async fn countdown(ctx: Ctx<Countdown>) {
     ctx.reply(CountdownResult { n: 0, done: true });
 }
 
+/// The RPC router, also used by the integration tests.
+pub fn router() -> Router {
+    Router::new().routes(routes![ping, get_user, countdown])
+}
+
 #[tokio::main]
 async fn main() -> Result<(), ws_kit::Error> {
     let port = std::env::var("PORT")
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(3000);
-    let router = Router::new().routes(routes![ping, get_user, countdown]);
-    ws_kit::serve(router, ServeOptions::new().port(port)).await
+    ws_kit::serve(router(), ServeOptions::new().port(port)).await
 }

@@ -473,7 +473,11 @@ async fn direct_frames_keep_key_order_type_meta_payload() {
         let WsMessage::Text(text) = recv_raw(&mut client).await else {
             panic!("expected a text frame for {request}");
         };
-        assert_eq!(top_level_keys(&text), ["type", "meta", "payload"], "frame: {text}");
+        assert_eq!(
+            top_level_keys(&text),
+            ["type", "meta", "payload"],
+            "frame: {text}"
+        );
     }
 }
 
@@ -506,7 +510,10 @@ async fn standard_meta_keys_are_accepted_and_reach_the_handler() {
         json!({"type":"JOIN_ROOM","payload":{"roomId":"r1"},"meta":{"correlationId":"c1","timestamp":1700000000000u64}}),
     )
     .await;
-    assert_eq!(frame, json!({"type": "JOINED", "meta": {}, "payload": {"roomId": "r1"}}));
+    assert_eq!(
+        frame,
+        json!({"type": "JOINED", "meta": {}, "payload": {"roomId": "r1"}})
+    );
 }
 
 /// §2: bad values of standard meta keys are `INVALID_ARGUMENT` at their path
@@ -542,7 +549,11 @@ async fn unknown_keys_at_root_meta_and_payload_are_rejected() {
     let server = serve_default(router()).await;
     let mut client = server.client().await;
 
-    let frame = roundtrip(&mut client, json!({"type": "JOIN_ROOM", "payload": {"roomId": "r1"}, "extra": 1})).await;
+    let frame = roundtrip(
+        &mut client,
+        json!({"type": "JOIN_ROOM", "payload": {"roomId": "r1"}, "extra": 1}),
+    )
+    .await;
     assert_error(&frame, "ERROR", "INVALID_ARGUMENT");
     assert_eq!(issue_paths(&frame), ["extra"]);
 
@@ -561,8 +572,14 @@ async fn unknown_keys_at_root_meta_and_payload_are_rejected() {
     .await;
     assert_error(&frame, "ERROR", "INVALID_ARGUMENT");
     let paths = issue_paths(&frame);
-    assert!(paths.iter().all(|p| p.starts_with("payload")), "paths {paths:?}");
-    assert!(frame.to_string().contains("bogus"), "the issue names the unknown key: {frame}");
+    assert!(
+        paths.iter().all(|p| p.starts_with("payload")),
+        "paths {paths:?}"
+    );
+    assert!(
+        frame.to_string().contains("bogus"),
+        "the issue names the unknown key: {frame}"
+    );
 
     // Nothing above reached the handler: the next reply is for the next request.
     assert_alive(&mut client).await;
@@ -579,7 +596,10 @@ async fn declared_meta_keys_are_accepted_and_sent_in_meta() {
         json!({"type": "TRACED", "payload": {"n": 3}, "meta": {"traceId": "t-1", "correlationId": "c1"}}),
     )
     .await;
-    assert_eq!(frame, json!({"type": "TRACED_OK", "meta": {"traceId": "t-1"}, "payload": {"n": 3}}));
+    assert_eq!(
+        frame,
+        json!({"type": "TRACED_OK", "meta": {"traceId": "t-1"}, "payload": {"n": 3}})
+    );
     // The declared key is part of the schema: missing → INVALID_ARGUMENT at meta.traceId.
     let frame = roundtrip(&mut client, json!({"type": "TRACED", "payload": {"n": 3}})).await;
     assert_error(&frame, "ERROR", "INVALID_ARGUMENT");
@@ -607,7 +627,10 @@ async fn reserved_meta_keys_are_stripped_not_rejected() {
     )
     .await;
     let after = now_ms();
-    assert_eq!(frame["type"], "INSPECTED", "reserved keys must not be rejected: {frame}");
+    assert_eq!(
+        frame["type"], "INSPECTED",
+        "reserved keys must not be rejected: {frame}"
+    );
     assert_eq!(frame["payload"]["clientId"], header_id.as_str());
     let received = frame["payload"]["receivedAtMs"].as_u64().unwrap();
     assert!(
@@ -620,7 +643,10 @@ async fn reserved_meta_keys_are_stripped_not_rejected() {
         json!({"type": "TRACED", "payload": {"n": 1}, "meta": {"traceId": "t", "clientId": "x", "receivedAt": "y"}}),
     )
     .await;
-    assert_eq!(frame, json!({"type": "TRACED_OK", "meta": {"traceId": "t"}, "payload": {"n": 1}}));
+    assert_eq!(
+        frame,
+        json!({"type": "TRACED_OK", "meta": {"traceId": "t"}, "payload": {"n": 1}})
+    );
 }
 
 /// §2: `payload` is present exactly when the schema has fields, and is an object.
@@ -629,7 +655,10 @@ async fn payload_present_exactly_when_the_schema_has_fields() {
     let server = serve_default(router()).await;
     let mut client = server.client().await;
     // Fieldless message: no payload key → accepted.
-    assert_eq!(roundtrip(&mut client, json!({"type": "TICK"})).await, json!({"type": "TOCK", "meta": {}}));
+    assert_eq!(
+        roundtrip(&mut client, json!({"type": "TICK"})).await,
+        json!({"type": "TOCK", "meta": {}})
+    );
     // Fieldless message with a payload → rejected.
     let frame = roundtrip(&mut client, json!({"type": "TICK", "payload": {}})).await;
     assert_error(&frame, "ERROR", "INVALID_ARGUMENT");
@@ -640,11 +669,21 @@ async fn payload_present_exactly_when_the_schema_has_fields() {
     assert_eq!(issue_paths(&frame), ["payload"]);
     // Payload that is not an object → rejected.
     for payload in [json!("r1"), json!(5), json!(["r1"])] {
-        let frame = roundtrip(&mut client, json!({"type": "JOIN_ROOM", "payload": payload})).await;
-        assert_eq!(frame["payload"]["code"], "INVALID_ARGUMENT", "payload {payload}: {frame}");
+        let frame = roundtrip(
+            &mut client,
+            json!({"type": "JOIN_ROOM", "payload": payload}),
+        )
+        .await;
+        assert_eq!(
+            frame["payload"]["code"], "INVALID_ARGUMENT",
+            "payload {payload}: {frame}"
+        );
         assert_error(&frame, "ERROR", "INVALID_ARGUMENT");
         let paths = issue_paths(&frame);
-        assert!(paths.iter().all(|p| p.starts_with("payload")), "paths {paths:?}");
+        assert!(
+            paths.iter().all(|p| p.starts_with("payload")),
+            "paths {paths:?}"
+        );
     }
     assert_alive(&mut client).await;
 }
@@ -654,10 +693,21 @@ async fn payload_present_exactly_when_the_schema_has_fields() {
 async fn wire_field_names_are_camel_case() {
     let server = serve_default(router()).await;
     let mut client = server.client().await;
-    let frame = roundtrip(&mut client, json!({"type": "JOIN_ROOM", "payload": {"room_id": "r1"}})).await;
+    let frame = roundtrip(
+        &mut client,
+        json!({"type": "JOIN_ROOM", "payload": {"room_id": "r1"}}),
+    )
+    .await;
     assert_error(&frame, "ERROR", "INVALID_ARGUMENT");
-    let frame = roundtrip(&mut client, json!({"type": "JOIN_ROOM", "payload": {"roomId": "r1"}})).await;
-    assert_eq!(frame, json!({"type": "JOINED", "meta": {}, "payload": {"roomId": "r1"}}));
+    let frame = roundtrip(
+        &mut client,
+        json!({"type": "JOIN_ROOM", "payload": {"roomId": "r1"}}),
+    )
+    .await;
+    assert_eq!(
+        frame,
+        json!({"type": "JOINED", "meta": {}, "payload": {"roomId": "r1"}})
+    );
 }
 
 /// §2: `type` is a non-empty string; an empty one is not a valid envelope (`INVALID_ARGUMENT`).
@@ -680,10 +730,17 @@ async fn send_frame_has_empty_meta_and_payload_only_with_fields() {
     let server = serve_default(router()).await;
     let mut client = server.client().await;
     assert_eq!(
-        roundtrip(&mut client, json!({"type": "JOIN_ROOM", "payload": {"roomId": "r1"}})).await,
+        roundtrip(
+            &mut client,
+            json!({"type": "JOIN_ROOM", "payload": {"roomId": "r1"}})
+        )
+        .await,
         json!({"type": "JOINED", "meta": {}, "payload": {"roomId": "r1"}})
     );
-    assert_eq!(roundtrip(&mut client, json!({"type": "TICK"})).await, json!({"type": "TOCK", "meta": {}}));
+    assert_eq!(
+        roundtrip(&mut client, json!({"type": "TICK"})).await,
+        json!({"type": "TOCK", "meta": {}})
+    );
 }
 
 /// §3: an RPC reply echoes `correlationId` in meta; a request without one gets `"meta":{}`.
@@ -692,11 +749,19 @@ async fn rpc_reply_meta_echoes_correlation_id_or_is_empty() {
     let server = serve_default(router()).await;
     let mut client = server.client().await;
     assert_eq!(
-        roundtrip(&mut client, json!({"type": "ECHO", "payload": {"text": "a"}, "meta": {"correlationId": "c1"}})).await,
+        roundtrip(
+            &mut client,
+            json!({"type": "ECHO", "payload": {"text": "a"}, "meta": {"correlationId": "c1"}})
+        )
+        .await,
         json!({"type": "ECHO_REPLY", "meta": {"correlationId": "c1"}, "payload": {"text": "a"}})
     );
     assert_eq!(
-        roundtrip(&mut client, json!({"type": "ECHO", "payload": {"text": "b"}})).await,
+        roundtrip(
+            &mut client,
+            json!({"type": "ECHO", "payload": {"text": "b"}})
+        )
+        .await,
         json!({"type": "ECHO_REPLY", "meta": {}, "payload": {"text": "b"}})
     );
 }
@@ -725,7 +790,11 @@ async fn event_error_echoes_correlation_id_when_given() {
     .await;
     assert_eq!(frame["type"], "ERROR");
     assert_eq!(frame["meta"], json!({"correlationId": "e1"}));
-    let frame = roundtrip(&mut client, json!({"type": "FAIL", "payload": {"kind": "notFound"}})).await;
+    let frame = roundtrip(
+        &mut client,
+        json!({"type": "FAIL", "payload": {"kind": "notFound"}}),
+    )
+    .await;
     assert_eq!(frame["type"], "ERROR");
     assert_eq!(frame["meta"], json!({}));
     // Validation errors of events echo it too.
@@ -747,7 +816,11 @@ async fn event_error_echoes_correlation_id_when_given() {
 async fn handler_error_passes_through() {
     let server = serve_default(router()).await;
     let mut client = server.client().await;
-    let frame = roundtrip(&mut client, json!({"type": "FAIL", "payload": {"kind": "notFound"}})).await;
+    let frame = roundtrip(
+        &mut client,
+        json!({"type": "FAIL", "payload": {"kind": "notFound"}}),
+    )
+    .await;
     assert_eq!(
         frame,
         json!({"type": "ERROR", "meta": {}, "payload": {
@@ -767,7 +840,11 @@ async fn handler_error_passes_through() {
         }})
     );
     // Applications may use their own codes.
-    let frame = roundtrip(&mut client, json!({"type": "FAIL", "payload": {"kind": "custom"}})).await;
+    let frame = roundtrip(
+        &mut client,
+        json!({"type": "FAIL", "payload": {"kind": "custom"}}),
+    )
+    .await;
     assert_eq!(
         frame,
         json!({"type": "ERROR", "meta": {}, "payload": {"code": "ROOM_FULL", "message": "room is full"}})
@@ -780,7 +857,11 @@ async fn handler_error_passes_through() {
 async fn error_payload_shape_and_defaults() {
     let server = serve_default(router()).await;
     let mut client = server.client().await;
-    let frame = roundtrip(&mut client, json!({"type": "FAIL", "payload": {"kind": "default"}})).await;
+    let frame = roundtrip(
+        &mut client,
+        json!({"type": "FAIL", "payload": {"kind": "default"}}),
+    )
+    .await;
     assert_eq!(
         frame,
         json!({"type": "ERROR", "meta": {}, "payload": {
@@ -789,20 +870,35 @@ async fn error_payload_shape_and_defaults() {
     );
     assert!(!ErrorCode::PermissionDenied.description().is_empty());
 
-    let frame = roundtrip(&mut client, json!({"type": "FAIL", "payload": {"kind": "retry"}})).await;
+    let frame = roundtrip(
+        &mut client,
+        json!({"type": "FAIL", "payload": {"kind": "retry"}}),
+    )
+    .await;
     assert_eq!(
         frame["payload"],
         json!({"code": "UNAVAILABLE", "message": "try later", "retryable": true, "retryAfterMs": 250})
     );
 
-    let frame = roundtrip(&mut client, json!({"type": "FAIL", "payload": {"kind": "notRetryable"}})).await;
+    let frame = roundtrip(
+        &mut client,
+        json!({"type": "FAIL", "payload": {"kind": "notRetryable"}}),
+    )
+    .await;
     assert_eq!(
         frame["payload"],
         json!({"code": "INTERNAL", "message": "db down", "retryable": false})
     );
 
-    let frame = roundtrip(&mut client, json!({"type": "FAIL", "payload": {"kind": "emptyDetails"}})).await;
-    assert_eq!(frame["payload"], json!({"code": "ABORTED", "message": "conflict"}));
+    let frame = roundtrip(
+        &mut client,
+        json!({"type": "FAIL", "payload": {"kind": "emptyDetails"}}),
+    )
+    .await;
+    assert_eq!(
+        frame["payload"],
+        json!({"code": "ABORTED", "message": "conflict"})
+    );
 }
 
 /// §4 table: the retry defaults of the standard codes.
@@ -810,17 +906,47 @@ async fn error_payload_shape_and_defaults() {
 fn error_code_retry_defaults_follow_the_table() {
     use ErrorCode::*;
     for code in [
-        Unauthenticated, PermissionDenied, InvalidArgument, FailedPrecondition, NotFound,
-        AlreadyExists, Unimplemented, Cancelled,
+        Unauthenticated,
+        PermissionDenied,
+        InvalidArgument,
+        FailedPrecondition,
+        NotFound,
+        AlreadyExists,
+        Unimplemented,
+        Cancelled,
     ] {
         assert_eq!(code.retryable(), Some(false), "{code}");
         assert_eq!(code.default_retry_after_ms(), None, "{code}");
     }
-    assert_eq!((DeadlineExceeded.retryable(), DeadlineExceeded.default_retry_after_ms()), (Some(true), Some(50)));
-    assert_eq!((ResourceExhausted.retryable(), ResourceExhausted.default_retry_after_ms()), (Some(true), Some(100)));
-    assert_eq!((Unavailable.retryable(), Unavailable.default_retry_after_ms()), (Some(true), Some(100)));
-    assert_eq!((Aborted.retryable(), Aborted.default_retry_after_ms()), (Some(true), Some(50)));
-    assert_eq!((Internal.retryable(), Internal.default_retry_after_ms()), (None, Some(200)));
+    assert_eq!(
+        (
+            DeadlineExceeded.retryable(),
+            DeadlineExceeded.default_retry_after_ms()
+        ),
+        (Some(true), Some(50))
+    );
+    assert_eq!(
+        (
+            ResourceExhausted.retryable(),
+            ResourceExhausted.default_retry_after_ms()
+        ),
+        (Some(true), Some(100))
+    );
+    assert_eq!(
+        (
+            Unavailable.retryable(),
+            Unavailable.default_retry_after_ms()
+        ),
+        (Some(true), Some(100))
+    );
+    assert_eq!(
+        (Aborted.retryable(), Aborted.default_retry_after_ms()),
+        (Some(true), Some(50))
+    );
+    assert_eq!(
+        (Internal.retryable(), Internal.default_retry_after_ms()),
+        (None, Some(200))
+    );
 }
 
 /// §4: not JSON, not an object, or no string `type` → `ERROR INVALID_ARGUMENT`; stays open.
@@ -859,7 +985,11 @@ async fn malformed_frames_are_invalid_argument_and_connection_stays_open() {
 async fn unknown_type_is_unimplemented_error_or_rpc_error() {
     let server = serve_default(router()).await;
     let mut client = server.client().await;
-    let frame = roundtrip(&mut client, json!({"type": "NO_SUCH_TYPE", "payload": {"a": 1}})).await;
+    let frame = roundtrip(
+        &mut client,
+        json!({"type": "NO_SUCH_TYPE", "payload": {"a": 1}}),
+    )
+    .await;
     assert_error(&frame, "ERROR", "UNIMPLEMENTED");
     assert_eq!(frame["meta"], json!({}));
     let frame = roundtrip(
@@ -878,14 +1008,32 @@ async fn unknown_type_is_unimplemented_error_or_rpc_error() {
 async fn validation_failure_reports_issue_paths() {
     let server = serve_default(router()).await;
     let mut client = server.client().await;
-    for room in [json!(""), json!("x".repeat(21)), json!(5), json!(null), json!({"a": 1})] {
-        let frame = roundtrip(&mut client, json!({"type": "JOIN_ROOM", "payload": {"roomId": room}})).await;
+    for room in [
+        json!(""),
+        json!("x".repeat(21)),
+        json!(5),
+        json!(null),
+        json!({"a": 1}),
+    ] {
+        let frame = roundtrip(
+            &mut client,
+            json!({"type": "JOIN_ROOM", "payload": {"roomId": room}}),
+        )
+        .await;
         assert_error(&frame, "ERROR", "INVALID_ARGUMENT");
-        assert_eq!(issue_paths(&frame), ["payload.roomId"], "roomId {room}: {frame}");
+        assert_eq!(
+            issue_paths(&frame),
+            ["payload.roomId"],
+            "roomId {room}: {frame}"
+        );
     }
     // Boundaries of the constraint are accepted.
     for room in ["x", &"x".repeat(20)] {
-        let frame = roundtrip(&mut client, json!({"type": "JOIN_ROOM", "payload": {"roomId": room}})).await;
+        let frame = roundtrip(
+            &mut client,
+            json!({"type": "JOIN_ROOM", "payload": {"roomId": room}}),
+        )
+        .await;
         assert_eq!(frame["type"], "JOINED");
     }
     // RPC validation failures are the request's RPC_ERROR.
@@ -929,12 +1077,19 @@ async fn handler_panic_is_internal_error_and_connection_and_server_survive() {
             }}),
             "for {kind}"
         );
-        assert!(!frame.to_string().contains("secret"), "internals leaked: {frame}");
+        assert!(
+            !frame.to_string().contains("secret"),
+            "internals leaked: {frame}"
+        );
         let event = next_error(&mut errors).await;
         assert_eq!(event.kind, ErrorKind::Panic);
         assert_eq!(event.message_type.as_deref(), Some("FAIL"));
         assert_eq!(event.correlation_id.as_deref(), Some("p1"));
-        assert!(event.error.message().contains("secret internals"), "on_error sees the panic: {:?}", event.error);
+        assert!(
+            event.error.message().contains("secret internals"),
+            "on_error sees the panic: {:?}",
+            event.error
+        );
         assert_alive(&mut client).await;
     }
     // The server still accepts new connections.
@@ -948,9 +1103,17 @@ async fn handler_panic_is_internal_error_and_connection_and_server_survive() {
 #[tokio::test]
 async fn on_error_receives_every_kind() {
     let (router, mut errors) = router_with_errors();
-    let server = serve(router, ServeOptions::new().max_payload_bytes(1024, PayloadLimit::Reject)).await;
+    let server = serve(
+        router,
+        ServeOptions::new().max_payload_bytes(1024, PayloadLimit::Reject),
+    )
+    .await;
     let mut client = server.client().await;
-    let client_id: uuid::Uuid = client.headers["x-client-id"].to_str().unwrap().parse().unwrap();
+    let client_id: uuid::Uuid = client.headers["x-client-id"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
 
     let cases: Vec<(String, ErrorKind, Option<&str>, Option<&str>)> = vec![
         ("{".into(), ErrorKind::InvalidFrame, None, None),
@@ -964,7 +1127,10 @@ async fn on_error_receives_every_kind() {
     for (text, kind, ty, cid) in cases {
         client.send_text(&text).await;
         let frame = client.recv().await;
-        assert!(frame["type"] == "ERROR" || frame["type"] == "RPC_ERROR", "{frame}");
+        assert!(
+            frame["type"] == "ERROR" || frame["type"] == "RPC_ERROR",
+            "{frame}"
+        );
         let event = next_error(&mut errors).await;
         assert_eq!(event.kind, kind, "for {text:.80}");
         assert_eq!(event.client_id, client_id);
@@ -990,13 +1156,24 @@ async fn on_error_receives_every_kind() {
 async fn heartbeat_gets_ack_with_server_timestamp() {
     let server = serve_default(router()).await;
     let mut client = server.client().await;
-    for request in [json!({"type": "__heartbeat"}), json!({"type": "__heartbeat", "meta": {"timestamp": 1}})] {
+    for request in [
+        json!({"type": "__heartbeat"}),
+        json!({"type": "__heartbeat", "meta": {"timestamp": 1}}),
+    ] {
         let before = now_ms();
         let frame = roundtrip(&mut client, request).await;
         let after = now_ms();
-        let ts = frame["meta"]["ts"].as_u64().unwrap_or_else(|| panic!("ts must be an integer: {frame}"));
-        assert_eq!(frame, json!({"type": "__heartbeat_ack", "meta": {"ts": ts}}));
-        assert!((before..=after).contains(&ts), "ts {ts} not within [{before}, {after}]");
+        let ts = frame["meta"]["ts"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("ts must be an integer: {frame}"));
+        assert_eq!(
+            frame,
+            json!({"type": "__heartbeat_ack", "meta": {"ts": ts}})
+        );
+        assert!(
+            (before..=after).contains(&ts),
+            "ts {ts} not within [{before}, {after}]"
+        );
     }
 }
 
@@ -1005,13 +1182,23 @@ async fn heartbeat_gets_ack_with_server_timestamp() {
 async fn reserved_types_from_client_are_invalid_argument() {
     let server = serve_default(router()).await;
     let mut client = server.client().await;
-    for ty in ["$ws:rpc-progress", "$ws:anything", "$x", "__heartbeat_ack", "__custom", "ERROR", "RPC_ERROR"] {
+    for ty in [
+        "$ws:rpc-progress",
+        "$ws:anything",
+        "$x",
+        "__heartbeat_ack",
+        "__custom",
+        "ERROR",
+        "RPC_ERROR",
+    ] {
         let frame = roundtrip(&mut client, json!({"type": ty})).await;
         assert_error(&frame, "ERROR", "INVALID_ARGUMENT");
         assert_eq!(frame["meta"], json!({}), "for {ty}");
     }
     // `$ws:abort` is allowed: no reply at all when nothing is in flight.
-    client.send(json!({"type": "$ws:abort", "meta": {"correlationId": "none"}})).await;
+    client
+        .send(json!({"type": "$ws:abort", "meta": {"correlationId": "none"}}))
+        .await;
     client.expect_silence(Duration::from_millis(200)).await;
     assert_alive(&mut client).await;
 }

@@ -258,7 +258,9 @@ async fn start(configure: impl FnOnce(ServeOptions<Probe>) -> ServeOptions<Probe
         .on_error(move |e: &ErrorEvent| {
             let _ = errors_tx.send(e.clone());
         });
-    let options = configure(ServeOptions::with_authenticate(move |_| Some(probe.clone())));
+    let options = configure(ServeOptions::with_authenticate(move |_| {
+        Some(probe.clone())
+    }));
     let server = serve(router, options).await;
     Harness {
         server,
@@ -279,10 +281,16 @@ fn abort(cid: &str) -> Value {
 #[track_caller]
 fn assert_rpc_error(frame: &Value, cid: &str, code: &str) {
     assert_eq!(frame["type"], "RPC_ERROR", "frame: {frame}");
-    assert_eq!(frame["meta"], json!({"correlationId": cid}), "frame: {frame}");
+    assert_eq!(
+        frame["meta"],
+        json!({"correlationId": cid}),
+        "frame: {frame}"
+    );
     assert_eq!(frame["payload"]["code"], code, "frame: {frame}");
     assert!(
-        frame["payload"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+        frame["payload"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
         "frame: {frame}"
     );
 }
@@ -344,9 +352,14 @@ async fn progress_frames_then_terminal_in_order() {
 async fn rpc_handler_finishing_without_reply_is_internal_error() {
     let mut h = start(|o| o).await;
     let mut client = h.client().await;
-    for (i, kind) in ["none", "noneAfterAwait", "progressThenNone"].into_iter().enumerate() {
+    for (i, kind) in ["none", "noneAfterAwait", "progressThenNone"]
+        .into_iter()
+        .enumerate()
+    {
         let cid = format!("n{i}");
-        client.send(rpc("MISBEHAVE", json!({"kind": kind}), &cid)).await;
+        client
+            .send(rpc("MISBEHAVE", json!({"kind": kind}), &cid))
+            .await;
         let mut frame = client.recv().await;
         if kind == "progressThenNone" {
             assert_eq!(frame["type"], "$ws:rpc-progress");
@@ -384,7 +397,11 @@ async fn rpc_handler_error_is_the_terminal() {
 async fn rpc_handler_panic_is_internal_error() {
     let mut h = start(|o| o).await;
     let mut client = h.client().await;
-    let frame = roundtrip(&mut client, rpc("MISBEHAVE", json!({"kind": "panic"}), "p1")).await;
+    let frame = roundtrip(
+        &mut client,
+        rpc("MISBEHAVE", json!({"kind": "panic"}), "p1"),
+    )
+    .await;
     assert_eq!(
         frame,
         json!({"type": "RPC_ERROR", "meta": {"correlationId": "p1"}, "payload": {
@@ -395,7 +412,10 @@ async fn rpc_handler_panic_is_internal_error() {
     assert_eq!(event.kind, ErrorKind::Panic);
     assert!(event.error.message().contains("secret: rpc internals"));
     client.expect_silence(SILENCE).await;
-    assert_eq!(roundtrip(&mut client, rpc("ECHO", json!({"text": "x"}), "p2")).await["type"], "ECHO_REPLY");
+    assert_eq!(
+        roundtrip(&mut client, rpc("ECHO", json!({"text": "x"}), "p2")).await["type"],
+        "ECHO_REPLY"
+    );
 }
 
 /// §5: a second reply is not sent (reported as after-terminal); progress after the terminal is
@@ -404,7 +424,11 @@ async fn rpc_handler_panic_is_internal_error() {
 async fn second_reply_is_ignored() {
     let mut h = start(|o| o).await;
     let mut client = h.client().await;
-    let frame = roundtrip(&mut client, rpc("MISBEHAVE", json!({"kind": "twice"}), "t1")).await;
+    let frame = roundtrip(
+        &mut client,
+        rpc("MISBEHAVE", json!({"kind": "twice"}), "t1"),
+    )
+    .await;
     assert_eq!(
         frame,
         json!({"type": "ECHO_REPLY", "meta": {"correlationId": "t1"}, "payload": {"text": "first"}})
@@ -423,7 +447,11 @@ async fn second_reply_is_ignored() {
 async fn ctx_error_on_rpc_is_the_terminal() {
     let mut h = start(|o| o).await;
     let mut client = h.client().await;
-    let frame = roundtrip(&mut client, rpc("MISBEHAVE", json!({"kind": "errorThenReply"}), "e1")).await;
+    let frame = roundtrip(
+        &mut client,
+        rpc("MISBEHAVE", json!({"kind": "errorThenReply"}), "e1"),
+    )
+    .await;
     assert_eq!(
         frame,
         json!({"type": "RPC_ERROR", "meta": {"correlationId": "e1"}, "payload": {
@@ -433,7 +461,11 @@ async fn ctx_error_on_rpc_is_the_terminal() {
     client.expect_silence(SILENCE).await;
     assert_eq!(h.error().await.kind, ErrorKind::AfterTerminal);
 
-    let frame = roundtrip(&mut client, rpc("MISBEHAVE", json!({"kind": "replyThenErr"}), "e2")).await;
+    let frame = roundtrip(
+        &mut client,
+        rpc("MISBEHAVE", json!({"kind": "replyThenErr"}), "e2"),
+    )
+    .await;
     assert_eq!(
         frame,
         json!({"type": "ECHO_REPLY", "meta": {"correlationId": "e2"}, "payload": {"text": "ok"}})
@@ -463,7 +495,10 @@ async fn abort_cancels_and_drops_the_handler() {
     client.expect_silence(SILENCE).await;
     h.no_more_events();
     // The id is free again.
-    assert_eq!(roundtrip(&mut client, rpc("ECHO", json!({"text": "again"}), "c1")).await["type"], "ECHO_REPLY");
+    assert_eq!(
+        roundtrip(&mut client, rpc("ECHO", json!({"text": "again"}), "c1")).await["type"],
+        "ECHO_REPLY"
+    );
 }
 
 /// §5: aborting a finished request or an unknown id sends nothing (one terminal only).
@@ -471,7 +506,10 @@ async fn abort_cancels_and_drops_the_handler() {
 async fn abort_after_terminal_or_of_unknown_id_sends_nothing() {
     let h = start(|o| o).await;
     let mut client = h.client().await;
-    assert_eq!(roundtrip(&mut client, rpc("ECHO", json!({"text": "x"}), "c1")).await["type"], "ECHO_REPLY");
+    assert_eq!(
+        roundtrip(&mut client, rpc("ECHO", json!({"text": "x"}), "c1")).await["type"],
+        "ECHO_REPLY"
+    );
     client.send(abort("c1")).await;
     client.send(abort("never-sent")).await;
     client.send(json!({"type": "$ws:abort"})).await;
@@ -486,16 +524,24 @@ async fn abort_racing_with_reply_gives_exactly_one_terminal() {
     const N: usize = 60;
     for i in 0..N {
         let cid = format!("r{i}");
-        client.send(rpc("COUNT", json!({"n": (i % 4) as u32}), &cid)).await;
+        client
+            .send(rpc("COUNT", json!({"n": (i % 4) as u32}), &cid))
+            .await;
         client.send(abort(&cid)).await;
     }
     let mut terminals: HashMap<String, Vec<Value>> = HashMap::new();
     let mut finished = HashSet::new();
     while finished.len() < N {
         let frame = client.recv().await;
-        let cid = frame["meta"]["correlationId"].as_str().expect("correlation id").to_string();
+        let cid = frame["meta"]["correlationId"]
+            .as_str()
+            .expect("correlation id")
+            .to_string();
         if frame["type"] == "$ws:rpc-progress" {
-            assert!(!finished.contains(&cid), "progress after the terminal of {cid}");
+            assert!(
+                !finished.contains(&cid),
+                "progress after the terminal of {cid}"
+            );
             continue;
         }
         assert!(
@@ -527,8 +573,14 @@ async fn timeout_ms_gives_deadline_exceeded_and_cancels_the_handler() {
     let frame = client.recv().await;
     let elapsed = sent.elapsed();
     assert_rpc_error(&frame, "d1", "DEADLINE_EXCEEDED");
-    assert!(elapsed >= Duration::from_millis(140), "deadline fired early: {elapsed:?}");
-    assert!(elapsed < Duration::from_secs(3), "deadline fired late: {elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(140),
+        "deadline fired early: {elapsed:?}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "deadline fired late: {elapsed:?}"
+    );
     h.expect_event("dropped:d").await;
     let event = h.error().await;
     assert_eq!(event.kind, ErrorKind::DeadlineExceeded);
@@ -557,8 +609,14 @@ async fn server_max_rpc_timeout_caps_timeout_ms() {
     let frame = client.recv().await;
     let elapsed = sent.elapsed();
     assert_rpc_error(&frame, "m1", "DEADLINE_EXCEEDED");
-    assert!(elapsed >= Duration::from_millis(140), "deadline fired early: {elapsed:?}");
-    assert!(elapsed < Duration::from_secs(3), "the cap was not applied: {elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(140),
+        "deadline fired early: {elapsed:?}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "the cap was not applied: {elapsed:?}"
+    );
     h.expect_events(&["started:m", "dropped:m"]).await;
 }
 
@@ -572,9 +630,13 @@ async fn server_max_rpc_timeout_caps_timeout_ms() {
 async fn duplicate_inflight_correlation_id_is_dropped_and_first_completes() {
     let mut h = start(|o| o).await;
     let mut client = h.client().await;
-    client.send(rpc("SLOW", json!({"id": "first"}), "dup")).await;
+    client
+        .send(rpc("SLOW", json!({"id": "first"}), "dup"))
+        .await;
     h.expect_event("started:first").await;
-    client.send(rpc("SLOW", json!({"id": "second"}), "dup")).await;
+    client
+        .send(rpc("SLOW", json!({"id": "second"}), "dup"))
+        .await;
     let event = h.error().await;
     assert_eq!(event.kind, ErrorKind::DuplicateCorrelation);
     assert_eq!(event.correlation_id.as_deref(), Some("dup"));
@@ -613,7 +675,10 @@ async fn max_inflight_rpcs_gives_resource_exhausted() {
     h.no_more_events();
     // The limit is per connection: another connection is not affected.
     let mut other = h.client().await;
-    assert_eq!(roundtrip(&mut other, rpc("ECHO", json!({"text": "o"}), "c1")).await["type"], "ECHO_REPLY");
+    assert_eq!(
+        roundtrip(&mut other, rpc("ECHO", json!({"text": "o"}), "c1")).await["type"],
+        "ECHO_REPLY"
+    );
     // Finishing frees the slots.
     h.gate.add_permits(2);
     let mut ids = vec![client.recv().await, client.recv().await];
@@ -626,7 +691,10 @@ async fn max_inflight_rpcs_gives_resource_exhausted() {
         ]
     );
     h.expect_events(&["finished:a", "finished:b"]).await;
-    assert_eq!(roundtrip(&mut client, rpc("ECHO", json!({"text": "x"}), "c4")).await["type"], "ECHO_REPLY");
+    assert_eq!(
+        roundtrip(&mut client, rpc("ECHO", json!({"text": "x"}), "c4")).await["type"],
+        "ECHO_REPLY"
+    );
 }
 
 /// §5: when the connection closes, its in-flight handlers are cancelled.
@@ -662,7 +730,10 @@ async fn correlation_id_over_128_bytes_is_rejected() {
     }
     for cid in ["x".repeat(129), "é".repeat(65)] {
         let frame = roundtrip(&mut client, rpc("ECHO", json!({"text": "no"}), &cid)).await;
-        assert_eq!(frame["payload"]["code"], "INVALID_ARGUMENT", "frame: {frame}");
+        assert_eq!(
+            frame["payload"]["code"], "INVALID_ARGUMENT",
+            "frame: {frame}"
+        );
         let paths: Vec<&str> = frame["payload"]["details"]["issues"]
             .as_array()
             .expect("details.issues")
@@ -719,12 +790,23 @@ async fn work_before_first_await_keeps_arrival_order() {
     let mut client = h.client().await;
     const N: u32 = 200;
     for n in 0..N {
-        client.send(json!({"type": "SEQ", "payload": {"n": n}})).await;
+        client
+            .send(json!({"type": "SEQ", "payload": {"n": n}}))
+            .await;
         // Interleave RPCs whose reply happens before any await.
-        client.send(rpc("ECHO", json!({"text": n.to_string()}), &format!("o{n}"))).await;
+        client
+            .send(rpc(
+                "ECHO",
+                json!({"text": n.to_string()}),
+                &format!("o{n}"),
+            ))
+            .await;
     }
     for n in 0..N {
-        assert_eq!(client.recv().await, json!({"type": "SEQ_ACK", "meta": {}, "payload": {"n": n}}));
+        assert_eq!(
+            client.recv().await,
+            json!({"type": "SEQ_ACK", "meta": {}, "payload": {"n": n}})
+        );
         assert_eq!(
             client.recv().await,
             json!({"type": "ECHO_REPLY", "meta": {"correlationId": format!("o{n}")}, "payload": {"text": n.to_string()}})

@@ -28,16 +28,16 @@ pub fn expand(args: TokenStream, item: ItemFn) -> TokenStream {
     match sig.inputs.len() {
         1 => match &sig.inputs[0] {
             FnArg::Typed(pat) => {
-                if let Pat::Ident(binding) = &*pat.pat {
-                    if binding.ident == sig.ident {
-                        errors.spanned(
-                            &binding.ident,
-                            format!(
-                                "the argument cannot be named `{0}` like its handler: `#[handler]` makes `{0}` a unit struct; rename the argument (e.g. `ctx`)",
-                                sig.ident
-                            ),
-                        );
-                    }
+                if let Pat::Ident(binding) = &*pat.pat
+                    && binding.ident == sig.ident
+                {
+                    errors.spanned(
+                        &binding.ident,
+                        format!(
+                            "the argument cannot be named `{0}` like its handler: `#[handler]` makes `{0}` a unit struct; rename the argument (e.g. `ctx`)",
+                            sig.ident
+                        ),
+                    );
                 }
                 arg_ty = Some((*pat.ty).clone());
             }
