@@ -249,7 +249,7 @@ fn on_text<D: Send + Sync + 'static>(
         }
         _ => {}
     }
-    let app = conn.inner.app.clone();
+    let app = &conn.inner.app;
     let Some(route) = app.find(&env.ty) else {
         let err = WsError::unimplemented(format!("no handler for type `{}`", env.ty));
         conn.push(wire::encode_error(cid.is_some(), &err, cid));
