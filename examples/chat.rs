@@ -1,6 +1,9 @@
 //! Chat rooms over WebSocket.
 //!
 //! Run: `cargo run --example chat` (PORT=3000 by default; PORT=0 picks a free port).
+//! Several instances sharing rooms through Redis:
+//!   `REDIS_URL=redis://127.0.0.1:6379 PORT=3001 cargo run --example chat --features redis`
+//!   `REDIS_URL=redis://127.0.0.1:6379 PORT=3002 cargo run --example chat --features redis`
 //! Try, with any WebSocket client (e.g. `websocat ws://127.0.0.1:3000`):
 //!   {"type":"JOIN_ROOM","payload":{"roomId":"0190f3a4-8a4e-7cc0-9a3e-2f1f0d1c2b3a","username":"ada"}}
 //!   {"type":"SEND_MESSAGE","payload":{"roomId":"0190f3a4-8a4e-7cc0-9a3e-2f1f0d1c2b3a","text":"hi"}}
@@ -153,5 +156,11 @@ async fn main() -> Result<(), ws_kit::Error> {
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(3000);
-    ws_kit::serve(router(), ServeOptions::new().port(port)).await
+    let router = router();
+    #[cfg(feature = "redis")]
+    let router = match std::env::var("REDIS_URL") {
+        Ok(url) => router.pubsub(ws_kit::redis::RedisPubSub::connect(url).await?),
+        Err(_) => router,
+    };
+    ws_kit::serve(router, ServeOptions::new().port(port)).await
 }

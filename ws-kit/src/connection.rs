@@ -54,7 +54,12 @@ pub(crate) async fn run<D, S>(
     let app = conn.inner.app.clone();
 
     let mut opened = true;
-    for hook in &app.on_open {
+    if let Err(e) = conn.join_internal().await {
+        conn.report(ErrorKind::Open, None, None, e);
+        out.close(1011, "Internal error");
+        opened = false;
+    }
+    for hook in app.on_open.iter().filter(|_| opened) {
         match AssertUnwindSafe(hook(conn.clone())).catch_unwind().await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -190,6 +195,16 @@ pub(crate) async fn run<D, S>(
         .drain()
         .collect();
     for topic in topics {
+        let _ = app.pubsub.unsubscribe(&topic, conn.client_id()).await;
+    }
+    let internal = std::mem::take(
+        &mut *conn
+            .inner
+            .internal_topics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()),
+    );
+    for topic in internal {
         let _ = app.pubsub.unsubscribe(&topic, conn.client_id()).await;
     }
     conn.inner

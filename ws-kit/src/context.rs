@@ -5,7 +5,7 @@ use crate::message::{Message, Meta, RpcMessage};
 use crate::middleware::Request;
 use crate::outbound::Outbound;
 use crate::pubsub::{ClientId, PublishOptions, PublishResult, Subscriber, validate_topic};
-use crate::router::{App, ErrorEvent, ErrorKind, TopicAction};
+use crate::router::{App, ErrorEvent, ErrorKind, TopicAction, internal};
 use crate::wire::{self, Layout, OutMeta};
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
@@ -36,6 +36,9 @@ pub(crate) struct ConnInner<D> {
     pub data: RwLock<D>,
     pub out: Arc<Outbound>,
     pub topics: Mutex<HashSet<Box<str>>>,
+    /// The framework's own topics for this connection (`#client:..`, `#all`, `#user:..`).
+    pub internal_topics: Mutex<Vec<String>>,
+    pub user_id: Mutex<Option<String>>,
     pub inflight: Mutex<HashMap<Box<str>, Arc<RpcSlot>>>,
     pub app: Arc<App<D>>,
     /// Set when teardown removes the subscriptions; a subscribe racing with it undoes itself.
@@ -54,6 +57,8 @@ impl<D: Send + Sync + 'static> Connection<D> {
                 data: RwLock::new(data),
                 out,
                 topics: Mutex::default(),
+                internal_topics: Mutex::default(),
+                user_id: Mutex::default(),
                 inflight: Mutex::default(),
                 app,
                 closed: AtomicBool::new(false),
@@ -169,6 +174,74 @@ impl<D: Send + Sync + 'static> Connection<D> {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Makes this connection reachable by `send_to_client` and `broadcast`.
+    pub(crate) async fn join_internal(&self) -> Result<(), WsError> {
+        self.join_internal_topic(internal::client(self.inner.id))
+            .await?;
+        self.join_internal_topic(internal::ALL.to_string()).await
+    }
+
+    async fn join_internal_topic(&self, topic: String) -> Result<(), WsError> {
+        let subscriber = Subscriber::new(self.inner.id, self.inner.out.clone());
+        self.inner.app.pubsub.subscribe(&topic, subscriber).await?;
+        if self.inner.closed.load(Ordering::SeqCst) {
+            // Teardown already drained this connection's topics.
+            let _ = self
+                .inner
+                .app
+                .pubsub
+                .unsubscribe(&topic, self.inner.id)
+                .await;
+            return Err(WsError::unavailable("connection closed"));
+        }
+        self.inner
+            .internal_topics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(topic);
+        Ok(())
+    }
+
+    /// Indexes this connection under a user, so `send_to_user(user_id, ..)` reaches it (and every
+    /// other session of that user, on every instance). Replaces an earlier user id.
+    pub async fn set_user_id(&self, user_id: impl Into<String>) -> Result<(), WsError> {
+        let user_id = user_id.into();
+        let previous = self
+            .inner
+            .user_id
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(user_id.clone());
+        if let Some(previous) = previous.filter(|p| *p != user_id) {
+            let topic = internal::user(&previous);
+            self.inner
+                .internal_topics
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|t| *t != topic);
+            self.inner
+                .app
+                .pubsub
+                .unsubscribe(&topic, self.inner.id)
+                .await?;
+        }
+        self.join_internal_topic(internal::user(&user_id)).await
+    }
+
+    /// The user id set with [`Connection::set_user_id`], if any.
+    pub fn user_id(&self) -> Option<String> {
+        self.inner
+            .user_id
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A handle to publish, send to users and clients, and broadcast.
+    pub fn publisher(&self) -> crate::router::Publisher {
+        self.inner.app.publisher()
     }
 
     /// The topics this connection subscribes to.

@@ -369,6 +369,9 @@ pub enum Error {
     Io(std::io::Error),
     /// The WebSocket handshake or transport failed.
     WebSocket(tokio_tungstenite::tungstenite::Error),
+    /// Connecting to Redis failed.
+    #[cfg(feature = "redis")]
+    Redis(redis::RedisError),
 }
 
 impl fmt::Display for Error {
@@ -377,6 +380,8 @@ impl fmt::Display for Error {
             Error::DuplicateType(tag) => write!(f, "two handlers are registered for type `{tag}`"),
             Error::Io(e) => write!(f, "i/o error: {e}"),
             Error::WebSocket(e) => write!(f, "websocket error: {e}"),
+            #[cfg(feature = "redis")]
+            Error::Redis(e) => write!(f, "redis error: {e}"),
         }
     }
 }
@@ -386,6 +391,8 @@ impl std::error::Error for Error {
         match self {
             Error::Io(e) => Some(e),
             Error::WebSocket(e) => Some(e),
+            #[cfg(feature = "redis")]
+            Error::Redis(e) => Some(e),
             Error::DuplicateType(_) => None,
         }
     }

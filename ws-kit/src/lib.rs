@@ -9,6 +9,9 @@ mod message;
 mod middleware;
 mod outbound;
 mod pubsub;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
 mod router;
 mod server;
 mod wire;
@@ -20,8 +23,8 @@ pub use message::{EventMessage, Message, Meta, RpcMessage};
 pub use middleware::{Middleware, Next, Request};
 pub use outbound::OverflowPolicy;
 pub use pubsub::{
-    Capability, ClientId, MAX_TOPIC_LEN, MemoryPubSub, PubSub, PublishOptions, PublishResult,
-    Subscriber, validate_topic,
+    Capability, ClientId, LocalTopics, MAX_TOPIC_LEN, MemoryPubSub, PubSub, PublishOptions,
+    PublishResult, Subscriber, validate_topic,
 };
 pub use router::{CloseInfo, ErrorEvent, ErrorKind, Publisher, Router, TopicAction};
 pub use server::{

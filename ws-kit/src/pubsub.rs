@@ -164,20 +164,66 @@ pub trait PubSub: Send + Sync + 'static {
     fn subscriber_count<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Option<usize>>;
 }
 
-/// The in-memory engine: one process, exact counts, FIFO per subscriber.
+/// A process's own subscribers, by topic: what every engine delivers to.
+///
+/// Engines keep one; the in-memory engine is little more than this. Delivery is synchronous and
+/// shares the frame's bytes.
 #[derive(Default)]
-pub struct MemoryPubSub {
+pub struct LocalTopics {
     topics: RwLock<HashMap<Box<str>, Vec<Subscriber>>>,
 }
 
-impl MemoryPubSub {
-    /// An empty engine.
+impl LocalTopics {
+    /// An empty registry.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Delivers synchronously; the engine's futures are ready on first poll.
-    fn publish_now(&self, topic: &str, frame: &Utf8Bytes, exclude: Option<ClientId>) -> usize {
+    /// Adds a subscriber; returns true if it is the topic's first. The framework subscribes a
+    /// connection to a topic once (subscribe is idempotent above this layer), so no duplicate check.
+    pub fn add(&self, topic: &str, subscriber: Subscriber) -> bool {
+        let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
+        let subs = topics.entry(topic.into()).or_default();
+        subs.push(subscriber);
+        subs.len() == 1
+    }
+
+    /// Removes a connection; returns true if the topic has no subscriber left.
+    pub fn remove(&self, topic: &str, client: ClientId) -> bool {
+        let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
+        match topics.get_mut(topic) {
+            Some(subs) => {
+                // Subscribers have no order among themselves: swap_remove keeps removal cheap on
+                // big topics (every connection is in `#all`).
+                if let Some(i) = subs.iter().position(|s| s.id == client) {
+                    subs.swap_remove(i);
+                }
+                if subs.is_empty() {
+                    topics.remove(topic);
+                    true
+                } else {
+                    false
+                }
+            }
+            None => true,
+        }
+    }
+
+    /// Whether the topic has local subscribers.
+    pub fn contains(&self, topic: &str) -> bool {
+        let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
+        topics.contains_key(topic)
+    }
+
+    /// Local subscribers of a topic.
+    pub fn count(&self, topic: &str) -> usize {
+        let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
+        topics.get(topic).map_or(0, Vec::len)
+    }
+
+    /// Queues `frame` on every local subscriber of `topic` except `exclude`; returns how many
+    /// it reached.
+    pub fn deliver(&self, topic: &str, frame: &Utf8Bytes, exclude: Option<ClientId>) -> usize {
         let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
         let Some(subs) = topics.get(topic) else {
             return 0;
@@ -189,17 +235,28 @@ impl MemoryPubSub {
     }
 }
 
+/// The in-memory engine: one process, exact counts, FIFO per subscriber.
+#[derive(Default)]
+pub struct MemoryPubSub {
+    local: LocalTopics,
+}
+
+impl MemoryPubSub {
+    /// An empty engine.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+// Every future below is ready at once: the work happens in the call, which keeps publications in
+// the order handlers made them.
 impl PubSub for MemoryPubSub {
     fn subscribe<'a>(
         &'a self,
         topic: &'a str,
         subscriber: Subscriber,
     ) -> BoxFuture<'a, Result<(), WsError>> {
-        let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
-        let subs = topics.entry(topic.into()).or_default();
-        if !subs.iter().any(|s| s.id == subscriber.id) {
-            subs.push(subscriber);
-        }
+        self.local.add(topic, subscriber);
         Box::pin(std::future::ready(Ok(())))
     }
 
@@ -208,13 +265,7 @@ impl PubSub for MemoryPubSub {
         topic: &'a str,
         client: ClientId,
     ) -> BoxFuture<'a, Result<(), WsError>> {
-        let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(subs) = topics.get_mut(topic) {
-            subs.retain(|s| s.id != client);
-            if subs.is_empty() {
-                topics.remove(topic);
-            }
-        }
+        self.local.remove(topic, client);
         Box::pin(std::future::ready(Ok(())))
     }
 
@@ -224,14 +275,12 @@ impl PubSub for MemoryPubSub {
         frame: Utf8Bytes,
         exclude: Option<ClientId>,
     ) -> BoxFuture<'a, PublishResult> {
-        let matched = self.publish_now(topic, &frame, exclude);
+        let matched = self.local.deliver(topic, &frame, exclude);
         Box::pin(std::future::ready(PublishResult::exact(matched)))
     }
 
     fn subscriber_count<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Option<usize>> {
-        let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
-        let n = topics.get(topic).map_or(0, Vec::len);
-        Box::pin(std::future::ready(Some(n)))
+        Box::pin(std::future::ready(Some(self.local.count(topic))))
     }
 }
 

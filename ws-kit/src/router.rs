@@ -327,6 +327,11 @@ pub struct Publisher {
 }
 
 impl Publisher {
+    /// A publisher over any engine (the router's, or one made just to publish: see `Emitter`).
+    pub fn new(engine: Arc<dyn PubSub>) -> Self {
+        Publisher { pubsub: engine }
+    }
+
     /// Publishes a message to a topic's subscribers.
     pub async fn publish<M: Message>(&self, topic: &str, msg: &M) -> PublishResult {
         self.publish_with(topic, msg, None, None).await
@@ -342,22 +347,75 @@ impl Publisher {
         if let Err(e) = validate_topic(topic) {
             return PublishResult::failed(e);
         }
-        let frame = match wire::encode_message(
-            msg,
-            OutMeta {
-                correlation_id: None,
-                user: meta,
-            },
-            Layout::Publication,
-        ) {
-            Ok(frame) => frame,
-            Err(e) => return PublishResult::failed(e),
+        let meta = OutMeta {
+            correlation_id: None,
+            user: meta,
         };
-        self.pubsub.publish(topic, frame, exclude).await
+        self.encode_and_publish(topic, msg, meta, Layout::Publication, exclude)
+            .await
+    }
+
+    /// Sends a message to every session of a user (see `Connection::set_user_id`), on every
+    /// instance. The frame is the one `send` writes: `{"type","meta":{},"payload"}`.
+    pub async fn send_to_user<M: Message>(&self, user_id: &str, msg: &M) -> PublishResult {
+        let topic = internal::user(user_id);
+        self.encode_and_publish(&topic, msg, OutMeta::default(), Layout::Direct, None)
+            .await
+    }
+
+    /// Sends a message to one connection, wherever it is.
+    pub async fn send_to_client<M: Message>(&self, client_id: ClientId, msg: &M) -> PublishResult {
+        let topic = internal::client(client_id);
+        self.encode_and_publish(&topic, msg, OutMeta::default(), Layout::Direct, None)
+            .await
+    }
+
+    /// Publishes a message to every connection, on every instance.
+    pub async fn broadcast<M: Message>(&self, msg: &M) -> PublishResult {
+        self.encode_and_publish(
+            internal::ALL,
+            msg,
+            OutMeta::default(),
+            Layout::Publication,
+            None,
+        )
+        .await
+    }
+
+    async fn encode_and_publish<M: Message>(
+        &self,
+        topic: &str,
+        msg: &M,
+        meta: OutMeta<'_>,
+        layout: Layout,
+        exclude: Option<ClientId>,
+    ) -> PublishResult {
+        match wire::encode_message(msg, meta, layout) {
+            Ok(frame) => self.pubsub.publish(topic, frame, exclude).await,
+            Err(e) => PublishResult::failed(e),
+        }
     }
 
     /// How many connections subscribe to `topic`, when the engine knows.
     pub async fn subscriber_count(&self, topic: &str) -> Option<usize> {
         self.pubsub.subscriber_count(topic).await
+    }
+}
+
+/// Names of the framework's own topics. They start with `#`, which user topics cannot contain.
+pub(crate) mod internal {
+    use crate::pubsub::ClientId;
+
+    /// Every connection.
+    pub const ALL: &str = "#all";
+
+    /// One connection.
+    pub fn client(id: ClientId) -> String {
+        format!("#client:{id}")
+    }
+
+    /// Every session of a user.
+    pub fn user(id: &str) -> String {
+        format!("#user:{id}")
     }
 }
