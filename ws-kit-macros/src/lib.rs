@@ -21,6 +21,10 @@ pub fn derive_message(input: TokenStream) -> TokenStream {
 
 /// Makes an `async fn(ctx: Ctx<M, D>)` a routable handler (a unit struct of the same name that
 /// implements `ws_kit::Handler`).
+///
+/// Because the handler becomes a unit struct, its name is also a pattern: in the same module,
+/// `let ping = ...;` no longer binds a variable called `ping`. Name variables differently from
+/// handlers (the macro rejects an argument named like its handler with a clear error).
 #[proc_macro_attribute]
 pub fn handler(args: TokenStream, item: TokenStream) -> TokenStream {
     handler::expand(args.into(), syn::parse_macro_input!(item as syn::ItemFn)).into()
