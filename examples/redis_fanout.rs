@@ -49,9 +49,14 @@ struct Outcome {
 }
 
 async fn start(router: Router) -> (String, ws_kit::Service<()>) {
-    let server = Server::bind(router, ServeOptions::new().port(0).max_queued_bytes(64 << 20, Default::default()))
-        .await
-        .expect("bind");
+    let server = Server::bind(
+        router,
+        ServeOptions::new()
+            .port(0)
+            .max_queued_bytes(64 << 20, Default::default()),
+    )
+    .await
+    .expect("bind");
     let url = format!("ws://{}", server.local_addr());
     let service = server.service();
     tokio::spawn(server.run());
@@ -59,17 +64,28 @@ async fn start(router: Router) -> (String, ws_kit::Service<()>) {
 }
 
 /// One subscriber: joins, then reads `messages` ticks (or until the deadline).
-async fn subscriber(url: String, topic: String, messages: u64, deadline: Instant) -> (Vec<u64>, u64, u64) {
-    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.expect("connect");
+async fn subscriber(
+    url: String,
+    topic: String,
+    messages: u64,
+    deadline: Instant,
+) -> (Vec<u64>, u64, u64) {
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("connect");
     use futures_util::SinkExt;
     let join_frame = format!("{{\"type\":\"JOIN\",\"payload\":{{\"topic\":\"{topic}\"}}}}");
-    ws.send(tokio_tungstenite::tungstenite::Message::text(join_frame)).await.expect("send");
+    ws.send(tokio_tungstenite::tungstenite::Message::text(join_frame))
+        .await
+        .expect("send");
     let mut latencies = Vec::with_capacity(messages as usize);
     let mut seen = vec![false; messages as usize];
     let (mut received, mut duplicates) = (0u64, 0u64);
     while received < messages {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let Ok(Some(Ok(frame))) = tokio::time::timeout(remaining, ws.next()).await else { break };
+        let Ok(Some(Ok(frame))) = tokio::time::timeout(remaining, ws.next()).await else {
+            break;
+        };
         let Ok(text) = frame.to_text() else { continue };
         if !text.contains("\"TICK\"") {
             continue;
@@ -87,17 +103,30 @@ async fn subscriber(url: String, topic: String, messages: u64, deadline: Instant
     (latencies, messages - received, duplicates)
 }
 
-async fn run(urls: &[String], publisher: ws_kit::Publisher, subs: usize, messages: u64, rate: u64) -> Outcome {
+async fn run(
+    urls: &[String],
+    publisher: ws_kit::Publisher,
+    subs: usize,
+    messages: u64,
+    rate: u64,
+) -> Outcome {
     let topic = format!("bench.{}", uuid::Uuid::now_v7());
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut tasks = Vec::new();
     for i in 0..subs {
         let url = urls[i % urls.len()].clone();
-        tasks.push(tokio::spawn(subscriber(url, topic.clone(), messages, deadline)));
+        tasks.push(tokio::spawn(subscriber(
+            url,
+            topic.clone(),
+            messages,
+            deadline,
+        )));
     }
     // Wait until every subscription is in place (Redis SUBSCRIBE included).
     let wait_start = Instant::now();
-    while publisher.subscriber_count(&topic).await.unwrap_or(0) < subs && wait_start.elapsed() < Duration::from_secs(30) {
+    while publisher.subscriber_count(&topic).await.unwrap_or(0) < subs
+        && wait_start.elapsed() < Duration::from_secs(30)
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -108,10 +137,24 @@ async fn run(urls: &[String], publisher: ws_kit::Publisher, subs: usize, message
             let due = started + interval * seq as u32;
             tokio::time::sleep_until(due.into()).await;
         }
-        let result = publisher.publish(&topic, &Tick { seq, sent_us: now_us() }).await;
+        let result = publisher
+            .publish(
+                &topic,
+                &Tick {
+                    seq,
+                    sent_us: now_us(),
+                },
+            )
+            .await;
         assert!(result.ok, "publish failed: {:?}", result.error);
     }
-    let mut outcome = Outcome { deliveries: 0, elapsed: Duration::ZERO, latencies_us: Vec::new(), lost: 0, duplicates: 0 };
+    let mut outcome = Outcome {
+        deliveries: 0,
+        elapsed: Duration::ZERO,
+        latencies_us: Vec::new(),
+        lost: 0,
+        duplicates: 0,
+    };
     for task in tasks {
         let (latencies, lost, duplicates) = task.await.expect("subscriber task");
         outcome.deliveries += latencies.len() as u64 - duplicates;
@@ -152,11 +195,24 @@ async fn main() -> Result<(), ws_kit::Error> {
     let messages = args.next().flatten().unwrap_or(1000).clamp(1, 100_000);
     let rate = args.next().flatten().unwrap_or(2000);
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    assert!(url.contains("127.0.0.1") || url.contains("localhost"), "loopback only");
+    assert!(
+        url.contains("127.0.0.1") || url.contains("localhost"),
+        "loopback only"
+    );
     now_us();
 
-    println!("{subs} subscribers, {messages} messages at {} msg/s", if rate == 0 { "max".to_string() } else { rate.to_string() });
-    println!("{:<28} {:>12} {:>9} {:>9} {:>9} {:>6} {:>6}", "setup", "deliveries/s", "p50 ms", "p99 ms", "max ms", "lost", "dup");
+    println!(
+        "{subs} subscribers, {messages} messages at {} msg/s",
+        if rate == 0 {
+            "max".to_string()
+        } else {
+            rate.to_string()
+        }
+    );
+    println!(
+        "{:<28} {:>12} {:>9} {:>9} {:>9} {:>6} {:>6}",
+        "setup", "deliveries/s", "p50 ms", "p99 ms", "max ms", "lost", "dup"
+    );
 
     let memory = Router::new().routes(routes![join]);
     let publisher = memory.publisher();
@@ -166,8 +222,12 @@ async fn main() -> Result<(), ws_kit::Error> {
     service_m.shutdown();
 
     let prefix = format!("bench:{}:", uuid::Uuid::now_v7());
-    let a = Router::new().routes(routes![join]).pubsub(RedisOptions::new(&url).prefix(&prefix).connect().await?);
-    let b = Router::new().routes(routes![join]).pubsub(RedisOptions::new(&url).prefix(&prefix).connect().await?);
+    let a = Router::new()
+        .routes(routes![join])
+        .pubsub(RedisOptions::new(&url).prefix(&prefix).connect().await?);
+    let b = Router::new()
+        .routes(routes![join])
+        .pubsub(RedisOptions::new(&url).prefix(&prefix).connect().await?);
     let publisher = a.publisher();
     let (url_a, service_a) = start(a).await;
     let (url_b, service_b) = start(b).await;

@@ -180,7 +180,17 @@ impl<D: Send + Sync + 'static> Connection<D> {
     pub(crate) async fn join_internal(&self) -> Result<(), WsError> {
         self.join_internal_topic(internal::client(self.inner.id))
             .await?;
-        self.join_internal_topic(internal::ALL.to_string()).await
+        self.join_internal_topic(internal::ALL.to_string()).await?;
+        let user_id = self
+            .inner
+            .app
+            .user_id
+            .as_ref()
+            .and_then(|f| f(&self.data()));
+        match user_id {
+            Some(id) => self.set_user_id(id).await,
+            None => Ok(()),
+        }
     }
 
     async fn join_internal_topic(&self, topic: String) -> Result<(), WsError> {

@@ -78,6 +78,7 @@ type OpenHook<D> =
     Arc<dyn Fn(Connection<D>) -> BoxFuture<'static, Result<(), WsError>> + Send + Sync>;
 type CloseHook<D> = Arc<dyn Fn(Connection<D>, CloseInfo) -> BoxFuture<'static, ()> + Send + Sync>;
 type ErrorHook = Arc<dyn Fn(&ErrorEvent) + Send + Sync>;
+type UserIdFn<D> = Arc<dyn Fn(&D) -> Option<String> + Send + Sync>;
 type AuthorizeHook<D> = Arc<dyn Fn(&Connection<D>, &str, TopicAction) -> bool + Send + Sync>;
 
 /// What a connection wants to do with a topic, for the `authorize_topics` hook.
@@ -114,6 +115,7 @@ pub struct Router<D = ()> {
     on_error: Vec<ErrorHook>,
     pubsub: Arc<dyn PubSub>,
     authorize: Vec<AuthorizeHook<D>>,
+    user_id: Option<UserIdFn<D>>,
 }
 
 impl<D: Send + Sync + 'static> Default for Router<D> {
@@ -133,6 +135,7 @@ impl<D: Send + Sync + 'static> Router<D> {
             on_error: Vec::new(),
             pubsub: Arc::new(MemoryPubSub::new()),
             authorize: Vec::new(),
+            user_id: None,
         }
     }
 
@@ -177,6 +180,7 @@ impl<D: Send + Sync + 'static> Router<D> {
         self.on_close.extend(other.on_close);
         self.on_error.extend(other.on_error);
         self.authorize.extend(other.authorize);
+        self.user_id = self.user_id.or(other.user_id);
         self
     }
 
@@ -220,6 +224,16 @@ impl<D: Send + Sync + 'static> Router<D> {
         self
     }
 
+    /// Derives a connection's user id from its data (as set by `authenticate`) when it opens, as
+    /// if `set_user_id` were called before `on_open`: `send_to_user` then reaches it.
+    pub fn user_id_from(
+        mut self,
+        user_id: impl Fn(&D) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.user_id = Some(Arc::new(user_id));
+        self
+    }
+
     /// Replaces the pub/sub engine (in-memory by default).
     pub fn pubsub(mut self, engine: impl PubSub) -> Self {
         self.pubsub = Arc::new(engine);
@@ -251,6 +265,7 @@ impl<D: Send + Sync + 'static> Router<D> {
             on_error: self.on_error,
             pubsub: self.pubsub,
             authorize: self.authorize,
+            user_id: self.user_id,
             limits,
         }))
     }
@@ -275,6 +290,7 @@ pub(crate) struct App<D> {
     on_error: Vec<ErrorHook>,
     pub pubsub: Arc<dyn PubSub>,
     authorize: Vec<AuthorizeHook<D>>,
+    pub user_id: Option<UserIdFn<D>>,
     pub limits: Limits,
 }
 
