@@ -20,8 +20,9 @@ use redis::{AsyncCommands, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKi
 use std::collections::HashSet;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// The default channel prefix.
@@ -120,11 +121,26 @@ struct Inner {
     prefix: String,
     local: Arc<LocalTopics>,
     conn: ConnectionManager,
-    /// Topics this instance has SUBSCRIBEd; changed only under this lock, against `local`.
-    subscribed: tokio::sync::Mutex<HashSet<String>>,
+    /// Topics this instance has SUBSCRIBEd. Changed only by `sync_channel`, under the topic's stripe lock.
+    subscribed: Mutex<HashSet<String>>,
+    /// Serializes channel changes per topic (by hash), so joins and leaves of one topic see each
+    /// other's SUBSCRIBE/UNSUBSCRIBE while other topics proceed in parallel.
+    stripes: Vec<tokio::sync::Mutex<()>>,
+    /// Publications in call order, sent by `publish_loop` as ordered pipelines.
+    jobs: mpsc::UnboundedSender<PublishJob>,
+    /// Member-set removals that failed (Redis was down); retried after reconnecting.
+    pending_removals: Mutex<Vec<(String, String)>>,
     publish_timeout: Duration,
     connected: Arc<AtomicBool>,
 }
+
+struct PublishJob {
+    channel: String,
+    payload: Vec<u8>,
+    done: oneshot::Sender<redis::RedisResult<()>>,
+}
+
+const STRIPES: usize = 64;
 
 impl RedisPubSub {
     /// Connects with the default options (prefix `ws-kit:`).
@@ -171,14 +187,19 @@ impl RedisPubSub {
         let conn = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(Error::Redis)?;
+        let (jobs, job_queue) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             prefix: options.prefix,
             local,
-            conn,
-            subscribed: tokio::sync::Mutex::default(),
+            conn: conn.clone(),
+            subscribed: Mutex::default(),
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            jobs,
+            pending_removals: Mutex::default(),
             publish_timeout: options.publish_timeout,
             connected,
         });
+        tokio::spawn(publish_loop(job_queue, conn, options.publish_timeout));
         tokio::spawn(health(Arc::downgrade(&inner), options.health_interval));
         Ok(RedisPubSub { inner })
     }
@@ -192,47 +213,133 @@ impl RedisPubSub {
     pub fn prefix(&self) -> &str {
         &self.inner.prefix
     }
+}
 
+impl Inner {
     fn channel(&self, topic: &str) -> String {
-        format!("{}{}", self.inner.prefix, topic)
+        format!("{}{}", self.prefix, topic)
     }
 
     fn members_key(&self, topic: &str) -> String {
-        format!("{}members:{}", self.inner.prefix, topic)
+        format!("{}members:{}", self.prefix, topic)
+    }
+
+    fn is_subscribed(&self, topic: &str) -> bool {
+        self.subscribed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(topic)
     }
 
     /// Subscribes or unsubscribes the topic's channel so it matches whether there are local
-    /// subscribers. Decisions are made under one lock, so concurrent joins and leaves of one
-    /// topic cannot leave the channel in the wrong state.
+    /// subscribers. Every join and leave of a topic goes through here under the topic's stripe
+    /// lock: a join returns only once the channel is subscribed, even if another join started the
+    /// SUBSCRIBE, and concurrent joins and leaves cannot leave the channel in the wrong state.
     async fn sync_channel(&self, topic: &str) -> Result<(), WsError> {
-        let mut subscribed = self.inner.subscribed.lock().await;
-        let wanted = self.inner.local.contains(topic);
-        let mut conn = self.inner.conn.clone();
-        let result = if wanted && !subscribed.contains(topic) {
-            conn.subscribe(self.channel(topic)).await.map(|()| {
-                subscribed.insert(topic.to_string());
-            })
-        } else if !wanted && subscribed.contains(topic) {
-            conn.unsubscribe(self.channel(topic)).await.map(|()| {
-                subscribed.remove(topic);
-            })
+        let stripe = topic
+            .bytes()
+            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
+            % STRIPES;
+        let _guard = self.stripes[stripe].lock().await;
+        let wanted = self.local.contains(topic);
+        let have = self.is_subscribed(topic);
+        let mut conn = self.conn.clone();
+        let result = if wanted && !have {
+            conn.subscribe(self.channel(topic)).await
+        } else if !wanted && have {
+            conn.unsubscribe(self.channel(topic)).await
         } else {
-            Ok(())
+            return Ok(());
         };
-        result.map_err(|e| self.unavailable(e))
+        match result {
+            Ok(()) => {
+                let mut subscribed = self.subscribed.lock().unwrap_or_else(|e| e.into_inner());
+                if wanted {
+                    subscribed.insert(topic.to_string());
+                } else {
+                    subscribed.remove(topic);
+                }
+                Ok(())
+            }
+            Err(e) => Err(self.unavailable(e)),
+        }
+    }
+
+    /// After Redis comes back: channels and member sets to match the local subscribers again
+    /// (a leave during the outage may have left a channel that the reconnect resubscribed).
+    async fn reconcile(&self) {
+        let stale: Vec<String> = {
+            let subscribed = self.subscribed.lock().unwrap_or_else(|e| e.into_inner());
+            subscribed
+                .iter()
+                .filter(|t| !self.local.contains(t))
+                .cloned()
+                .collect()
+        };
+        for topic in stale {
+            let _ = self.sync_channel(&topic).await;
+        }
+        let removals = std::mem::take(
+            &mut *self
+                .pending_removals
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        let mut conn = self.conn.clone();
+        for (key, member) in removals {
+            if conn.srem::<_, _, i64>(&key, &member).await.is_err() {
+                self.pending_removals
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((key, member));
+            }
+        }
     }
 
     fn unavailable(&self, e: redis::RedisError) -> WsError {
-        if self.inner.connected.swap(false, Ordering::SeqCst) {
+        if self.connected.swap(false, Ordering::SeqCst) {
             tracing::warn!(error = %e, "redis unreachable");
         }
-        WsError::new(ErrorCode::Unavailable, "pub/sub backend unavailable")
-            .with_retryable(true)
-            .with_retry_after_ms(
-                ErrorCode::Unavailable
-                    .default_retry_after_ms()
-                    .unwrap_or(100),
-            )
+        unavailable("pub/sub backend unavailable")
+    }
+}
+
+fn unavailable(message: &'static str) -> WsError {
+    WsError::new(ErrorCode::Unavailable, message)
+        .with_retryable(true)
+        .with_retry_after_ms(
+            ErrorCode::Unavailable
+                .default_retry_after_ms()
+                .unwrap_or(100),
+        )
+}
+
+/// Sends publications in the order they were made: whatever is queued goes out as one pipeline,
+/// and the next pipeline only after it. Under load that is one round trip per batch.
+async fn publish_loop(
+    mut queue: mpsc::UnboundedReceiver<PublishJob>,
+    mut conn: ConnectionManager,
+    timeout: Duration,
+) {
+    let mut batch = Vec::new();
+    while queue.recv_many(&mut batch, 1024).await > 0 {
+        let mut pipe = redis::pipe();
+        for job in &batch {
+            pipe.cmd("PUBLISH")
+                .arg(&job.channel)
+                .arg(&job.payload[..])
+                .ignore();
+        }
+        let result = match tokio::time::timeout(timeout, pipe.query_async::<()>(&mut conn)).await {
+            Ok(result) => result,
+            Err(_) => Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "publish timed out",
+            ))),
+        };
+        for job in batch.drain(..) {
+            let _ = job.done.send(result.clone());
+        }
     }
 }
 
@@ -259,7 +366,8 @@ fn deliver(local: &LocalTopics, prefix: &str, data: Vec<Value>) {
 }
 
 /// Pings Redis while the engine lives: notices a lost connection even when idle (which makes the
-/// connection manager reconnect and resubscribe), and logs state changes.
+/// connection manager reconnect and resubscribe), logs state changes, and reconciles after a
+/// recovery.
 async fn health(inner: Weak<Inner>, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -267,15 +375,17 @@ async fn health(inner: Weak<Inner>, interval: Duration) {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
         let mut conn = inner.conn.clone();
-        let ok = tokio::time::timeout(
-            interval.max(Duration::from_millis(500)),
-            redis::cmd("PING").query_async::<String>(&mut conn),
-        )
-        .await
-        .is_ok_and(|r| r.is_ok());
+        let cmd = redis::cmd("PING");
+        let ping = cmd.query_async::<String>(&mut conn);
+        let ok = tokio::time::timeout(interval.max(Duration::from_millis(500)), ping)
+            .await
+            .is_ok_and(|r| r.is_ok());
         let was = inner.connected.swap(ok, Ordering::SeqCst);
         match (was, ok) {
-            (false, true) => tracing::info!("redis pub/sub connection restored"),
+            (false, true) => {
+                tracing::info!("redis pub/sub connection restored");
+                inner.reconcile().await;
+            }
             (true, false) => tracing::warn!("redis unreachable; retrying"),
             _ => {}
         }
@@ -289,42 +399,51 @@ impl PubSub for RedisPubSub {
         subscriber: Subscriber,
     ) -> BoxFuture<'a, Result<(), WsError>> {
         let id = subscriber.id();
-        let first = self.inner.local.add(topic, subscriber);
+        self.inner.local.add(topic, subscriber);
         Box::pin(async move {
-            let synced = if first {
-                self.sync_channel(topic).await
-            } else {
-                Ok(())
-            };
-            if let Err(e) = synced {
+            if let Err(e) = self.inner.sync_channel(topic).await {
                 self.inner.local.remove(topic, id);
                 return Err(e);
             }
             if !topic.starts_with('#') {
                 let mut conn = self.inner.conn.clone();
-                let _: Result<i64, _> = conn.sadd(self.members_key(topic), id.to_string()).await;
+                let _: Result<i64, _> = conn
+                    .sadd(self.inner.members_key(topic), id.to_string())
+                    .await;
             }
             Ok(())
         })
     }
 
+    /// Never fails for a Redis outage: the leave takes effect locally at once (no more
+    /// deliveries), and the channel and member set are put right when Redis is back.
     fn unsubscribe<'a>(
         &'a self,
         topic: &'a str,
         client: ClientId,
     ) -> BoxFuture<'a, Result<(), WsError>> {
-        let last = self.inner.local.remove(topic, client);
+        self.inner.local.remove(topic, client);
         Box::pin(async move {
             if !topic.starts_with('#') {
                 let mut conn = self.inner.conn.clone();
-                let _: Result<i64, _> =
-                    conn.srem(self.members_key(topic), client.to_string()).await;
+                let key = self.inner.members_key(topic);
+                if conn
+                    .srem::<_, _, i64>(&key, client.to_string())
+                    .await
+                    .is_err()
+                {
+                    let mut pending = self
+                        .inner
+                        .pending_removals
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    pending.push((key, client.to_string()));
+                }
             }
-            if last {
-                self.sync_channel(topic).await
-            } else {
-                Ok(())
+            if self.inner.sync_channel(topic).await.is_err() {
+                tracing::debug!(topic, "unsubscribe deferred until redis is back");
             }
+            Ok(())
         })
     }
 
@@ -334,33 +453,31 @@ impl PubSub for RedisPubSub {
         frame: Utf8Bytes,
         exclude: Option<ClientId>,
     ) -> BoxFuture<'a, PublishResult> {
-        let mut conn = self.inner.conn.clone();
-        let payload = encode_envelope(&frame, exclude);
-        let channel = self.channel(topic);
-        // The first poll of this future hands the command to the connection's queue; handlers
-        // poll it before the next frame is dispatched, so publications keep their order.
+        // Queued now, at call time: handlers call this in the order their frames arrived, so the
+        // publish loop sends publications in that order.
+        let (done, result) = oneshot::channel();
+        let job = PublishJob {
+            channel: self.inner.channel(topic),
+            payload: encode_envelope(&frame, exclude),
+            done,
+        };
+        let queued = self.inner.jobs.send(job).is_ok();
+        let timeout = self.inner.publish_timeout + Duration::from_millis(100);
         Box::pin(async move {
-            let sent = tokio::time::timeout(
-                self.inner.publish_timeout,
-                conn.publish::<_, _, i64>(channel, payload),
-            );
-            match sent.await {
-                Ok(Ok(_instances)) => {
-                    self.inner.connected.store(true, Ordering::SeqCst);
-                    PublishResult {
-                        ok: true,
-                        capability: Capability::Unknown,
-                        matched: None,
-                        error: None,
-                    }
-                }
-                Ok(Err(e)) => PublishResult::failed(self.unavailable(e)),
-                Err(_elapsed) => {
+            if !queued {
+                return PublishResult::failed(unavailable("pub/sub engine stopped"));
+            }
+            match tokio::time::timeout(timeout, result).await {
+                Ok(Ok(Ok(()))) => PublishResult {
+                    ok: true,
+                    capability: Capability::Unknown,
+                    matched: None,
+                    error: None,
+                },
+                Ok(Ok(Err(e))) => PublishResult::failed(self.inner.unavailable(e)),
+                Ok(Err(_)) | Err(_) => {
                     self.inner.connected.store(false, Ordering::SeqCst);
-                    PublishResult::failed(
-                        WsError::new(ErrorCode::Unavailable, "pub/sub backend timed out")
-                            .with_retryable(true),
-                    )
+                    PublishResult::failed(unavailable("pub/sub backend timed out"))
                 }
             }
         })
@@ -370,7 +487,7 @@ impl PubSub for RedisPubSub {
     /// instance that crashes leaves its members behind until they are removed by hand.
     fn subscriber_count<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Option<usize>> {
         let mut conn = self.inner.conn.clone();
-        let key = self.members_key(topic);
+        let key = self.inner.members_key(topic);
         Box::pin(async move { conn.scard::<_, usize>(key).await.ok() })
     }
 }

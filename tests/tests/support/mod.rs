@@ -452,3 +452,63 @@ fn bounded_on<F: std::future::Future<Output = ()> + Send + 'static>(multi_thread
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Additions for redis.rs.
+
+/// [`eventually`] with a bound of its own (for example a reconnection that takes seconds).
+pub async fn eventually_within<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// [`bounded_multi_thread`] with a bound of its own instead of [`TEST_LIMIT`] (load tests,
+/// reconnection). Same guarantees: the bound holds even if the runtime is starved.
+pub fn bounded_multi_thread_within<F: std::future::Future<Output = ()> + Send + 'static>(
+    limit: Duration,
+    test: F,
+) {
+    let (done_tx, done) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("bounded-test".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(test);
+            // Tasks left behind (servers shutting down) get a moment, not forever.
+            runtime.shutdown_timeout(Duration::from_secs(5));
+            let _ = done_tx.send(());
+        })
+        .expect("spawn the test thread");
+    match done.recv_timeout(limit) {
+        Ok(()) => thread.join().expect("test thread"),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => match thread.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => unreachable!("the test thread ended without reporting"),
+        },
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!(
+            "the test did not finish within {limit:?} (a wait is unbounded, or the runtime is \
+             starved by a task that never yields)"
+        ),
+    }
+}
+
+impl RawClient {
+    /// The socket and the bytes already read from it but not yet parsed, for a reader of one's own.
+    pub fn into_parts(self) -> (TcpStream, Vec<u8>) {
+        (self.stream, self.buf)
+    }
+}
