@@ -4,8 +4,8 @@ use crate::error::WsError;
 use crate::message::{Message, Meta, RpcMessage};
 use crate::middleware::Request;
 use crate::outbound::Outbound;
-use crate::pubsub::{ClientId, PublishOptions, PublishResult, Subscriber, validate_topic};
-use crate::router::{App, ErrorEvent, ErrorKind, TopicAction, internal};
+use crate::pubsub::{ClientId, PublishOptions, Subscriber, validate_topic};
+use crate::router::{App, ErrorEvent, ErrorKind, PublishFuture, TopicAction, internal};
 use crate::wire::{self, Layout, OutMeta};
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
@@ -270,27 +270,26 @@ impl<D: Send + Sync + 'static> Connection<D> {
     }
 
     /// Publishes a message to a topic's subscribers (this connection included, if subscribed).
-    pub async fn publish<M: Message>(&self, topic: &str, msg: &M) -> PublishResult {
+    /// Handed to the engine when called (see [`Publisher::publish`](crate::Publisher::publish)).
+    pub fn publish<M: Message>(&self, topic: &str, msg: &M) -> PublishFuture {
         self.publish_with(topic, msg, PublishOptions::default())
-            .await
     }
 
     /// Publishes with options (`exclude_self`, meta).
-    pub async fn publish_with<M: Message>(
+    pub fn publish_with<M: Message>(
         &self,
         topic: &str,
         msg: &M,
         options: PublishOptions,
-    ) -> PublishResult {
+    ) -> PublishFuture {
         if let Err(e) = self.inner.app.authorize(self, topic, TopicAction::Publish) {
-            return PublishResult::failed(e);
+            return PublishFuture::failed(e);
         }
         let exclude = options.exclude_self.then_some(self.inner.id);
         self.inner
             .app
             .publisher()
             .publish_with(topic, msg, options.meta.as_ref(), exclude)
-            .await
     }
 
     /// How many connections subscribe to `topic`, when the pub/sub engine knows.

@@ -26,7 +26,7 @@ pub use pubsub::{
     Capability, ClientId, LocalTopics, MAX_TOPIC_LEN, MemoryPubSub, PubSub, PublishOptions,
     PublishResult, Subscriber, validate_topic,
 };
-pub use router::{CloseInfo, ErrorEvent, ErrorKind, Publisher, Router, TopicAction};
+pub use router::{CloseInfo, ErrorEvent, ErrorKind, PublishFuture, Publisher, Router, TopicAction};
 pub use server::{
     IntoAuth, PayloadLimit, Rejection, ServeOptions, Server, Service, query_param, serve,
 };

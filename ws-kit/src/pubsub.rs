@@ -154,12 +154,15 @@ pub trait PubSub: Send + Sync + 'static {
         client: ClientId,
     ) -> BoxFuture<'a, Result<(), WsError>>;
     /// Delivers an encoded frame to a topic's subscribers, skipping `exclude`.
-    fn publish<'a>(
-        &'a self,
-        topic: &'a str,
+    ///
+    /// The publication must be handed on (delivered, or queued in order) during this call, not
+    /// when the future is polled: callers rely on calls being delivered in call order.
+    fn publish(
+        &self,
+        topic: &str,
         frame: Utf8Bytes,
         exclude: Option<ClientId>,
-    ) -> BoxFuture<'a, PublishResult>;
+    ) -> BoxFuture<'static, PublishResult>;
     /// How many connections subscribe to a topic, when the engine knows.
     fn subscriber_count<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Option<usize>>;
 }
@@ -269,12 +272,12 @@ impl PubSub for MemoryPubSub {
         Box::pin(std::future::ready(Ok(())))
     }
 
-    fn publish<'a>(
-        &'a self,
-        topic: &'a str,
+    fn publish(
+        &self,
+        topic: &str,
         frame: Utf8Bytes,
         exclude: Option<ClientId>,
-    ) -> BoxFuture<'a, PublishResult> {
+    ) -> BoxFuture<'static, PublishResult> {
         let matched = self.local.deliver(topic, &frame, exclude);
         Box::pin(std::future::ready(PublishResult::exact(matched)))
     }

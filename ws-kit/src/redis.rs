@@ -447,12 +447,12 @@ impl PubSub for RedisPubSub {
         })
     }
 
-    fn publish<'a>(
-        &'a self,
-        topic: &'a str,
+    fn publish(
+        &self,
+        topic: &str,
         frame: Utf8Bytes,
         exclude: Option<ClientId>,
-    ) -> BoxFuture<'a, PublishResult> {
+    ) -> BoxFuture<'static, PublishResult> {
         // Queued now, at call time: handlers call this in the order their frames arrived, so the
         // publish loop sends publications in that order.
         let (done, result) = oneshot::channel();
@@ -463,6 +463,7 @@ impl PubSub for RedisPubSub {
         };
         let queued = self.inner.jobs.send(job).is_ok();
         let timeout = self.inner.publish_timeout + Duration::from_millis(100);
+        let inner = self.inner.clone();
         Box::pin(async move {
             if !queued {
                 return PublishResult::failed(unavailable("pub/sub engine stopped"));
@@ -474,9 +475,9 @@ impl PubSub for RedisPubSub {
                     matched: None,
                     error: None,
                 },
-                Ok(Ok(Err(e))) => PublishResult::failed(self.inner.unavailable(e)),
+                Ok(Ok(Err(e))) => PublishResult::failed(inner.unavailable(e)),
                 Ok(Err(_)) | Err(_) => {
-                    self.inner.connected.store(false, Ordering::SeqCst);
+                    inner.connected.store(false, Ordering::SeqCst);
                     PublishResult::failed(unavailable("pub/sub backend timed out"))
                 }
             }

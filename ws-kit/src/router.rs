@@ -349,45 +349,46 @@ impl Publisher {
     }
 
     /// Publishes a message to a topic's subscribers.
-    pub async fn publish<M: Message>(&self, topic: &str, msg: &M) -> PublishResult {
-        self.publish_with(topic, msg, None, None).await
+    ///
+    /// The publication is encoded and handed to the engine when this is called; the future only
+    /// reports the outcome. So publications are delivered in call order, and a caller may make
+    /// several before awaiting them.
+    pub fn publish<M: Message>(&self, topic: &str, msg: &M) -> PublishFuture {
+        self.publish_with(topic, msg, None, None)
     }
 
-    pub(crate) async fn publish_with<M: Message>(
+    pub(crate) fn publish_with<M: Message>(
         &self,
         topic: &str,
         msg: &M,
         meta: Option<&Map<String, Value>>,
         exclude: Option<ClientId>,
-    ) -> PublishResult {
+    ) -> PublishFuture {
         if let Err(e) = validate_topic(topic) {
-            return PublishResult::failed(e);
+            return PublishFuture::ready(PublishResult::failed(e));
         }
         let meta = OutMeta {
             correlation_id: None,
             user: meta,
         };
         self.encode_and_publish(topic, msg, meta, Layout::Publication, exclude)
-            .await
     }
 
     /// Sends a message to every session of a user (see `Connection::set_user_id`), on every
     /// instance. The frame is the one `send` writes: `{"type","meta":{},"payload"}`.
-    pub async fn send_to_user<M: Message>(&self, user_id: &str, msg: &M) -> PublishResult {
+    pub fn send_to_user<M: Message>(&self, user_id: &str, msg: &M) -> PublishFuture {
         let topic = internal::user(user_id);
         self.encode_and_publish(&topic, msg, OutMeta::default(), Layout::Direct, None)
-            .await
     }
 
     /// Sends a message to one connection, wherever it is.
-    pub async fn send_to_client<M: Message>(&self, client_id: ClientId, msg: &M) -> PublishResult {
+    pub fn send_to_client<M: Message>(&self, client_id: ClientId, msg: &M) -> PublishFuture {
         let topic = internal::client(client_id);
         self.encode_and_publish(&topic, msg, OutMeta::default(), Layout::Direct, None)
-            .await
     }
 
     /// Publishes a message to every connection, on every instance.
-    pub async fn broadcast<M: Message>(&self, msg: &M) -> PublishResult {
+    pub fn broadcast<M: Message>(&self, msg: &M) -> PublishFuture {
         self.encode_and_publish(
             internal::ALL,
             msg,
@@ -395,26 +396,50 @@ impl Publisher {
             Layout::Publication,
             None,
         )
-        .await
     }
 
-    async fn encode_and_publish<M: Message>(
+    fn encode_and_publish<M: Message>(
         &self,
         topic: &str,
         msg: &M,
         meta: OutMeta<'_>,
         layout: Layout,
         exclude: Option<ClientId>,
-    ) -> PublishResult {
+    ) -> PublishFuture {
         match wire::encode_message(msg, meta, layout) {
-            Ok(frame) => self.pubsub.publish(topic, frame, exclude).await,
-            Err(e) => PublishResult::failed(e),
+            Ok(frame) => PublishFuture(self.pubsub.publish(topic, frame, exclude)),
+            Err(e) => PublishFuture::ready(PublishResult::failed(e)),
         }
     }
 
     /// How many connections subscribe to `topic`, when the engine knows.
     pub async fn subscriber_count(&self, topic: &str) -> Option<usize> {
         self.pubsub.subscriber_count(topic).await
+    }
+}
+
+/// The outcome of a publication already handed to the engine. Awaiting it is optional: the
+/// publication goes out whether or not it is awaited.
+#[must_use = "the publication is already sent; await this to learn whether it succeeded"]
+pub struct PublishFuture(BoxFuture<'static, PublishResult>);
+
+impl PublishFuture {
+    fn ready(result: PublishResult) -> Self {
+        PublishFuture(Box::pin(std::future::ready(result)))
+    }
+
+    pub(crate) fn failed(error: WsError) -> Self {
+        Self::ready(PublishResult::failed(error))
+    }
+}
+
+impl Future for PublishFuture {
+    type Output = PublishResult;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<PublishResult> {
+        self.0.as_mut().poll(cx)
     }
 }
 
