@@ -1,6 +1,9 @@
 #![doc = include_str!("docs/crate.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "client")]
+#[cfg_attr(docsrs, doc(cfg(feature = "client")))]
+pub mod client;
 mod connection;
 mod context;
 mod error;
@@ -14,6 +17,9 @@ mod pubsub;
 pub mod redis;
 mod router;
 mod server;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
 mod wire;
 
 pub use context::{Connection, Ctx};

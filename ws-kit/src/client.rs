@@ -1,0 +1,1 @@
+//! The Rust client (feature `client`). Work in progress.

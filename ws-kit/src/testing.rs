@@ -1,0 +1,1 @@
+//! The testing harness (feature `testing`). Work in progress.
