@@ -87,7 +87,7 @@ pub(crate) async fn run<D, S>(
     }
 
     let mut tasks: JoinSet<()> = JoinSet::new();
-    let mut last_seen = Instant::now();
+    let mut last_seen = tokio::time::Instant::now();
     let ping = tokio::time::sleep(config.heartbeat_interval);
     tokio::pin!(ping);
     let mut client_close: Option<CloseInfo> = None;
@@ -101,7 +101,7 @@ pub(crate) async fn run<D, S>(
                 break;
             }
             frame = stream.next() => {
-                last_seen = Instant::now();
+                last_seen = tokio::time::Instant::now();
                 match frame {
                     Some(Ok(WsMessage::Text(text))) => on_text(&conn, &config, text.as_str(), &mut tasks),
                     Some(Ok(WsMessage::Binary(bytes))) => match std::str::from_utf8(&bytes) {
@@ -229,7 +229,7 @@ fn on_text<D: Send + Sync + 'static>(
     text: &str,
     tasks: &mut JoinSet<()>,
 ) {
-    let now = Instant::now();
+    let now = tokio::time::Instant::now().into_std();
     let received_at = SystemTime::now();
     if text.len() > config.max_payload_bytes {
         // Only reachable in `Reject` mode: the transport closes with 1009 otherwise.

@@ -240,6 +240,16 @@ impl<D: Send + Sync + 'static> Router<D> {
         self
     }
 
+    /// Replaces the engine with one built around it (the testing harness records publications so).
+    #[cfg(feature = "testing")]
+    pub(crate) fn wrap_pubsub(
+        mut self,
+        wrap: impl FnOnce(Arc<dyn PubSub>) -> Arc<dyn PubSub>,
+    ) -> Self {
+        self.pubsub = wrap(self.pubsub);
+        self
+    }
+
     /// A handle that publishes to this router's topics from outside handlers.
     pub fn publisher(&self) -> Publisher {
         Publisher {

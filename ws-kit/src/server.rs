@@ -311,10 +311,7 @@ impl<D: Send + Sync + 'static> Service<D> {
                 Err(rejection) => Err(reject(rejection.status, rejection.body)),
             }
         };
-        let hard_max = match opts.payload_limit {
-            PayloadLimit::Close => opts.max_payload_bytes,
-            PayloadLimit::Reject => opts.max_payload_bytes.saturating_mul(4),
-        };
+        let hard_max = self.max_frame_bytes();
         let config = WebSocketConfig::default()
             .read_buffer_size(opts.read_buffer_size)
             .write_buffer_size(8 * 1024)
@@ -325,21 +322,8 @@ impl<D: Send + Sync + 'static> Service<D> {
                 .await
                 .map_err(Error::WebSocket)?;
         let Some(data) = data else { return Ok(()) };
-
-        let conn = Connection::new(client_id, data, self.inner.app.clone());
-        let loop_config = LoopConfig {
-            max_payload_bytes: opts.max_payload_bytes,
-            heartbeat_interval: opts.heartbeat_interval,
-            heartbeat_timeout: opts.heartbeat_timeout,
-            close_grace: Duration::from_secs(1),
-        };
-        let shutdown = self.inner.shutdown.subscribe();
-        if *shutdown.borrow() {
-            return Ok(());
-        }
-        self.inner.connections.fetch_add(1, Ordering::Relaxed);
-        connection::run(socket, conn, loop_config, shutdown).await;
-        self.inner.connections.fetch_sub(1, Ordering::Relaxed);
+        let (_, run) = self.open_transport(socket, client_id, data);
+        run.await;
         Ok(())
     }
 
@@ -357,6 +341,60 @@ impl<D: Send + Sync + 'static> Service<D> {
     /// (its close hooks run), and [`Server::run`] stops accepting and returns once they are done.
     pub fn shutdown(&self) {
         self.inner.shutdown.send_replace(true);
+    }
+}
+
+impl<D: Send + Sync + 'static> Service<D> {
+    /// The largest inbound frame a transport accepts: the payload limit (4× in `Reject` mode),
+    /// as `serve_stream` configures tungstenite.
+    pub(crate) fn max_frame_bytes(&self) -> usize {
+        let opts = &self.inner.options;
+        match opts.payload_limit {
+            PayloadLimit::Close => opts.max_payload_bytes,
+            PayloadLimit::Reject => opts.max_payload_bytes.saturating_mul(4),
+        }
+    }
+
+    /// A connection over a transport that is already open: what `serve_stream` does after its
+    /// handshake, and what the testing harness does with its in-memory socket. Returns the connection and the
+    /// future that runs it to its end (`on_open`, the read loop, `on_close`, cleanup).
+    pub(crate) fn open_transport<S>(
+        &self,
+        socket: S,
+        client_id: uuid::Uuid,
+        data: D,
+    ) -> (Connection<D>, impl Future<Output = ()> + Send + 'static)
+    where
+        S: futures_util::Stream<
+                Item = Result<
+                    tokio_tungstenite::tungstenite::Message,
+                    tokio_tungstenite::tungstenite::Error,
+                >,
+            > + futures_util::Sink<tokio_tungstenite::tungstenite::Message>
+            + Unpin
+            + Send
+            + 'static,
+    {
+        let opts = &self.inner.options;
+        let conn = Connection::new(client_id, data, self.inner.app.clone());
+        let loop_config = LoopConfig {
+            max_payload_bytes: opts.max_payload_bytes,
+            heartbeat_interval: opts.heartbeat_interval,
+            heartbeat_timeout: opts.heartbeat_timeout,
+            close_grace: Duration::from_secs(1),
+        };
+        let shutdown = self.inner.shutdown.subscribe();
+        let inner = self.inner.clone();
+        let run_conn = conn.clone();
+        let run = async move {
+            if *shutdown.borrow() {
+                return;
+            }
+            inner.connections.fetch_add(1, Ordering::Relaxed);
+            connection::run(socket, run_conn, loop_config, shutdown).await;
+            inner.connections.fetch_sub(1, Ordering::Relaxed);
+        };
+        (conn, run)
     }
 }
 

@@ -75,6 +75,47 @@ pub(crate) fn parse_envelope(text: &str) -> Result<Envelope<'_>, String> {
     })
 }
 
+/// A parsed server → client frame, as a client reads it: the type, the correlation id, the raw
+/// payload and the other meta entries (values raw; `correlationId` is not among them).
+#[cfg_attr(not(any(feature = "client", feature = "testing")), allow(dead_code))]
+pub(crate) struct ServerFrame<'a> {
+    pub(crate) ty: Cow<'a, str>,
+    pub(crate) correlation_id: Option<String>,
+    pub(crate) payload: Option<&'a RawValue>,
+    pub(crate) meta: Vec<(Cow<'a, str>, &'a RawValue)>,
+}
+
+/// Parses a frame a server sent (either key order). `Err` means it is not a JSON object with a
+/// non-empty string `type`, or its `meta.correlationId` is not a string. Unknown root keys are
+/// ignored: a client is lenient in what it reads.
+// Used by the `client` and `testing` features.
+#[cfg_attr(not(any(feature = "client", feature = "testing")), allow(dead_code))]
+pub(crate) fn parse_server_frame(text: &str) -> Result<ServerFrame<'_>, String> {
+    let raw: RawEnvelope<'_> = serde_json::from_str(text).map_err(|e| strip_position(&e))?;
+    let ty = match raw.ty {
+        Some(ty) if !ty.is_empty() => ty,
+        Some(_) => return Err("`type` must be a non-empty string".to_string()),
+        None => return Err("missing string field `type`".to_string()),
+    };
+    let mut correlation_id = None;
+    let mut meta = Vec::with_capacity(raw.meta.len());
+    for (key, value) in raw.meta {
+        if key == "correlationId" {
+            let id = serde_json::from_str::<String>(value.get())
+                .map_err(|_| "`meta.correlationId` must be a string".to_string())?;
+            correlation_id = Some(id);
+        } else {
+            meta.push((key, value));
+        }
+    }
+    Ok(ServerFrame {
+        ty,
+        correlation_id,
+        payload: raw.payload,
+        meta,
+    })
+}
+
 /// The first pass over a frame: the root object, with `payload` left raw.
 struct RawEnvelope<'a> {
     ty: Option<Cow<'a, str>>,
@@ -385,6 +426,33 @@ mod tests {
         assert_eq!(env.meta_extra[0].0, "traceId");
         let paths: Vec<_> = env.issues.iter().map(|i| i.path.as_str()).collect();
         assert_eq!(paths, ["extra", "meta.timeoutMs"]);
+    }
+
+    #[test]
+    fn parses_server_frames_in_both_layouts() {
+        let direct = parse_server_frame(
+            r#"{"type":"PONG","meta":{"correlationId":"c1","traceId":"t"},"payload":{"a":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(direct.ty, "PONG");
+        assert_eq!(direct.correlation_id.as_deref(), Some("c1"));
+        assert_eq!(direct.payload.map(RawValue::get), Some(r#"{"a":1}"#));
+        assert_eq!(direct.meta.len(), 1);
+        assert_eq!(direct.meta[0].0, "traceId");
+
+        let publication =
+            parse_server_frame(r#"{"type":"ROOM_MSG","payload":{"t":"hi"}}"#).unwrap();
+        assert_eq!(publication.ty, "ROOM_MSG");
+        assert!(publication.correlation_id.is_none() && publication.meta.is_empty());
+
+        let no_payload =
+            parse_server_frame(r#"{"type":"__heartbeat_ack","meta":{"ts":5}}"#).unwrap();
+        assert!(no_payload.payload.is_none());
+
+        assert!(parse_server_frame(r#"{"meta":{}}"#).is_err());
+        assert!(parse_server_frame(r#"{"type":""}"#).is_err());
+        assert!(parse_server_frame(r#"{"type":"X","meta":{"correlationId":5}}"#).is_err());
+        assert!(parse_server_frame("[]").is_err());
     }
 
     #[test]

@@ -512,3 +512,39 @@ impl RawClient {
         (self.stream, self.buf)
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Additions for client.rs.
+
+/// Starts `router` on a given loopback address: a server "restarted" on the port of one that was
+/// shut down. Waits (bounded) for the port while the old listener is going away.
+pub async fn serve_at<D: Send + Sync + 'static>(
+    router: Router<D>,
+    options: ServeOptions<D>,
+    addr: std::net::SocketAddr,
+) -> TestServer<D> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while let Err(e) = std::net::TcpListener::bind(addr) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "could not bind {addr} again: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let options = options.host(addr.ip().to_string()).port(addr.port());
+    let server = Server::bind(router, options).await.expect("bind");
+    let addr = server.local_addr();
+    let service = server.service();
+    let task = tokio::spawn(server.run());
+    TestServer {
+        addr,
+        service,
+        task,
+    }
+}
+
+/// A loopback address nothing listens on (a port that was free a moment ago).
+pub fn free_addr() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("local_addr")
+}
