@@ -223,7 +223,7 @@ fn invalid_frame<D: Send + Sync + 'static>(conn: &Connection<D>, message: String
 }
 
 /// Handles one text frame: envelope, reserved types, routing.
-fn on_text<D: Send + Sync + 'static>(
+pub(crate) fn on_text<D: Send + Sync + 'static>(
     conn: &Connection<D>,
     config: &LoopConfig,
     text: &str,
@@ -505,13 +505,18 @@ async fn run_rpc<D: Send + Sync + 'static>(
         slot: slot.clone(),
     };
     let work = AssertUnwindSafe(work).catch_unwind();
-    let sleep =
-        tokio::time::sleep_until(deadline.map_or_else(tokio::time::Instant::now, Into::into));
+    // No timer is registered for a request without a deadline.
+    let expired = async {
+        match deadline {
+            Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+            None => std::future::pending().await,
+        }
+    };
     let end = tokio::select! {
         biased;
         result = work => RpcEnd::Finished(result),
         () = slot.cancel.notified() => RpcEnd::Cancelled,
-        () = sleep, if deadline.is_some() => RpcEnd::DeadlineExceeded,
+        () = expired => RpcEnd::DeadlineExceeded,
     };
     let cid = slot.correlation_id.as_deref();
     let out = &conn.inner.out;
@@ -521,6 +526,8 @@ async fn run_rpc<D: Send + Sync + 'static>(
         }
     };
     match end {
+        // The common case (the handler replied) costs one flag check, no error value.
+        RpcEnd::Finished(Ok(Ok(()))) if slot.is_done() => {}
         RpcEnd::Finished(Ok(Ok(()))) => {
             let err = WsError::internal("RPC handler finished without a reply");
             terminal(err.clone(), ErrorKind::MissingTerminal, err);

@@ -1,6 +1,10 @@
 #![doc = include_str!("docs/crate.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "bench")]
+#[doc(hidden)]
+#[path = "bench.rs"]
+pub mod __bench;
 #[cfg(feature = "client")]
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
 pub mod client;

@@ -168,6 +168,14 @@ impl Outbound {
         self.writer.notify_one();
     }
 
+    /// Takes every queued frame at once, as the writer does (benchmarks drain the queue with it).
+    #[cfg(feature = "bench")]
+    pub(crate) fn take_all(&self) -> VecDeque<WsMessage> {
+        let mut state = self.lock();
+        state.bytes = 0;
+        std::mem::take(&mut state.queue)
+    }
+
     async fn next_batch(&self) -> Batch {
         loop {
             {
