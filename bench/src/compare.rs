@@ -1,0 +1,458 @@
+//! `compare`: runs every mode against the baseline and ws-kit in turn, as child processes of this
+//! binary (server on core 0, load on core 1 when `taskset` exists), and prints a table of ratios.
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::time::{Duration, Instant};
+
+use crate::servers::Kind;
+
+/// A child process, killed by PID when dropped; its stdout lines arrive on `lines`.
+struct Proc {
+    child: Child,
+    lines: Receiver<String>,
+}
+
+impl Proc {
+    fn spawn(args: &[String], cpu: Option<u32>) -> std::io::Result<Proc> {
+        let exe = std::env::current_exe()?;
+        let mut cmd = match cpu.filter(|_| has_taskset()) {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.arg("-c").arg(cpu.to_string()).arg(&exe);
+                c
+            }
+            None => Command::new(&exe),
+        };
+        let mut child = cmd
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Proc { child, lines })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The first line satisfying `pred` within `timeout`.
+    fn wait_line(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if pred(&line) => return Some(line),
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // Child::kill signals this child's PID only (taskset execs the program: same PID).
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn has_taskset() -> bool {
+    Command::new("taskset")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(key))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The soft limit on open files of this process (children inherit it).
+fn fd_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+fn start_server(kind: Kind) -> Result<(Proc, String), String> {
+    let server = Proc::spawn(
+        &[
+            "server".into(),
+            kind.name().into(),
+            "--port".into(),
+            "0".into(),
+        ],
+        Some(0),
+    )
+    .map_err(|e| format!("spawn server: {e}"))?;
+    let line = server
+        .wait_line(Duration::from_secs(30), |l| l.starts_with("listening on "))
+        .ok_or("server did not start")?;
+    let url = line.trim_start_matches("listening on ").to_string();
+    std::thread::sleep(Duration::from_millis(300));
+    Ok((server, url))
+}
+
+/// Runs one load against a fresh server; returns the load's JSON and the server's peak RSS.
+fn measure(kind: Kind, load_args: &[&str], timeout: Duration) -> Result<Value, String> {
+    let (server, url) = start_server(kind)?;
+    let mut args: Vec<String> = vec!["load".into()];
+    args.extend(load_args.iter().map(|s| s.to_string()));
+    args.extend(["--url".into(), url]);
+    let load = Proc::spawn(&args, Some(1)).map_err(|e| format!("spawn load: {e}"))?;
+    let line = load
+        .wait_line(timeout, |l| l.starts_with('{'))
+        .ok_or_else(|| {
+            format!(
+                "{} {}: no result within {timeout:?}",
+                kind.name(),
+                load_args[0]
+            )
+        })?;
+    let mut v: Value = serde_json::from_str(&line).map_err(|e| e.to_string())?;
+    v["server_hwm_kib"] = proc_status_kib(server.pid(), "VmHWM:").into();
+    drop(load);
+    drop(server);
+    Ok(v)
+}
+
+/// Idle connections: RSS per connection = (RSS after − RSS before) / opened.
+fn measure_idle(kind: Kind, conns: usize) -> Result<Value, String> {
+    let (server, url) = start_server(kind)?;
+    let before = proc_status_kib(server.pid(), "VmRSS:").ok_or("no VmRSS")?;
+    let args: Vec<String> = [
+        "load",
+        "idle",
+        "--conns",
+        &conns.to_string(),
+        "--hold",
+        "300",
+        "--url",
+        &url,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let load = Proc::spawn(&args, Some(1)).map_err(|e| format!("spawn load: {e}"))?;
+    let line = load
+        .wait_line(Duration::from_secs(180), |l| l.starts_with('{'))
+        .ok_or("idle: no result within 180 s")?;
+    let mut v: Value = serde_json::from_str(&line).map_err(|e| e.to_string())?;
+    std::thread::sleep(Duration::from_secs(2));
+    let after = proc_status_kib(server.pid(), "VmRSS:").ok_or("no VmRSS")?;
+    let opened = v["opened"].as_u64().unwrap_or(0).max(1);
+    v["rss_before_kib"] = before.into();
+    v["rss_after_kib"] = after.into();
+    v["bytes_per_conn"] = (after.saturating_sub(before) * 1024 / opened).into();
+    drop(load);
+    drop(server);
+    Ok(v)
+}
+
+struct Row {
+    mode: String,
+    baseline: String,
+    wskit: String,
+    ratio: Option<f64>,
+    target: String,
+    met: Option<bool>,
+}
+
+fn f(v: &Value, key: &str) -> f64 {
+    v[key].as_f64().unwrap_or(f64::NAN)
+}
+
+fn ratio(b: f64, w: f64) -> Option<f64> {
+    (b > 0.0 && b.is_finite() && w.is_finite()).then(|| w / b)
+}
+
+fn mark(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "yes",
+        Some(false) => "**no**",
+        None => "n/a",
+    }
+}
+
+/// Sizes of one compare run.
+struct Plan {
+    secs: String,
+    rpc_conns: String,
+    rpc_inflight: String,
+    subs: String,
+    rate: String,
+    idle: usize,
+    idle_max: bool,
+}
+
+/// Runs the comparison; prints progress to stderr and the table to stdout.
+pub fn run(quick: bool) -> ExitCode {
+    let plan = if quick {
+        Plan {
+            secs: "1".into(),
+            rpc_conns: "4".into(),
+            rpc_inflight: "4".into(),
+            subs: "20".into(),
+            rate: "200".into(),
+            idle: 200,
+            idle_max: false,
+        }
+    } else {
+        Plan {
+            secs: "8".into(),
+            rpc_conns: "64".into(),
+            rpc_inflight: "16".into(),
+            subs: "1000".into(),
+            rate: "2000".into(),
+            idle: 10_000,
+            idle_max: true,
+        }
+    };
+    let started = Instant::now();
+    let limit = fd_limit();
+    eprintln!(
+        "compare{}: taskset {}, open-files limit {}",
+        if quick { " --quick" } else { "" },
+        if has_taskset() {
+            "yes (server cpu 0, load cpu 1)"
+        } else {
+            "no"
+        },
+        limit.map_or("unknown".into(), |l| l.to_string())
+    );
+    let timeout = Duration::from_secs_f64(plan.secs.parse::<f64>().unwrap_or(5.0) + 90.0);
+    let mut rows = Vec::new();
+    let mut failures = 0;
+    let mut pair = |name: &str, args: &[&str]| -> Option<(Value, Value)> {
+        let mut out = Vec::new();
+        for kind in [Kind::Baseline, Kind::WsKit] {
+            match measure(kind, args, timeout) {
+                Ok(v) => {
+                    eprintln!("{name} {}: {v}", kind.name());
+                    out.push(v);
+                }
+                Err(e) => {
+                    eprintln!("{name} {}: FAILED: {e}", kind.name());
+                    failures += 1;
+                    return None;
+                }
+            }
+        }
+        let w = out.pop()?;
+        let b = out.pop()?;
+        Some((b, w))
+    };
+
+    // RPC throughput.
+    let label = format!("rpc {}×{} RPC/s", plan.rpc_conns, plan.rpc_inflight);
+    if let Some((b, w)) = pair(
+        &label,
+        &[
+            "rpc",
+            "--conns",
+            &plan.rpc_conns,
+            "--inflight",
+            &plan.rpc_inflight,
+            "--secs",
+            &plan.secs,
+        ],
+    ) {
+        let r = ratio(f(&b, "rps"), f(&w, "rps"));
+        rows.push(Row {
+            mode: label.clone(),
+            baseline: format!("{:.0}", f(&b, "rps")),
+            wskit: format!("{:.0}", f(&w, "rps")),
+            ratio: r,
+            target: "≥ 0.90×".into(),
+            met: r.map(|r| r >= 0.90),
+        });
+        let clean = |v: &Value| v["errors"] == 0 && v["mismatches"] == 0;
+        rows.push(Row {
+            mode: format!("{label}: p99 µs / errors+mismatches"),
+            baseline: format!("{} / {}+{}", b["p99_us"], b["errors"], b["mismatches"]),
+            wskit: format!("{} / {}+{}", w["p99_us"], w["errors"], w["mismatches"]),
+            ratio: ratio(f(&b, "p99_us"), f(&w, "p99_us")),
+            target: "no errors".into(),
+            met: Some(clean(&b) && clean(&w)),
+        });
+    }
+
+    // RPC latency, one request at a time.
+    if let Some((b, w)) = pair(
+        "rpc 1×1",
+        &[
+            "rpc",
+            "--conns",
+            "1",
+            "--inflight",
+            "1",
+            "--secs",
+            &plan.secs,
+        ],
+    ) {
+        rows.push(Row {
+            mode: "rpc 1×1 p50 µs".into(),
+            baseline: b["p50_us"].to_string(),
+            wskit: w["p50_us"].to_string(),
+            ratio: ratio(f(&b, "p50_us"), f(&w, "p50_us")),
+            target: "—".into(),
+            met: None,
+        });
+        let r = ratio(f(&b, "p99_us"), f(&w, "p99_us"));
+        rows.push(Row {
+            mode: "rpc 1×1 p99 µs".into(),
+            baseline: b["p99_us"].to_string(),
+            wskit: w["p99_us"].to_string(),
+            ratio: r,
+            target: "≤ 1.2×".into(),
+            met: r.map(|r| r <= 1.2),
+        });
+    }
+
+    // Fan-out at a fixed rate and at full speed.
+    for (rate, name) in [
+        (plan.rate.as_str(), format!("{} msg/s", plan.rate)),
+        ("max", "full speed".into()),
+    ] {
+        let label = format!("fanout 1→{} {name}", plan.subs);
+        let Some((b, w)) = pair(
+            &label,
+            &[
+                "fanout", "--subs", &plan.subs, "--pubs", "1", "--rate", rate, "--secs", &plan.secs,
+            ],
+        ) else {
+            continue;
+        };
+        let r = ratio(f(&b, "deliveries_per_sec"), f(&w, "deliveries_per_sec"));
+        rows.push(Row {
+            mode: format!("{label}: deliveries/s"),
+            baseline: format!("{:.0}", f(&b, "deliveries_per_sec")),
+            wskit: format!("{:.0}", f(&w, "deliveries_per_sec")),
+            ratio: r,
+            target: "≥ 0.90×".into(),
+            met: r.map(|r| r >= 0.90),
+        });
+        let lossless = |v: &Value| v["missing"] == 0 && v["duplicates"] == 0 && v["errors"] == 0;
+        rows.push(Row {
+            mode: format!("{label}: missing / dup / errors"),
+            baseline: format!("{} / {} / {}", b["missing"], b["duplicates"], b["errors"]),
+            wskit: format!("{} / {} / {}", w["missing"], w["duplicates"], w["errors"]),
+            ratio: None,
+            target: "0 / 0 / 0".into(),
+            met: Some(lossless(&w)),
+        });
+        rows.push(Row {
+            mode: format!("{label}: p50 µs"),
+            baseline: b["p50_us"].to_string(),
+            wskit: w["p50_us"].to_string(),
+            ratio: ratio(f(&b, "p50_us"), f(&w, "p50_us")),
+            target: "—".into(),
+            met: None,
+        });
+        let r = ratio(f(&b, "p99_us"), f(&w, "p99_us"));
+        rows.push(Row {
+            mode: format!("{label}: p99 µs"),
+            baseline: b["p99_us"].to_string(),
+            wskit: w["p99_us"].to_string(),
+            ratio: r,
+            target: "≤ 1.0× (no worse)".into(),
+            met: r.map(|r| r <= 1.0),
+        });
+    }
+
+    // Idle connections: 10,000, then as many as the open-files limit allows (up to 50,000).
+    let mut idle_sizes = vec![plan.idle];
+    let max_conns = limit.map_or(plan.idle, |l| (l.saturating_sub(256) as usize).min(50_000));
+    if plan.idle > max_conns {
+        idle_sizes = vec![max_conns];
+    } else if plan.idle_max && max_conns > plan.idle {
+        idle_sizes.push(max_conns);
+    }
+    for n in idle_sizes {
+        let mut out = Vec::new();
+        for kind in [Kind::Baseline, Kind::WsKit] {
+            match measure_idle(kind, n) {
+                Ok(v) => {
+                    eprintln!("idle {n} {}: {v}", kind.name());
+                    out.push(v);
+                }
+                Err(e) => {
+                    eprintln!("idle {n} {}: FAILED: {e}", kind.name());
+                    failures += 1;
+                }
+            }
+        }
+        if let [b, w] = &out[..] {
+            let (bb, wb) = (f(b, "bytes_per_conn"), f(w, "bytes_per_conn"));
+            let opened = |v: &Value| v["opened"].as_u64().unwrap_or(0);
+            rows.push(Row {
+                mode: format!(
+                    "idle {n} conns: bytes/conn (opened {}/{})",
+                    opened(b),
+                    opened(w)
+                ),
+                baseline: format!("{bb:.0}"),
+                wskit: format!("{wb:.0}"),
+                ratio: ratio(bb, wb),
+                target: "≤ 6144 B".into(),
+                met: Some(wb <= 6144.0 && opened(w) as usize == n),
+            });
+        }
+    }
+    if limit.is_some_and(|l| l < 50_256) {
+        rows.push(Row {
+            mode: "idle 50000 conns".into(),
+            baseline: "not run".into(),
+            wskit: "not run".into(),
+            ratio: None,
+            target: format!("open-files limit {} < 50,256", limit.unwrap_or(0)),
+            met: None,
+        });
+    }
+
+    println!("| mode | baseline | ws-kit | ratio (ws-kit/baseline) | target | met? |");
+    println!("|---|---:|---:|---:|---|---|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            r.mode,
+            r.baseline,
+            r.wskit,
+            r.ratio.map_or("—".into(), |x| format!("{x:.2}×")),
+            r.target,
+            mark(r.met)
+        );
+    }
+    println!(
+        "\ncompare took {:.0?}; {failures} run(s) failed",
+        started.elapsed()
+    );
+    if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
