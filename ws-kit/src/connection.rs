@@ -11,6 +11,7 @@ use crate::wire::{self, Envelope};
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, Sink, Stream, StreamExt};
 use std::any::Any;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::{Context, Waker};
@@ -87,21 +88,30 @@ pub(crate) async fn run<D, S>(
     }
 
     let mut tasks: JoinSet<()> = JoinSet::new();
+    // Liveness is checked at each ping tick: a frame only sets `active`, so the hot path reads
+    // no clock. A connection is closed between `timeout` and `timeout + interval` after its last
+    // frame, never earlier.
     let mut last_seen = tokio::time::Instant::now();
+    let mut active = false;
     let ping = tokio::time::sleep(config.heartbeat_interval);
     tokio::pin!(ping);
     let mut client_close: Option<CloseInfo> = None;
+    // Created once, not once per frame.
+    let closed_by_server = out.closed_by_server();
+    tokio::pin!(closed_by_server);
+    let shutdown_started = shutdown.changed();
+    tokio::pin!(shutdown_started);
 
-    while opened && !out.is_closing() {
+    while opened {
         tokio::select! {
             biased;
-            _ = out.closed_by_server() => break,
-            _ = shutdown.changed() => {
+            () = &mut closed_by_server => break,
+            _ = &mut shutdown_started => {
                 out.close(1001, "Server shutting down");
                 break;
             }
             frame = stream.next() => {
-                last_seen = tokio::time::Instant::now();
+                active = true;
                 match frame {
                     Some(Ok(WsMessage::Text(text))) => on_text(&conn, &config, text.as_str(), &mut tasks),
                     Some(Ok(WsMessage::Binary(bytes))) => match std::str::from_utf8(&bytes) {
@@ -133,12 +143,15 @@ pub(crate) async fn run<D, S>(
                 }
             }
             () = &mut ping => {
-                if last_seen.elapsed() >= config.heartbeat_timeout {
+                let now = tokio::time::Instant::now();
+                if std::mem::take(&mut active) {
+                    last_seen = now;
+                } else if now - last_seen >= config.heartbeat_timeout {
                     out.close(4002, "Heartbeat timeout");
                     break;
                 }
                 out.push(WsMessage::Ping(Default::default()));
-                ping.as_mut().reset(tokio::time::Instant::now() + config.heartbeat_interval);
+                ping.as_mut().reset(now + config.heartbeat_interval);
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
@@ -229,7 +242,6 @@ pub(crate) fn on_text<D: Send + Sync + 'static>(
     text: &str,
     tasks: &mut JoinSet<()>,
 ) {
-    let now = tokio::time::Instant::now().into_std();
     let received_at = SystemTime::now();
     if text.len() > config.max_payload_bytes {
         // Only reachable in `Reject` mode: the transport closes with 1009 otherwise.
@@ -271,7 +283,7 @@ pub(crate) fn on_text<D: Send + Sync + 'static>(
         conn.report(ErrorKind::UnknownType, Some(&env.ty), cid, err);
         return;
     };
-    if let Some(task) = route.dispatch(env, received_at, now, conn) {
+    if let Some(task) = route.dispatch(env, received_at, conn) {
         start(task, tasks);
     }
 }
@@ -313,7 +325,6 @@ pub(crate) fn dispatch<H: Handler>(
     handler: &H,
     env: Envelope<'_>,
     received_at: SystemTime,
-    now: Instant,
     conn: &Connection<H::Data>,
 ) -> Option<BoxFuture<'static, ()>> {
     let ty = H::Message::TYPE;
@@ -389,17 +400,17 @@ pub(crate) fn dispatch<H: Handler>(
         None
     };
 
-    let deadline = if rpc {
-        let hint = meta.timeout_ms.map(Duration::from_millis);
-        match (hint, limits.max_rpc_timeout) {
-            (Some(h), Some(max)) => Some(now + h.min(max)),
-            (Some(h), None) => Some(now + h),
-            (None, Some(max)) => Some(now + max),
-            (None, None) => None,
-        }
-    } else {
-        None
+    // The monotonic clock is read only for a request that has a deadline.
+    let budget = match (
+        rpc,
+        meta.timeout_ms.map(Duration::from_millis),
+        limits.max_rpc_timeout,
+    ) {
+        (false, _, _) => None,
+        (true, Some(hint), Some(max)) => Some(hint.min(max)),
+        (true, hint, max) => hint.or(max),
     };
+    let deadline = budget.map(|budget| tokio::time::Instant::now().into_std() + budget);
 
     let ctx = Ctx::new(
         message,
@@ -409,18 +420,35 @@ pub(crate) fn dispatch<H: Handler>(
         deadline,
         slot.clone(),
     );
-    let work: BoxFuture<'static, Result<(), WsError>> = if conn.inner.app.middleware.is_empty() {
-        Box::pin(handler.call(ctx))
+    let conn = conn.clone();
+    if conn.inner.app.middleware.is_empty() {
+        // One allocation per frame: the handler's future lives inside the task's.
+        Some(wrap(handler.call(ctx), conn, ty, cid, slot, deadline))
     } else {
         let request = ctx.request();
         let endpoint = Box::pin(handler.call(ctx));
-        Box::pin(Next::new(conn.inner.app.middleware.clone(), request, endpoint).run())
-    };
-    let conn = conn.clone();
-    Some(match slot {
+        let chain = Next::new(conn.inner.app.middleware.clone(), request, endpoint).run();
+        Some(wrap(chain, conn, ty, cid, slot, deadline))
+    }
+}
+
+/// The task of one frame: the handler's work with error, panic and RPC terminal handling.
+fn wrap<D, F>(
+    work: F,
+    conn: Connection<D>,
+    ty: &'static str,
+    cid: Option<Box<str>>,
+    slot: Option<Arc<RpcSlot>>,
+    deadline: Option<Instant>,
+) -> BoxFuture<'static, ()>
+where
+    D: Send + Sync + 'static,
+    F: Future<Output = Result<(), WsError>> + Send + 'static,
+{
+    match slot {
         None => Box::pin(run_event(work, conn, ty, cid)),
         Some(slot) => Box::pin(run_rpc(work, conn, ty, slot, deadline)),
-    })
+    }
 }
 
 /// Replies `INVALID_ARGUMENT` with `details.issues`.
@@ -437,7 +465,7 @@ fn reject<D: Send + Sync + 'static>(
 }
 
 async fn run_event<D: Send + Sync + 'static>(
-    work: BoxFuture<'static, Result<(), WsError>>,
+    work: impl Future<Output = Result<(), WsError>> + Send,
     conn: Connection<D>,
     ty: &'static str,
     cid: Option<Box<str>>,
@@ -494,7 +522,7 @@ enum RpcEnd {
 }
 
 async fn run_rpc<D: Send + Sync + 'static>(
-    work: BoxFuture<'static, Result<(), WsError>>,
+    work: impl Future<Output = Result<(), WsError>> + Send,
     conn: Connection<D>,
     ty: &'static str,
     slot: Arc<RpcSlot>,

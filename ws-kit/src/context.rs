@@ -9,6 +9,7 @@ use crate::router::{App, ErrorEvent, ErrorKind, PublishFuture, TopicAction, inte
 use crate::wire::{self, Layout, OutMeta};
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -39,7 +40,7 @@ pub(crate) struct ConnInner<D> {
     /// The framework's own topics for this connection (`#client:..`, `#all`, `#user:..`).
     pub internal_topics: Mutex<Vec<String>>,
     pub user_id: Mutex<Option<String>>,
-    pub inflight: Mutex<HashMap<Box<str>, Arc<RpcSlot>>>,
+    pub inflight: Mutex<HashMap<Box<str>, Arc<RpcSlot>, BuildHasherDefault<FnvHasher>>>,
     pub app: Arc<App<D>>,
     /// Set when teardown removes the subscriptions; a subscribe racing with it undoes itself.
     pub closed: AtomicBool,
@@ -320,6 +321,30 @@ impl<D: Send + Sync + 'static> Connection<D> {
             correlation_id: correlation_id.map(str::to_string),
             error,
         });
+    }
+}
+
+/// FNV-1a: a cheap hasher for the per-connection in-flight table, whose keys are short
+/// correlation ids. A client can only collide its own (bounded) table, so SipHash's flood
+/// resistance buys nothing here.
+#[derive(Clone, Copy)]
+pub(crate) struct FnvHasher(u64);
+
+impl Default for FnvHasher {
+    fn default() -> Self {
+        FnvHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for FnvHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use crate::wire::Envelope;
 use futures_util::future::BoxFuture;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 /// A message handler. Write an `async fn` with `#[handler]` rather than implementing this.
 ///
@@ -94,7 +94,6 @@ pub trait DynRoute<D>: Send + Sync {
         &self,
         env: Envelope<'_>,
         received_at: SystemTime,
-        now: Instant,
         conn: &Connection<D>,
     ) -> Option<BoxFuture<'static, ()>>;
 }
@@ -108,10 +107,9 @@ impl<H: Handler> DynRoute<H::Data> for H {
         &self,
         env: Envelope<'_>,
         received_at: SystemTime,
-        now: Instant,
         conn: &Connection<H::Data>,
     ) -> Option<BoxFuture<'static, ()>> {
-        connection::dispatch(self, env, received_at, now, conn)
+        connection::dispatch(self, env, received_at, conn)
     }
 }
 

@@ -138,12 +138,6 @@ impl Outbound {
         true
     }
 
-    /// Whether the server decided to close (or the socket failed).
-    pub fn is_closing(&self) -> bool {
-        let state = self.lock();
-        state.closing.is_some() || state.dead
-    }
-
     /// The close the server decided on, if any.
     pub fn closing(&self) -> Option<Closing> {
         self.lock().closing.clone()
