@@ -102,58 +102,61 @@ pub(crate) async fn run<D, S>(
     let shutdown_started = shutdown.changed();
     tokio::pin!(shutdown_started);
 
-    while opened {
-        tokio::select! {
-            biased;
-            () = &mut closed_by_server => break,
-            _ = &mut shutdown_started => {
-                out.close(1001, "Server shutting down");
-                break;
-            }
-            frame = stream.next() => {
-                active = true;
-                match frame {
-                    Some(Ok(WsMessage::Text(text))) => on_text(&conn, &config, text.as_str(), &mut tasks),
-                    Some(Ok(WsMessage::Binary(bytes))) => match std::str::from_utf8(&bytes) {
-                        Ok(text) => on_text(&conn, &config, text, &mut tasks),
-                        Err(_) => invalid_frame(&conn, "binary frame is not UTF-8 JSON".into()),
-                    },
-                    Some(Ok(WsMessage::Close(frame))) => {
-                        client_close = Some(match frame {
-                            Some(f) => CloseInfo { code: f.code.into(), reason: f.reason.to_string() },
-                            None => CloseInfo { code: 1005, reason: String::new() },
-                        });
-                        break;
-                    }
-                    Some(Ok(_)) => {} // ping, pong, raw frames: liveness only
-                    Some(Err(WsTransportError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
-                        conn.report(
-                            ErrorKind::PayloadTooLarge,
-                            None,
-                            None,
-                            WsError::resource_exhausted(format!("frame of {size} bytes exceeds {max_size}")),
-                        );
-                        out.close(1009, "Message too big");
-                        break;
-                    }
-                    Some(Err(_)) | None => {
-                        client_close = Some(CloseInfo { code: 1006, reason: String::new() });
-                        break;
-                    }
-                }
-            }
-            () = &mut ping => {
-                let now = tokio::time::Instant::now();
-                if std::mem::take(&mut active) {
-                    last_seen = now;
-                } else if now - last_seen >= config.heartbeat_timeout {
-                    out.close(4002, "Heartbeat timeout");
+    // A connection whose `on_open` failed is never read from.
+    if opened {
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut closed_by_server => break,
+                _ = &mut shutdown_started => {
+                    out.close(1001, "Server shutting down");
                     break;
                 }
-                out.push(WsMessage::Ping(Default::default()));
-                ping.as_mut().reset(now + config.heartbeat_interval);
+                frame = stream.next() => {
+                    active = true;
+                    match frame {
+                        Some(Ok(WsMessage::Text(text))) => on_text(&conn, &config, text.as_str(), &mut tasks),
+                        Some(Ok(WsMessage::Binary(bytes))) => match std::str::from_utf8(&bytes) {
+                            Ok(text) => on_text(&conn, &config, text, &mut tasks),
+                            Err(_) => invalid_frame(&conn, "binary frame is not UTF-8 JSON".into()),
+                        },
+                        Some(Ok(WsMessage::Close(frame))) => {
+                            client_close = Some(match frame {
+                                Some(f) => CloseInfo { code: f.code.into(), reason: f.reason.to_string() },
+                                None => CloseInfo { code: 1005, reason: String::new() },
+                            });
+                            break;
+                        }
+                        Some(Ok(_)) => {} // ping, pong, raw frames: liveness only
+                        Some(Err(WsTransportError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+                            conn.report(
+                                ErrorKind::PayloadTooLarge,
+                                None,
+                                None,
+                                WsError::resource_exhausted(format!("frame of {size} bytes exceeds {max_size}")),
+                            );
+                            out.close(1009, "Message too big");
+                            break;
+                        }
+                        Some(Err(_)) | None => {
+                            client_close = Some(CloseInfo { code: 1006, reason: String::new() });
+                            break;
+                        }
+                    }
+                }
+                () = &mut ping => {
+                    let now = tokio::time::Instant::now();
+                    if std::mem::take(&mut active) {
+                        last_seen = now;
+                    } else if now - last_seen >= config.heartbeat_timeout {
+                        out.close(4002, "Heartbeat timeout");
+                        break;
+                    }
+                    out.push(WsMessage::Ping(Default::default()));
+                    ping.as_mut().reset(now + config.heartbeat_interval);
+                }
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
     }
 
