@@ -12,6 +12,7 @@ mod connection;
 mod context;
 mod error;
 mod handler;
+mod lazy_read;
 mod message;
 mod middleware;
 mod outbound;

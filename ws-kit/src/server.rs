@@ -136,7 +136,7 @@ impl<D: Send + Sync + 'static> ServeOptions<D> {
             max_rpc_timeout: None,
             heartbeat_interval: Duration::from_secs(30),
             heartbeat_timeout: Duration::from_secs(90),
-            read_buffer_size: 4096,
+            read_buffer_size: 256,
             shutdown_timeout: Duration::from_secs(5),
         }
     }
@@ -228,7 +228,9 @@ impl<D: Send + Sync + 'static> ServeOptions<D> {
         self
     }
 
-    /// The socket read buffer per connection (default 4 KiB; tungstenite's own default is 128 KiB).
+    /// tungstenite's read buffer per connection (default 256 bytes; tungstenite's own default is
+    /// 128 KiB). Socket reads are 8 KiB regardless: an adapter underneath reads in large chunks and
+    /// keeps unread bytes only while there are some, so idle connections hold almost nothing.
     pub fn read_buffer_size(mut self, bytes: usize) -> Self {
         self.read_buffer_size = bytes;
         self
@@ -317,10 +319,13 @@ impl<D: Send + Sync + 'static> Service<D> {
             .write_buffer_size(8 * 1024)
             .max_message_size(Some(hard_max))
             .max_frame_size(Some(hard_max));
-        let socket =
-            tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config))
-                .await
-                .map_err(Error::WebSocket)?;
+        let socket = tokio_tungstenite::accept_hdr_async_with_config(
+            crate::lazy_read::LazyRead::new(stream),
+            callback,
+            Some(config),
+        )
+        .await
+        .map_err(Error::WebSocket)?;
         let Some(data) = data else { return Ok(()) };
         let (_, run) = self.open_transport(socket, client_id, data);
         run.await;
