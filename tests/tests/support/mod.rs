@@ -219,19 +219,12 @@ pub async fn request(client: &mut Client, mut request: Value, cid: &str) -> Valu
 
 /// Waits until `check` returns true, re-checking every few milliseconds; panics after `WAIT`.
 /// Only for state no frame announces (e.g. cleanup that runs after the last frame was sent).
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
+pub async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually_within(WAIT, what, check).await;
 }
 
 /// The HTTP status and body of a refused upgrade; panics if the upgrade succeeded or failed otherwise.
@@ -468,7 +461,7 @@ where
             tokio::time::Instant::now() < deadline,
             "timed out after {limit:?} waiting for: {what}"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
