@@ -6,7 +6,7 @@ mod support;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use support::{Client, WAIT, roundtrip, serve, serve_default};
+use support::{Client, WAIT, roundtrip, serve, serve_default, type_first, type_last};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use ws_kit::{
@@ -514,6 +514,92 @@ async fn standard_meta_keys_are_accepted_and_reach_the_handler() {
         frame,
         json!({"type": "JOINED", "meta": {}, "payload": {"roomId": "r1"}})
     );
+}
+
+/// §2: a frame means the same whatever its key order and spelling. A frame that opens with its
+/// `type` takes the server's one-pass decoder, any other the full parse; both must accept and
+/// reject the same frames with the same answers.
+#[tokio::test]
+async fn every_frame_decodes_the_same_whether_type_comes_first_or_last() {
+    let server = serve_default(router()).await;
+    let mut client = server.client().await;
+    let long_id = "x".repeat(129);
+    let frames = [
+        // Accepted.
+        json!({"type": "JOIN_ROOM", "payload": {"roomId": "r1"}}),
+        json!({"type": "JOIN_ROOM", "payload": {"roomId": "r1"}, "meta": {}}),
+        json!({"type": "JOIN_ROOM", "payload": {"roomId": "r1"}, "meta": null}),
+        json!({"type": "JOIN_ROOM", "payload": {"roomId": "r1"}, "meta": {
+            "correlationId": "c1", "timestamp": 1.5, "timeoutMs": 10, "idempotencyKey": "k",
+            "clientId": "spoof", "receivedAt": [1]
+        }}),
+        json!({"type": "TICK"}),
+        json!({"type": "TICK", "payload": null}),
+        json!({"type": "SAY", "payload": {"text": "quote \" backslash \\ é \u{1F600}"}}),
+        json!({"type": "ECHO", "payload": {"text": "hi"}, "meta": {"correlationId": "e1"}}),
+        json!({"type": "ECHO", "payload": {"text": "hi"}}),
+        json!({"type": "TRACED", "payload": {"n": 1}, "meta": {"traceId": "t1"}}),
+        // Rejected.
+        json!({"type": "JOIN_ROOM", "payload": {"roomId": ""}}),
+        json!({"type": "JOIN_ROOM", "payload": {"roomId": 5}}),
+        json!({"type": "JOIN_ROOM", "payload": {"roomId": "r1", "extra": true}}),
+        json!({"type": "JOIN_ROOM", "payload": ["r1"]}),
+        json!({"type": "JOIN_ROOM", "payload": null}),
+        json!({"type": "JOIN_ROOM"}),
+        json!({"type": "JOIN_ROOM", "payload": {"roomId": "r1"}, "extra": 1}),
+        json!({"type": "JOIN_ROOM", "payload": {"roomId": "r1"}, "meta": {"traceId": "t"}}),
+        json!({"type": "JOIN_ROOM", "payload": {"roomId": "r1"}, "meta": {"timeoutMs": 0}}),
+        json!({"type": "JOIN_ROOM", "payload": {"roomId": "r1"}, "meta": {"timestamp": "x"}}),
+        json!({"type": "JOIN_ROOM", "payload": {"roomId": "r1"}, "meta": {"correlationId": long_id}}),
+        json!({"type": "JOIN_ROOM", "payload": {"roomId": "r1"}, "meta": [1]}),
+        json!({"type": "TICK", "payload": {"a": 1}}),
+        json!({"type": "TICK", "payload": {}}),
+        json!({"type": "ECHO", "payload": {}, "meta": {"correlationId": "e2"}}),
+        json!({"type": "TRACED", "payload": {"n": 1}}),
+        json!({"type": "NOPE", "payload": {}}),
+        json!({"type": "", "payload": {}}),
+        json!({"type": "$ws:nope"}),
+    ];
+    for frame in &frames {
+        client.send_text(&type_first(frame)).await;
+        let first = client.recv().await;
+        client.send_text(&type_last(frame)).await;
+        let last = client.recv().await;
+        assert_eq!(first, last, "frame {frame}");
+    }
+    // Spellings the one-pass path declines or must read like the plain form.
+    let spellings = [
+        (" {\n\t\"type\" : \"TICK\" } ", json!({"type": "TICK"})),
+        (r#"{"type":"TI\u0043K"}"#, json!({"type": "TICK"})),
+        (
+            r#"{"type":"JOIN_ROOM","payload":{"room\u0049d":"r1"}}"#,
+            json!({"type": "JOIN_ROOM", "payload": {"roomId": "r1"}}),
+        ),
+        (
+            r#"{"type":"JOIN_ROOM","\u0070ayload":{"roomId":"r1"}}"#,
+            json!({"type": "JOIN_ROOM", "payload": {"roomId": "r1"}}),
+        ),
+        (
+            r#"{"type":"JOIN_ROOM","payload":{"roomId":"r1","roomId":"r2"}}"#,
+            json!({"type": "JOIN_ROOM", "payload": {"roomId": "r1"}, "meta": {"x": 1}}),
+        ),
+    ];
+    for (raw, plain) in &spellings {
+        client.send_text(raw).await;
+        let raw_answer = client.recv().await;
+        let plain_answer = roundtrip(&mut client, plain.clone()).await;
+        if raw.contains(r#""roomId":"r2""#) {
+            // A duplicate key is an error on both paths (compared by shape, not by text).
+            assert_error(&raw_answer, "ERROR", "INVALID_ARGUMENT");
+            assert_error(&plain_answer, "ERROR", "INVALID_ARGUMENT");
+        } else {
+            assert_eq!(raw_answer, plain_answer, "frame {raw}");
+        }
+    }
+    // A duplicate `type` is a malformed frame, whichever key comes first.
+    client.send_text(r#"{"type":"TICK","type":"TICK"}"#).await;
+    assert_error(&client.recv().await, "ERROR", "INVALID_ARGUMENT");
+    assert_alive(&mut client).await;
 }
 
 /// §2: bad values of standard meta keys are `INVALID_ARGUMENT` at their path

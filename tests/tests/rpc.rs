@@ -66,6 +66,7 @@ async fn echo(ctx: Ctx<Echo, Probe>) {
 #[derive(Message)]
 #[rpc(response = SlowReply)]
 struct Slow {
+    #[validate(length(min = 1))]
     id: String,
 }
 
@@ -641,6 +642,14 @@ async fn duplicate_inflight_correlation_id_is_dropped_and_first_completes() {
     assert_eq!(event.kind, ErrorKind::DuplicateCorrelation);
     assert_eq!(event.correlation_id.as_deref(), Some("dup"));
     assert_eq!(event.message_type.as_deref(), Some("SLOW"));
+    // A duplicate that is also invalid gets no validation error either (its payload fails
+    // validation on the one-pass path, decoding on the full path).
+    for payload in [json!({"id": ""}), json!({"id": 5})] {
+        client.send(rpc("SLOW", payload, "dup")).await;
+        let event = h.error().await;
+        assert_eq!(event.kind, ErrorKind::DuplicateCorrelation);
+        assert_eq!(event.correlation_id.as_deref(), Some("dup"));
+    }
     client.expect_silence(SILENCE).await;
     h.no_more_events();
     // Let both run if both were started: only the first may answer.

@@ -315,6 +315,36 @@ fn generate(m: &Message) -> TokenStream {
         quote!()
     };
 
+    // The one-pass decoder; a message with declared meta fields keeps the default (full path).
+    let decode_direct = if !meta_fields.is_empty() {
+        quote!()
+    } else {
+        let body = if has_payload {
+            quote! {
+                let __payload: __WsKitPayload = #ws::deserialize_object(__deserializer)?;
+                ::core::result::Result::Ok(#ident { #( #p_idents: __payload.#p_idents, )* })
+            }
+        } else {
+            let value = if m.unit {
+                quote!(#ident)
+            } else {
+                quote!(#ident {})
+            };
+            quote! {
+                <() as #ws::serde::Deserialize>::deserialize(__deserializer)?;
+                ::core::result::Result::Ok(#value)
+            }
+        };
+        quote! {
+            #[doc(hidden)]
+            fn __decode_direct<'__de, __D: #ws::serde::Deserializer<'__de>>(
+                __deserializer: __D,
+            ) -> ::core::result::Result<Self, __D::Error> {
+                #body
+            }
+        }
+    };
+
     let validations = m.fields.iter().map(|f| {
         let field = &f.ident;
         let path = if f.meta {
@@ -370,6 +400,8 @@ fn generate(m: &Message) -> TokenStream {
                         _ => ::core::result::Result::Err(__issues),
                     }
                 }
+
+                #decode_direct
 
                 #[doc(hidden)]
                 // `length` bounds are cast to `u64` whatever their type; a `u64` one is a trivial cast.

@@ -51,6 +51,8 @@ impl<D: Send + Sync + 'static> Conn<D> {
                 heartbeat_interval: Duration::from_secs(30),
                 heartbeat_timeout: Duration::from_secs(90),
                 close_grace: Duration::from_secs(1),
+                // No socket: every frame reads the clock, as a frame alone in its read would.
+                read_clock: None,
             },
             tasks: JoinSet::new(),
         })

@@ -2,8 +2,9 @@
 
 use crate::context::{Connection, Ctx, RpcSlot};
 use crate::error::{ErrorCode, Issue, WsError};
-use crate::handler::Handler;
-use crate::message::Message;
+use crate::handler::{Declined, Handler};
+use crate::lazy_read::ReadClock;
+use crate::message::{Message, Meta};
 use crate::middleware::Next;
 use crate::outbound::write_loop;
 use crate::router::{CloseInfo, ErrorKind};
@@ -13,8 +14,9 @@ use futures_util::{FutureExt, Sink, Stream, StreamExt};
 use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -28,6 +30,8 @@ pub(crate) struct LoopConfig {
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
     pub close_grace: Duration,
+    /// The time of the transport's last socket read, when it has one (see `LazyRead`).
+    pub read_clock: Option<Arc<ReadClock>>,
 }
 
 pub(crate) fn now_ms(t: SystemTime) -> u64 {
@@ -114,32 +118,28 @@ pub(crate) async fn run<D, S>(
                 }
                 frame = stream.next() => {
                     active = true;
-                    match frame {
-                        Some(Ok(WsMessage::Text(text))) => on_text(&conn, &config, text.as_str(), &mut tasks),
-                        Some(Ok(WsMessage::Binary(bytes))) => match std::str::from_utf8(&bytes) {
-                            Ok(text) => on_text(&conn, &config, text, &mut tasks),
-                            Err(_) => invalid_frame(&conn, "binary frame is not UTF-8 JSON".into()),
-                        },
-                        Some(Ok(WsMessage::Close(frame))) => {
-                            client_close = Some(match frame {
-                                Some(f) => CloseInfo { code: f.code.into(), reason: f.reason.to_string() },
-                                None => CloseInfo { code: 1005, reason: String::new() },
-                            });
-                            break;
+                    // Frames already read are handled in a row, without re-polling the other
+                    // branches for each one; a server close still stops the run at once.
+                    let mut frame = frame;
+                    let mut budget = FRAMES_PER_WAKE;
+                    let ended = loop {
+                        if let Some(ended) = on_frame(&conn, &config, frame, &mut tasks) {
+                            break Some(ended);
                         }
-                        Some(Ok(_)) => {} // ping, pong, raw frames: liveness only
-                        Some(Err(WsTransportError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
-                            conn.report(
-                                ErrorKind::PayloadTooLarge,
-                                None,
-                                None,
-                                WsError::resource_exhausted(format!("frame of {size} bytes exceeds {max_size}")),
-                            );
-                            out.close(1009, "Message too big");
-                            break;
+                        budget -= 1;
+                        if budget == 0 || out.is_closing() {
+                            break None;
                         }
-                        Some(Err(_)) | None => {
-                            client_close = Some(CloseInfo { code: 1006, reason: String::new() });
+                        match std::future::poll_fn(|cx| Poll::Ready(stream.poll_next_unpin(cx))).await {
+                            Poll::Ready(next) => frame = next,
+                            Poll::Pending => break None,
+                        }
+                    };
+                    match ended {
+                        None => {}
+                        Some(Ended::Server) => break,
+                        Some(Ended::Client(info)) => {
+                            client_close = Some(info);
                             break;
                         }
                     }
@@ -232,6 +232,54 @@ pub(crate) async fn run<D, S>(
     let _ = tokio::time::timeout(config.close_grace, writer).await;
 }
 
+/// How many frames the read loop handles in a row before it looks at its other events again.
+const FRAMES_PER_WAKE: usize = 64;
+
+/// Why the read loop stops.
+enum Ended {
+    /// The server closed (the close is queued on the outbound queue).
+    Server,
+    /// The client closed, or the transport ended.
+    Client(CloseInfo),
+}
+
+/// Handles one item of the socket stream; `Some` when the connection ends with it.
+fn on_frame<D: Send + Sync + 'static>(
+    conn: &Connection<D>,
+    config: &LoopConfig,
+    frame: Option<Result<WsMessage, WsTransportError>>,
+    tasks: &mut JoinSet<()>,
+) -> Option<Ended> {
+    match frame {
+        Some(Ok(WsMessage::Text(text))) => on_text(conn, config, text.as_str(), tasks),
+        Some(Ok(WsMessage::Binary(bytes))) => match std::str::from_utf8(&bytes) {
+            Ok(text) => on_text(conn, config, text, tasks),
+            Err(_) => invalid_frame(conn, "binary frame is not UTF-8 JSON".into()),
+        },
+        Some(Ok(WsMessage::Close(frame))) => {
+            return Some(Ended::Client(CloseInfo::from_frame(frame.as_ref())));
+        }
+        Some(Ok(_)) => {} // ping, pong, raw frames: liveness only
+        Some(Err(WsTransportError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+            conn.report(
+                ErrorKind::PayloadTooLarge,
+                None,
+                None,
+                WsError::resource_exhausted(format!("frame of {size} bytes exceeds {max_size}")),
+            );
+            conn.inner.out.close(1009, "Message too big");
+            return Some(Ended::Server);
+        }
+        Some(Err(_)) | None => {
+            return Some(Ended::Client(CloseInfo {
+                code: 1006,
+                reason: String::new(),
+            }));
+        }
+    }
+    None
+}
+
 fn invalid_frame<D: Send + Sync + 'static>(conn: &Connection<D>, message: String) {
     let err = WsError::invalid_argument(message);
     conn.push(wire::encode_error(false, &err, None));
@@ -245,7 +293,11 @@ pub(crate) fn on_text<D: Send + Sync + 'static>(
     text: &str,
     tasks: &mut JoinSet<()>,
 ) {
-    let received_at = SystemTime::now();
+    // When the frame's bytes came off the socket.
+    let received_at = config
+        .read_clock
+        .as_ref()
+        .map_or_else(SystemTime::now, |clock| clock.last_read());
     if text.len() > config.max_payload_bytes {
         // Only reachable in `Reject` mode: the transport closes with 1009 otherwise.
         let err = WsError::resource_exhausted(format!(
@@ -255,6 +307,16 @@ pub(crate) fn on_text<D: Send + Sync + 'static>(
         .with_details(serde_json::json!({ "size": text.len(), "limit": config.max_payload_bytes }));
         conn.push(wire::encode_error(false, &err, None));
         conn.report(ErrorKind::PayloadTooLarge, None, None, err);
+        return;
+    }
+    // The fast path: a frame that opens with its type tag and names a route is decoded in one
+    // pass. It declines anything unusual, which then takes the full path below.
+    if let Some(route) = wire::peek_type(text).and_then(|ty| conn.inner.app.find(ty))
+        && let Ok(task) = route.dispatch_text(text, received_at, conn)
+    {
+        if let Some(task) = task {
+            start(task, tasks);
+        }
         return;
     }
     let env = match wire::parse_envelope(text) {
@@ -306,7 +368,7 @@ fn abort<D: Send + Sync + 'static>(conn: &Connection<D>, cid: Option<&str>) {
         if slot.terminal(&conn.inner.out, || {
             wire::encode_error(true, &err, Some(cid))
         }) {
-            slot.cancel.notify_one();
+            slot.cancel();
         }
     }
 }
@@ -322,17 +384,14 @@ fn start(task: BoxFuture<'static, ()>, tasks: &mut JoinSet<()>) {
     }
 }
 
-/// Decodes a frame for handler `H` and builds the task that runs it. `None` when the frame was
-/// answered or dropped on the spot.
+/// Decodes a parsed envelope for handler `H` and builds the task that runs it. `None` when the
+/// frame was answered or dropped on the spot.
 pub(crate) fn dispatch<H: Handler>(
     handler: &H,
     env: Envelope<'_>,
     received_at: SystemTime,
     conn: &Connection<H::Data>,
 ) -> Option<BoxFuture<'static, ()>> {
-    let ty = H::Message::TYPE;
-    let rpc = H::Message::__IS_RPC;
-    let limits = &conn.inner.app.limits;
     let Envelope {
         payload,
         meta,
@@ -340,25 +399,10 @@ pub(crate) fn dispatch<H: Handler>(
         mut issues,
         ..
     } = env;
-    let cid = meta.correlation_id.clone();
-
-    // A duplicate in-flight id is dropped before anything is sent for it: any frame would carry
-    // the first request's correlation id.
-    if let Some(id) = cid.as_ref().filter(|_| rpc) {
-        let duplicate = conn
-            .inner
-            .inflight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(id);
-        if duplicate {
-            let err =
-                WsError::already_exists(format!("correlation id `{id}` is already in flight"));
-            conn.report(ErrorKind::DuplicateCorrelation, Some(ty), Some(id), err);
-            return None;
-        }
+    // A duplicate is dropped before decoding: nothing at all is sent for it.
+    if is_duplicate::<H::Message, _>(conn, &meta) {
+        return None;
     }
-
     let message = match H::Message::__decode(payload, &meta_extra) {
         Ok(message) => Some(message),
         Err(mut found) => {
@@ -372,35 +416,126 @@ pub(crate) fn dispatch<H: Handler>(
         }
         issues.is_empty()
     });
-    let Some(message) = message else {
-        reject(conn, rpc, ty, cid.as_deref(), issues);
-        return None;
-    };
+    launch(handler, message.ok_or(issues), meta, received_at, conn)
+}
 
-    let slot = if rpc {
-        let slot = Arc::new(RpcSlot::new(cid.clone()));
-        if let Some(id) = &cid {
-            let mut inflight = conn
+/// The fast path of [`dispatch`]: decodes the whole frame in one pass. `Err` when the frame is
+/// not a plain, valid-looking envelope of this type (nothing was sent or reported); the caller
+/// then parses it in full.
+pub(crate) fn dispatch_direct<H: Handler>(
+    handler: &H,
+    text: &str,
+    received_at: SystemTime,
+    conn: &Connection<H::Data>,
+) -> Result<Option<BoxFuture<'static, ()>>, Declined> {
+    let (message, meta) = wire::decode_direct::<H::Message>(text).ok_or(Declined)?;
+    // Validated before the duplicate check; `launch` sends nothing for a duplicate either way.
+    let mut issues = Vec::new();
+    message.__validate(&mut issues);
+    let message = if issues.is_empty() {
+        Ok(message)
+    } else {
+        Err(issues)
+    };
+    Ok(launch(handler, message, meta, received_at, conn))
+}
+
+/// A request whose correlation id is already in flight is dropped, and reported: any frame sent
+/// for it would carry the first request's id.
+fn is_duplicate<M: Message, D: Send + Sync + 'static>(conn: &Connection<D>, meta: &Meta) -> bool {
+    let Some(id) = meta.correlation_id.as_deref().filter(|_| M::__IS_RPC) else {
+        return false;
+    };
+    let duplicate = conn
+        .inner
+        .inflight
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains_key(id);
+    if duplicate {
+        let err = WsError::already_exists(format!("correlation id `{id}` is already in flight"));
+        conn.report(
+            ErrorKind::DuplicateCorrelation,
+            Some(M::TYPE),
+            Some(id),
+            err,
+        );
+    }
+    duplicate
+}
+
+/// Builds the task for a decoded message, or answers its validation issues: in-flight
+/// bookkeeping of an RPC (duplicate ids dropped, the in-flight limit), its deadline, the context,
+/// the middleware chain. The in-flight table is locked once here.
+fn launch<H: Handler>(
+    handler: &H,
+    message: Result<H::Message, Vec<Issue>>,
+    meta: Meta,
+    received_at: SystemTime,
+    conn: &Connection<H::Data>,
+) -> Option<BoxFuture<'static, ()>> {
+    let ty = H::Message::TYPE;
+    let rpc = H::Message::__IS_RPC;
+    let limits = &conn.inner.app.limits;
+    let cid = meta.correlation_id.clone();
+    let slot = match (&message, &cid) {
+        _ if !rpc => None,
+        (Ok(_), None) => Some(Arc::new(RpcSlot::new(None))),
+        (Err(_), None) => None,
+        (message, Some(id)) => {
+            enum Verdict {
+                Accepted,
+                Duplicate,
+                Invalid,
+                Full,
+            }
+            let inflight = conn
                 .inner
                 .inflight
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            if inflight.len() >= limits.max_inflight_rpcs {
-                drop(inflight);
-                let err = WsError::resource_exhausted(format!(
-                    "at most {} requests in flight per connection",
-                    limits.max_inflight_rpcs
-                ))
-                .with_retry_after_ms(100);
-                conn.push(wire::encode_error(true, &err, Some(id)));
-                conn.report(ErrorKind::InflightLimit, Some(ty), Some(id), err);
-                return None;
+            let verdict = if inflight.contains_key(id) {
+                Verdict::Duplicate
+            } else if message.is_err() {
+                Verdict::Invalid
+            } else if inflight.len() >= limits.max_inflight_rpcs {
+                Verdict::Full
+            } else {
+                Verdict::Accepted
+            };
+            drop(inflight);
+            match verdict {
+                // Entered in the table only if its handler waits (see `RpcTask`): a request
+                // answered within its first poll is never seen by another frame.
+                Verdict::Accepted => Some(Arc::new(RpcSlot::new(cid.clone()))),
+                Verdict::Invalid => None,
+                // Nothing is sent for a duplicate: any frame would carry the first request's id.
+                Verdict::Duplicate => {
+                    let err = WsError::already_exists(format!(
+                        "correlation id `{id}` is already in flight"
+                    ));
+                    conn.report(ErrorKind::DuplicateCorrelation, Some(ty), Some(id), err);
+                    return None;
+                }
+                Verdict::Full => {
+                    let err = WsError::resource_exhausted(format!(
+                        "at most {} requests in flight per connection",
+                        limits.max_inflight_rpcs
+                    ))
+                    .with_retry_after_ms(100);
+                    conn.push(wire::encode_error(true, &err, Some(id)));
+                    conn.report(ErrorKind::InflightLimit, Some(ty), Some(id), err);
+                    return None;
+                }
             }
-            inflight.insert(id.clone(), slot.clone());
         }
-        Some(slot)
-    } else {
-        None
+    };
+    let message = match message {
+        Ok(message) => message,
+        Err(issues) => {
+            reject(conn, rpc, ty, cid.as_deref(), issues);
+            return None;
+        }
     };
 
     // The monotonic clock is read only for a request that has a deadline.
@@ -435,12 +570,13 @@ pub(crate) fn dispatch<H: Handler>(
     }
 }
 
-/// The task of one frame: the handler's work with error, panic and RPC terminal handling.
+/// The task of one frame: the handler's work with error, panic and RPC terminal handling. One
+/// allocation, which holds the handler's future in place.
 fn wrap<D, F>(
     work: F,
     conn: Connection<D>,
     ty: &'static str,
-    cid: Option<Box<str>>,
+    cid: Option<Arc<str>>,
     slot: Option<Arc<RpcSlot>>,
     deadline: Option<Instant>,
 ) -> BoxFuture<'static, ()>
@@ -449,8 +585,23 @@ where
     F: Future<Output = Result<(), WsError>> + Send + 'static,
 {
     match slot {
-        None => Box::pin(run_event(work, conn, ty, cid)),
-        Some(slot) => Box::pin(run_rpc(work, conn, ty, slot, deadline)),
+        None => Box::pin(EventTask {
+            work,
+            conn,
+            ty,
+            cid,
+        }),
+        Some(slot) => Box::pin(RpcTask {
+            work,
+            guard: InflightGuard {
+                conn,
+                slot,
+                registered: false,
+            },
+            ty,
+            deadline,
+            timer: None,
+        }),
     }
 }
 
@@ -467,43 +618,94 @@ fn reject<D: Send + Sync + 'static>(
     conn.report(ErrorKind::Validation, Some(ty), cid, err);
 }
 
-async fn run_event<D: Send + Sync + 'static>(
-    work: impl Future<Output = Result<(), WsError>> + Send,
-    conn: Connection<D>,
-    ty: &'static str,
-    cid: Option<Box<str>>,
-) {
-    let cid = cid.as_deref();
-    match AssertUnwindSafe(work).catch_unwind().await {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => {
-            conn.push(wire::encode_error(false, &err, cid));
-            conn.report(ErrorKind::Handler, Some(ty), cid, err);
+/// Polls the handler's future, catching a panic.
+fn poll_work<F: Future<Output = Result<(), WsError>>>(
+    work: Pin<&mut F>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Result<(), WsError>, Box<dyn Any + Send>>> {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| work.poll(cx))) {
+        Ok(Poll::Pending) => Poll::Pending,
+        Ok(Poll::Ready(result)) => Poll::Ready(Ok(result)),
+        Err(panic) => Poll::Ready(Err(panic)),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An event's task: its handler's errors and panics become `ERROR` frames.
+    struct EventTask<F, D> {
+        #[pin]
+        work: F,
+        conn: Connection<D>,
+        ty: &'static str,
+        cid: Option<Arc<str>>,
+    }
+}
+
+impl<F, D> Future for EventTask<F, D>
+where
+    F: Future<Output = Result<(), WsError>>,
+    D: Send + Sync + 'static,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        let end = std::task::ready!(poll_work(this.work, cx));
+        let (conn, ty, cid) = (&*this.conn, *this.ty, this.cid.as_deref());
+        match end {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                conn.push(wire::encode_error(false, &err, cid));
+                conn.report(ErrorKind::Handler, Some(ty), cid, err);
+            }
+            Err(panic) => {
+                conn.push(wire::encode_error(
+                    false,
+                    &WsError::from_code(ErrorCode::Internal),
+                    cid,
+                ));
+                conn.report(
+                    ErrorKind::Panic,
+                    Some(ty),
+                    cid,
+                    WsError::internal(panic_message(&*panic)),
+                );
+            }
         }
-        Err(panic) => {
-            conn.push(wire::encode_error(
-                false,
-                &WsError::from_code(ErrorCode::Internal),
-                cid,
-            ));
-            conn.report(
-                ErrorKind::Panic,
-                Some(ty),
-                cid,
-                WsError::internal(panic_message(&*panic)),
-            );
+        Poll::Ready(())
+    }
+}
+
+/// An RPC's entry in the in-flight table: added when its handler first waits, removed however
+/// its task ends (finished, aborted, dropped).
+struct InflightGuard<D: Send + Sync + 'static> {
+    conn: Connection<D>,
+    slot: Arc<RpcSlot>,
+    registered: bool,
+}
+
+impl<D: Send + Sync + 'static> InflightGuard<D> {
+    /// Enters the request in the table, so `$ws:abort`, duplicate ids and the in-flight limit see
+    /// it. Called on the read loop, within the frame's first poll: no other frame came between
+    /// `launch`'s checks and this.
+    fn register(&mut self) {
+        if let Some(id) = &self.slot.correlation_id {
+            self.conn
+                .inner
+                .inflight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id.clone(), self.slot.clone());
+            self.registered = true;
         }
     }
 }
 
-/// Removes an RPC from the in-flight table however its task ends (finished, aborted, dropped).
-struct InflightGuard<D: Send + Sync + 'static> {
-    conn: Connection<D>,
-    slot: Arc<RpcSlot>,
-}
-
 impl<D: Send + Sync + 'static> Drop for InflightGuard<D> {
     fn drop(&mut self) {
+        if !self.registered {
+            return;
+        }
         if let Some(id) = &self.slot.correlation_id {
             let mut inflight = self
                 .conn
@@ -518,37 +720,75 @@ impl<D: Send + Sync + 'static> Drop for InflightGuard<D> {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// A request's task: exactly one terminal frame, whether the handler replies, fails, panics,
+    /// is aborted (`$ws:abort`) or runs past its deadline.
+    ///
+    /// The handler is polled first; the abort flag and the deadline are looked at only when it
+    /// waits, and a deadline's timer exists only once it has waited.
+    struct RpcTask<F, D>
+    where
+        D: Send,
+        D: Sync,
+        D: 'static,
+    {
+        #[pin]
+        work: F,
+        guard: InflightGuard<D>,
+        ty: &'static str,
+        deadline: Option<Instant>,
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    }
+}
+
 enum RpcEnd {
     Finished(Result<Result<(), WsError>, Box<dyn Any + Send>>),
     Cancelled,
     DeadlineExceeded,
 }
 
-async fn run_rpc<D: Send + Sync + 'static>(
-    work: impl Future<Output = Result<(), WsError>> + Send,
-    conn: Connection<D>,
+impl<F, D> Future for RpcTask<F, D>
+where
+    F: Future<Output = Result<(), WsError>>,
+    D: Send + Sync + 'static,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        let end = match poll_work(this.work, cx) {
+            Poll::Ready(result) => RpcEnd::Finished(result),
+            Poll::Pending => {
+                if !this.guard.registered {
+                    this.guard.register();
+                }
+                let slot = &this.guard.slot;
+                slot.register(cx.waker());
+                if slot.is_cancelled() {
+                    RpcEnd::Cancelled
+                } else if let Some(deadline) = *this.deadline {
+                    let timer = this
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
+                    std::task::ready!(timer.as_mut().poll(cx));
+                    RpcEnd::DeadlineExceeded
+                } else {
+                    return Poll::Pending;
+                }
+            }
+        };
+        finish_rpc(&this.guard.conn, &this.guard.slot, this.ty, end);
+        Poll::Ready(())
+    }
+}
+
+/// Sends a request's terminal frame if none was sent, and reports how it ended.
+fn finish_rpc<D: Send + Sync + 'static>(
+    conn: &Connection<D>,
+    slot: &RpcSlot,
     ty: &'static str,
-    slot: Arc<RpcSlot>,
-    deadline: Option<Instant>,
+    end: RpcEnd,
 ) {
-    let _guard = InflightGuard {
-        conn: conn.clone(),
-        slot: slot.clone(),
-    };
-    let work = AssertUnwindSafe(work).catch_unwind();
-    // No timer is registered for a request without a deadline.
-    let expired = async {
-        match deadline {
-            Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
-            None => std::future::pending().await,
-        }
-    };
-    let end = tokio::select! {
-        biased;
-        result = work => RpcEnd::Finished(result),
-        () = slot.cancel.notified() => RpcEnd::Cancelled,
-        () = expired => RpcEnd::DeadlineExceeded,
-    };
     let cid = slot.correlation_id.as_deref();
     let out = &conn.inner.out;
     let terminal = |err: WsError, kind: ErrorKind, report: WsError| {

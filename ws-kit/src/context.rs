@@ -7,14 +7,15 @@ use crate::outbound::Outbound;
 use crate::pubsub::{ClientId, PublishOptions, Subscriber, validate_topic};
 use crate::router::{App, ErrorEvent, ErrorKind, PublishFuture, TopicAction, internal};
 use crate::wire::{self, Layout, OutMeta};
+use futures_util::task::AtomicWaker;
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::task::Waker;
 use std::time::{Instant, SystemTime};
-use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// One WebSocket connection: its id, typed data, outbound queue and subscriptions.
@@ -40,7 +41,7 @@ pub(crate) struct ConnInner<D> {
     /// The framework's own topics for this connection (`#client:..`, `#all`, `#user:..`).
     pub internal_topics: Mutex<Vec<String>>,
     pub user_id: Mutex<Option<String>>,
-    pub inflight: Mutex<HashMap<Box<str>, Arc<RpcSlot>, BuildHasherDefault<FnvHasher>>>,
+    pub inflight: Mutex<HashMap<Arc<str>, Arc<RpcSlot>, BuildHasherDefault<FnvHasher>>>,
     pub app: Arc<App<D>>,
     /// Set when teardown removes the subscriptions; a subscribe racing with it undoes itself.
     pub closed: AtomicBool,
@@ -350,41 +351,64 @@ impl Hasher for FnvHasher {
 
 /// The state of one RPC: its terminal is sent at most once, and progress never after it.
 pub(crate) struct RpcSlot {
-    pub correlation_id: Option<Box<str>>,
-    done: Mutex<bool>,
-    /// Fired by `$ws:abort` (after the abort claimed the terminal).
-    pub cancel: Notify,
+    pub correlation_id: Option<Arc<str>>,
+    /// Held while queueing a progress or terminal frame, so no progress follows the terminal.
+    order: Mutex<()>,
+    /// The terminal frame was queued.
+    done: AtomicBool,
+    /// Set by `$ws:abort` (after the abort claimed the terminal).
+    cancelled: AtomicBool,
+    /// The request's task, woken by `cancel`; registered only while the handler waits.
+    waker: AtomicWaker,
 }
 
 impl RpcSlot {
-    pub fn new(correlation_id: Option<Box<str>>) -> Self {
+    pub fn new(correlation_id: Option<Arc<str>>) -> Self {
         RpcSlot {
             correlation_id,
-            done: Mutex::new(false),
-            cancel: Notify::new(),
+            order: Mutex::new(()),
+            done: AtomicBool::new(false),
+            cancelled: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
         }
+    }
+
+    /// Marks the request cancelled and wakes its task, which then drops the handler.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Whether `cancel` was called. Call [`RpcSlot::register`] first when about to wait.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+
+    /// Makes `cancel` wake `waker`.
+    pub fn register(&self, waker: &Waker) {
+        self.waker.register(waker);
     }
 
     /// Queues `frame` as the terminal unless one was sent. Holding the lock while queueing keeps
     /// every progress frame before the terminal.
     pub fn terminal(&self, out: &Outbound, frame: impl FnOnce() -> Utf8Bytes) -> bool {
-        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
-        if *done {
+        let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
+        if self.done.swap(true, Ordering::AcqRel) {
             return false;
         }
-        *done = true;
         out.push_text(frame());
         true
     }
 
     /// Queues a progress frame unless the terminal was sent.
     pub fn progress(&self, out: &Outbound, frame: Utf8Bytes) -> bool {
-        let done = self.done.lock().unwrap_or_else(|e| e.into_inner());
-        !*done && out.push_text(frame)
+        let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
+        !self.done.load(Ordering::Acquire) && out.push_text(frame)
     }
 
+    /// Whether the terminal frame was queued (no lock taken).
     pub fn is_done(&self) -> bool {
-        *self.done.lock().unwrap_or_else(|e| e.into_inner())
+        self.done.load(Ordering::Acquire)
     }
 }
 

@@ -86,6 +86,11 @@ impl<H: Handler> Handler for Layered<H> {
     }
 }
 
+/// The one-pass decoder declined a frame: parse it in full instead.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Declined;
+
 /// A route, type-erased: decodes a frame for its message type and starts the handler.
 #[doc(hidden)]
 pub trait DynRoute<D>: Send + Sync {
@@ -96,6 +101,13 @@ pub trait DynRoute<D>: Send + Sync {
         received_at: SystemTime,
         conn: &Connection<D>,
     ) -> Option<BoxFuture<'static, ()>>;
+    /// The one-pass path: `Err` when the frame needs the full parse.
+    fn dispatch_text(
+        &self,
+        text: &str,
+        received_at: SystemTime,
+        conn: &Connection<D>,
+    ) -> Result<Option<BoxFuture<'static, ()>>, Declined>;
 }
 
 impl<H: Handler> DynRoute<H::Data> for H {
@@ -110,6 +122,15 @@ impl<H: Handler> DynRoute<H::Data> for H {
         conn: &Connection<H::Data>,
     ) -> Option<BoxFuture<'static, ()>> {
         connection::dispatch(self, env, received_at, conn)
+    }
+
+    fn dispatch_text(
+        &self,
+        text: &str,
+        received_at: SystemTime,
+        conn: &Connection<H::Data>,
+    ) -> Result<Option<BoxFuture<'static, ()>>, Declined> {
+        connection::dispatch_direct(self, text, received_at, conn)
     }
 }
 

@@ -8,23 +8,53 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// How much one socket read may take.
 const CHUNK: usize = 8 * 1024;
 
+/// When the last bytes came off the socket: frames are stamped `received_at` from it, one clock
+/// read per socket read instead of one per frame.
+#[derive(Debug, Default)]
+pub(crate) struct ReadClock {
+    /// Nanoseconds since the Unix epoch; 0 before the first read.
+    nanos: AtomicU64,
+}
+
+impl ReadClock {
+    fn stamp(&self) {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        self.nanos.store(nanos, Ordering::Relaxed);
+    }
+
+    /// The time of the last socket read (now, if there was none).
+    pub fn last_read(&self) -> SystemTime {
+        match self.nanos.load(Ordering::Relaxed) {
+            0 => SystemTime::now(),
+            nanos => UNIX_EPOCH + Duration::from_nanos(nanos),
+        }
+    }
+}
+
 pub(crate) struct LazyRead<S> {
     inner: S,
+    clock: Arc<ReadClock>,
     /// Bytes read from the socket and not yet handed on; empty (unallocated) when drained.
     pending: Vec<u8>,
     pos: usize,
 }
 
 impl<S> LazyRead<S> {
-    pub fn new(inner: S) -> Self {
+    pub fn new(inner: S, clock: Arc<ReadClock>) -> Self {
         LazyRead {
             inner,
+            clock,
             pending: Vec::new(),
             pos: 0,
         }
@@ -55,12 +85,20 @@ impl<S: AsyncRead + Unpin> AsyncRead for LazyRead<S> {
         }
         if buf.remaining() >= CHUNK {
             // The caller's buffer is big enough: read straight into it.
-            return Pin::new(&mut this.inner).poll_read(cx, buf);
+            let before = buf.filled().len();
+            ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+            if buf.filled().len() > before {
+                this.clock.stamp();
+            }
+            return Poll::Ready(Ok(()));
         }
         let mut chunk = [0u8; CHUNK];
         let mut chunk_buf = ReadBuf::new(&mut chunk);
         ready!(Pin::new(&mut this.inner).poll_read(cx, &mut chunk_buf))?;
         let filled = chunk_buf.filled();
+        if !filled.is_empty() {
+            this.clock.stamp();
+        }
         let n = filled.len().min(buf.remaining());
         buf.put_slice(&filled[..n]);
         if n < filled.len() {
@@ -109,7 +147,8 @@ mod tests {
     #[tokio::test]
     async fn hands_on_every_byte_in_small_reads_and_frees_the_buffer() {
         let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
-        let mut reader = LazyRead::new(&data[..]);
+        let clock = Arc::new(ReadClock::default());
+        let mut reader = LazyRead::new(&data[..], clock.clone());
         let mut out = Vec::new();
         let mut small = [0u8; 100];
         loop {
@@ -121,5 +160,9 @@ mod tests {
         }
         assert_eq!(out, data);
         assert_eq!(reader.pending.capacity(), 0);
+        // Stamped by the socket reads (here: the slice), not by the small reads served from memory.
+        let stamped = clock.last_read();
+        assert!(stamped <= SystemTime::now());
+        assert!(SystemTime::now().duration_since(stamped).unwrap() < Duration::from_secs(60));
     }
 }

@@ -60,6 +60,59 @@ pub mod __private {
     use crate::error::Issue;
     use std::borrow::Cow;
 
+    pin_project_lite::pin_project! {
+        /// A handler's future with its return value converted to `Result<(), WsError>`.
+        pub struct HandlerFuture<F>
+        where
+            F: std::future::Future,
+        {
+            #[pin]
+            future: F,
+            convert: fn(F::Output) -> Result<(), crate::WsError>,
+        }
+    }
+
+    impl<F: std::future::Future> HandlerFuture<F> {
+        /// Wraps the future of a `#[handler]` function: no extra state machine around it.
+        /// `convert` is `IntoHandlerResult::into_handler_result`, named in the expansion at the
+        /// function's return type, so an unsupported return type is reported there, once.
+        pub fn new(future: F, convert: fn(F::Output) -> Result<(), crate::WsError>) -> Self {
+            HandlerFuture { future, convert }
+        }
+    }
+
+    impl<F: std::future::Future> std::future::Future for HandlerFuture<F> {
+        type Output = Result<(), crate::WsError>;
+
+        fn poll(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Self::Output> {
+            let this = self.project();
+            this.future.poll(cx).map(*this.convert)
+        }
+    }
+
+    /// Deserializes `T` from a JSON object only (serde also accepts a sequence for a struct; the
+    /// wire does not).
+    pub fn deserialize_object<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: serde::Deserialize<'de>,
+        D: serde::Deserializer<'de>,
+    {
+        struct ObjectVisitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for ObjectVisitor<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(ObjectVisitor(std::marker::PhantomData))
+    }
+
     /// Decodes a payload object strictly; on failure, records issues with their paths.
     pub fn decode_payload<T: serde::de::DeserializeOwned>(
         raw: Option<&RawValue>,

@@ -3,6 +3,7 @@
 use crate::error::Issue;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
+use std::sync::Arc;
 
 /// A message schema: a Rust struct with a wire type tag, strict decoding, validation and encoding.
 ///
@@ -55,6 +56,15 @@ pub trait Message: Sized + Send + Sync + 'static {
         meta: &[(Cow<'_, str>, &RawValue)],
     ) -> Result<Self, Vec<Issue>>;
 
+    /// Decodes the message straight from its payload value (`null` for a message without
+    /// payload fields), for the one-pass fast path. An error only means "take the full path":
+    /// `__decode` then reports the issues. The default declines every frame.
+    #[doc(hidden)]
+    fn __decode_direct<'de, D: serde::Deserializer<'de>>(payload: D) -> Result<Self, D::Error> {
+        let _ = payload;
+        Err(serde::de::Error::custom("no direct decoder"))
+    }
+
     #[doc(hidden)]
     fn __validate(&self, issues: &mut Vec<Issue>);
 
@@ -91,7 +101,7 @@ pub trait EventMessage: Message {}
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Meta {
     /// The request's correlation id (at most 128 bytes).
-    pub correlation_id: Option<Box<str>>,
+    pub correlation_id: Option<Arc<str>>,
     /// The producer's clock, for display only.
     pub timestamp: Option<f64>,
     /// The RPC deadline hint in milliseconds.

@@ -2,6 +2,7 @@
 
 use futures_util::{Sink, SinkExt};
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -28,6 +29,8 @@ pub(crate) struct Closing {
 
 pub(crate) struct Outbound {
     state: Mutex<State>,
+    /// Set with `closing` or `dead`, so the read loop can check it without the lock.
+    ended: AtomicBool,
     /// Wakes the writer: frames or a close are waiting.
     writer: Notify,
     /// Wakes the reader: the server decided to close (overflow, `close()`, writer failure).
@@ -61,6 +64,7 @@ impl Outbound {
     pub fn new(max_bytes: usize, policy: OverflowPolicy) -> Self {
         Outbound {
             state: Mutex::default(),
+            ended: AtomicBool::new(false),
             writer: Notify::new(),
             reader: Notify::new(),
             max_bytes,
@@ -93,6 +97,7 @@ impl Outbound {
                         code: 1013,
                         reason: "Outbound queue full".into(),
                     });
+                    self.ended.store(true, Ordering::Release);
                     drop(state);
                     self.writer.notify_one();
                     self.reader.notify_one();
@@ -132,10 +137,16 @@ impl Outbound {
             code,
             reason: reason.into(),
         });
+        self.ended.store(true, Ordering::Release);
         drop(state);
         self.writer.notify_one();
         self.reader.notify_one();
         true
+    }
+
+    /// Whether the server decided to close, or the socket failed (no lock taken).
+    pub fn is_closing(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
     }
 
     /// The close the server decided on, if any.
@@ -198,6 +209,7 @@ impl Outbound {
         state.dead = true;
         state.queue.clear();
         state.bytes = 0;
+        self.ended.store(true, Ordering::Release);
         drop(state);
         self.reader.notify_one();
     }

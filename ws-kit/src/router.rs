@@ -74,6 +74,24 @@ pub struct CloseInfo {
     pub reason: String,
 }
 
+impl CloseInfo {
+    /// What a received close frame says (1005, "No Status Received", when it carries no code).
+    pub(crate) fn from_frame(
+        frame: Option<&tokio_tungstenite::tungstenite::protocol::CloseFrame>,
+    ) -> Self {
+        match frame {
+            Some(f) => CloseInfo {
+                code: f.code.into(),
+                reason: f.reason.to_string(),
+            },
+            None => CloseInfo {
+                code: 1005,
+                reason: String::new(),
+            },
+        }
+    }
+}
+
 type OpenHook<D> =
     Arc<dyn Fn(Connection<D>) -> BoxFuture<'static, Result<(), WsError>> + Send + Sync>;
 type CloseHook<D> = Arc<dyn Fn(Connection<D>, CloseInfo) -> BoxFuture<'static, ()> + Send + Sync>;

@@ -319,15 +319,16 @@ impl<D: Send + Sync + 'static> Service<D> {
             .write_buffer_size(8 * 1024)
             .max_message_size(Some(hard_max))
             .max_frame_size(Some(hard_max));
+        let clock = Arc::new(crate::lazy_read::ReadClock::default());
         let socket = tokio_tungstenite::accept_hdr_async_with_config(
-            crate::lazy_read::LazyRead::new(stream),
+            crate::lazy_read::LazyRead::new(stream, clock.clone()),
             callback,
             Some(config),
         )
         .await
         .map_err(Error::WebSocket)?;
         let Some(data) = data else { return Ok(()) };
-        let (_, run) = self.open_transport(socket, client_id, data);
+        let (_, run) = self.open_transport(socket, client_id, data, Some(clock));
         run.await;
         Ok(())
     }
@@ -363,11 +364,14 @@ impl<D: Send + Sync + 'static> Service<D> {
     /// A connection over a transport that is already open: what `serve_stream` does after its
     /// handshake, and what the testing harness does with its in-memory socket. Returns the connection and the
     /// future that runs it to its end (`on_open`, the read loop, `on_close`, cleanup).
+    /// `read_clock` stamps `received_at` when the transport's reads go through `LazyRead`;
+    /// without it each frame reads the clock.
     pub(crate) fn open_transport<S>(
         &self,
         socket: S,
         client_id: uuid::Uuid,
         data: D,
+        read_clock: Option<Arc<crate::lazy_read::ReadClock>>,
     ) -> (Connection<D>, impl Future<Output = ()> + Send + 'static)
     where
         S: futures_util::Stream<
@@ -387,6 +391,7 @@ impl<D: Send + Sync + 'static> Service<D> {
             heartbeat_interval: opts.heartbeat_interval,
             heartbeat_timeout: opts.heartbeat_timeout,
             close_grace: Duration::from_secs(1),
+            read_clock,
         };
         let shutdown = self.inner.shutdown.subscribe();
         let inner = self.inner.clone();

@@ -205,9 +205,9 @@ impl<D: Send + Sync + 'static> TestServer<D> {
             shared: shared.clone(),
             max_frame_bytes: self.service.max_frame_bytes(),
         };
-        let (connection, run) = self
-            .service
-            .open_transport(socket, uuid::Uuid::now_v7(), data);
+        let (connection, run) =
+            self.service
+                .open_transport(socket, uuid::Uuid::now_v7(), data, None);
         let id = connection.client_id();
         let (opened_tx, opened) = oneshot::channel();
         lock(&self.shared.opening).insert(id, opened_tx);
@@ -862,16 +862,7 @@ impl Sink<WsMessage> for MemorySocket {
                     .then_some(WsMessage::Pong(payload))
             }
             WsMessage::Close(frame) => {
-                let info = match &frame {
-                    Some(f) => CloseInfo {
-                        code: f.code.into(),
-                        reason: f.reason.to_string(),
-                    },
-                    None => CloseInfo {
-                        code: 1005,
-                        reason: String::new(),
-                    },
-                };
+                let info = CloseInfo::from_frame(frame.as_ref());
                 self.shared.update(|s| {
                     s.close.get_or_insert(info);
                 });

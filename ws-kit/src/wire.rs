@@ -9,6 +9,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::fmt;
+use std::marker::PhantomData;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Longest accepted `meta.correlationId`, in bytes.
@@ -46,7 +47,7 @@ pub(crate) fn parse_envelope(text: &str) -> Result<Envelope<'_>, String> {
                     "meta.correlationId",
                     format!("must be at most {MAX_CORRELATION_ID} bytes"),
                 )),
-                Ok(id) => meta.correlation_id = Some(id.into_boxed_str()),
+                Ok(id) => meta.correlation_id = Some(id.into()),
                 Err(_) => issues.push(Issue::new("meta.correlationId", "must be a string")),
             },
             "timestamp" => match serde_json::from_str::<f64>(value.get()) {
@@ -73,6 +74,154 @@ pub(crate) fn parse_envelope(text: &str) -> Result<Envelope<'_>, String> {
         meta_extra,
         issues,
     })
+}
+
+/// The type tag of a frame that opens with `{"type":"…"` (whitespace allowed), when the tag has no
+/// escapes: the common shape, which lets the router pick the message type before parsing.
+/// `None` for any other shape; the caller then parses the envelope in full.
+pub(crate) fn peek_type(text: &str) -> Option<&str> {
+    /// JSON's whitespace (not Unicode's, which `str::trim_start` would skip).
+    fn ws(s: &str) -> &str {
+        s.trim_start_matches([' ', '\t', '\n', '\r'])
+    }
+    // What `JSON.stringify` writes, checked first.
+    let rest = match text.strip_prefix("{\"type\":\"") {
+        Some(rest) => rest,
+        None => {
+            let rest = ws(ws(text).strip_prefix('{')?);
+            let rest = ws(ws(rest.strip_prefix("\"type\"")?).strip_prefix(':')?);
+            rest.strip_prefix('"')?
+        }
+    };
+    let end = rest.bytes().position(|b| b == b'"' || b == b'\\')?;
+    (rest.as_bytes()[end] == b'"').then(|| &rest[..end])
+}
+
+/// Decodes a whole frame as message `M` in one pass: root keys, standard meta, and the payload
+/// straight into `M`'s fields.
+///
+/// This is the fast path for well-formed frames. It succeeds only on frames that the full path
+/// (`parse_envelope` then `Message::__decode`) accepts too, with the same result; on anything
+/// else — an unknown or duplicate key, a declared or unknown meta key, a bad value, a message
+/// whose derive has no direct decoder — it returns `None` and the caller takes the full path,
+/// which finds and reports every issue.
+pub(crate) fn decode_direct<M: Message>(text: &str) -> Option<(M, Meta)> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let decoded =
+        de::Deserializer::deserialize_map(&mut de, DirectVisitor::<M>(PhantomData)).ok()?;
+    de.end().ok()?;
+    Some(decoded)
+}
+
+struct DirectVisitor<M>(PhantomData<M>);
+
+impl<'de, M: Message> Visitor<'de> for DirectVisitor<M> {
+    type Value = (M, Meta);
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an envelope")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut seen_type = false;
+        let mut message = None;
+        let mut meta = None;
+        while let Some(key) = map.next_key::<&str>()? {
+            match key {
+                // The router already read the tag; here it only has to be a string, once.
+                "type" if !seen_type => {
+                    seen_type = true;
+                    map.next_value::<&str>()?;
+                }
+                "payload" if message.is_none() => {
+                    message = Some(if M::__HAS_PAYLOAD {
+                        map.next_value_seed(PayloadSeed::<M>(PhantomData))?
+                    } else {
+                        // Only `null` (absent): a message without fields takes no payload.
+                        map.next_value::<()>()?;
+                        M::__decode_direct(de::value::UnitDeserializer::<A::Error>::new())?
+                    });
+                }
+                "meta" if meta.is_none() => meta = Some(map.next_value::<DirectMeta>()?.0),
+                _ => return Err(de::Error::custom("not a plain envelope")),
+            }
+        }
+        let message = match message {
+            Some(message) => message,
+            None if !M::__HAS_PAYLOAD => {
+                M::__decode_direct(de::value::UnitDeserializer::<A::Error>::new())?
+            }
+            None => return Err(de::Error::custom("payload required")),
+        };
+        Ok((message, meta.unwrap_or_default()))
+    }
+}
+
+/// A payload decoded straight into `M`.
+struct PayloadSeed<M>(PhantomData<M>);
+
+impl<'de, M: Message> de::DeserializeSeed<'de> for PayloadSeed<M> {
+    type Value = M;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<M, D::Error> {
+        M::__decode_direct(d)
+    }
+}
+
+/// The standard meta keys, decoded in place; any other key fails the fast path.
+struct DirectMeta(Meta);
+
+impl<'de> Deserialize<'de> for DirectMeta {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = DirectMeta;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("`meta` to be an object")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(DirectMeta(Meta::default()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut meta = Meta::default();
+                let mut seen = [false; 6];
+                while let Some(key) = map.next_key::<&str>()? {
+                    let slot = match key {
+                        "correlationId" => 0,
+                        "timestamp" => 1,
+                        "timeoutMs" => 2,
+                        "idempotencyKey" => 3,
+                        "clientId" => 4,
+                        "receivedAt" => 5,
+                        _ => return Err(de::Error::custom("not a standard meta key")),
+                    };
+                    if std::mem::replace(&mut seen[slot], true) {
+                        return Err(de::Error::custom("duplicate meta key"));
+                    }
+                    match slot {
+                        0 => {
+                            let id: &str = map.next_value()?;
+                            if id.len() > MAX_CORRELATION_ID {
+                                return Err(de::Error::custom("correlation id too long"));
+                            }
+                            meta.correlation_id = Some(id.into());
+                        }
+                        1 => meta.timestamp = Some(map.next_value()?),
+                        2 => match map.next_value::<u64>()? {
+                            0 => return Err(de::Error::custom("timeoutMs must be positive")),
+                            ms => meta.timeout_ms = Some(ms),
+                        },
+                        3 => meta.idempotency_key = Some(map.next_value()?),
+                        // Server-owned keys: stripped, whatever their value.
+                        _ => {
+                            map.next_value::<de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(DirectMeta(meta))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// A parsed server → client frame, as a client reads it: the type, the correlation id, the raw
@@ -453,6 +602,19 @@ mod tests {
         assert!(parse_server_frame(r#"{"type":""}"#).is_err());
         assert!(parse_server_frame(r#"{"type":"X","meta":{"correlationId":5}}"#).is_err());
         assert!(parse_server_frame("[]").is_err());
+    }
+
+    #[test]
+    fn peeks_the_type_of_plain_frames_only() {
+        assert_eq!(peek_type(r#"{"type":"PING","payload":{}}"#), Some("PING"));
+        assert_eq!(peek_type(" {\n\t\"type\" : \"PING\"}"), Some("PING"));
+        assert_eq!(peek_type(r#"{"type":""}"#), Some(""));
+        // Escapes, another first key, a non-string type, a truncated frame: the full parse decides.
+        assert_eq!(peek_type(r#"{"type":"PI\u004eG"}"#), None);
+        assert_eq!(peek_type(r#"{"payload":{},"type":"PING"}"#), None);
+        assert_eq!(peek_type(r#"{"type":5}"#), None);
+        assert_eq!(peek_type(r#"{"type":"PING"#), None);
+        assert_eq!(peek_type("\u{a0}{\"type\":\"PING\"}"), None);
     }
 
     #[test]

@@ -106,8 +106,9 @@ impl Client {
         self.ws.send(WsMessage::text(text)).await.expect("send");
     }
 
+    /// Sends `value` as WS-Kit clients write it: `type` first (`serde_json` would sort it last).
     pub async fn send(&mut self, value: Value) {
-        self.send_text(&value.to_string()).await;
+        self.send_text(&type_first(&value)).await;
     }
 
     /// The next JSON frame or the close; panics after `WAIT`.
@@ -183,6 +184,34 @@ impl Client {
 }
 
 /// Sends `request` and returns the next frame (tests keep one request in flight at a time).
+/// The JSON text of `value` with a root `type` key written first, as `JSON.stringify` writes a
+/// WS-Kit envelope; the other keys keep `serde_json`'s (sorted) order.
+pub fn type_first(value: &Value) -> String {
+    let Some(map) = value.as_object().filter(|m| m.contains_key("type")) else {
+        return value.to_string();
+    };
+    let mut text = format!("{{\"type\":{}", map["type"]);
+    for (key, value) in map.iter().filter(|(k, _)| *k != "type") {
+        text.push_str(&format!(",{}:{}", Value::String(key.clone()), value));
+    }
+    text.push('}');
+    text
+}
+
+/// The JSON text of `value` with a root `type` key written last: the server cannot read the type
+/// before parsing the whole frame.
+pub fn type_last(value: &Value) -> String {
+    let Some(map) = value.as_object().filter(|m| m.contains_key("type")) else {
+        return value.to_string();
+    };
+    let mut text = String::from("{");
+    for (key, value) in map.iter().filter(|(k, _)| *k != "type") {
+        text.push_str(&format!("{}:{},", Value::String(key.clone()), value));
+    }
+    text.push_str(&format!("\"type\":{}}}", map["type"]));
+    text
+}
+
 pub async fn roundtrip(client: &mut Client, request: Value) -> Value {
     client.send(request).await;
     client.recv().await
