@@ -461,7 +461,8 @@ impl<M: Message, D: Send + Sync + 'static> Ctx<M, D> {
         &self.meta
     }
 
-    /// The server clock when the frame arrived.
+    /// The server clock when the frame arrived: when its bytes were read from the socket (the
+    /// frames of one socket read share the time of that read).
     pub fn received_at(&self) -> SystemTime {
         self.received_at
     }

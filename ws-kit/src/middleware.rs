@@ -42,7 +42,8 @@ impl<D> Request<D> {
         &self.meta
     }
 
-    /// The server clock when the frame arrived.
+    /// The server clock when the frame arrived: when its bytes were read from the socket (the
+    /// frames of one socket read share the time of that read).
     pub fn received_at(&self) -> SystemTime {
         self.received_at
     }
