@@ -399,10 +399,7 @@ pub(crate) fn dispatch<H: Handler>(
         mut issues,
         ..
     } = env;
-    // A duplicate is dropped before decoding: nothing at all is sent for it.
-    if is_duplicate::<H::Message, _>(conn, &meta) {
-        return None;
-    }
+    // A duplicate id is dropped by `launch`, before any issue found here is answered.
     let message = match H::Message::__decode(payload, &meta_extra) {
         Ok(message) => Some(message),
         Err(mut found) => {
@@ -438,30 +435,6 @@ pub(crate) fn dispatch_direct<H: Handler>(
         Err(issues)
     };
     Ok(launch(handler, message, meta, received_at, conn))
-}
-
-/// A request whose correlation id is already in flight is dropped, and reported: any frame sent
-/// for it would carry the first request's id.
-fn is_duplicate<M: Message, D: Send + Sync + 'static>(conn: &Connection<D>, meta: &Meta) -> bool {
-    let Some(id) = meta.correlation_id.as_deref().filter(|_| M::__IS_RPC) else {
-        return false;
-    };
-    let duplicate = conn
-        .inner
-        .inflight
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .contains_key(id);
-    if duplicate {
-        let err = WsError::already_exists(format!("correlation id `{id}` is already in flight"));
-        conn.report(
-            ErrorKind::DuplicateCorrelation,
-            Some(M::TYPE),
-            Some(id),
-            err,
-        );
-    }
-    duplicate
 }
 
 /// Builds the task for a decoded message, or answers its validation issues: in-flight
