@@ -316,30 +316,97 @@ fn generate(m: &Message) -> TokenStream {
     };
 
     // The one-pass decoder; a message with declared meta fields keeps the default (full path).
+    // Each field is read by the scanner when its type is one it knows (`FastField`) and by
+    // serde_json otherwise, chosen per field by method lookup on `&&&Pick<T>` (see `Pick`).
     let decode_direct = if !meta_fields.is_empty() {
         quote!()
     } else {
-        let body = if has_payload {
-            quote! {
-                let __payload: __WsKitPayload = #ws::deserialize_object(__deserializer)?;
-                ::core::result::Result::Ok(#ident { #( #p_idents: __payload.#p_idents, )* })
-            }
+        let value = if m.unit {
+            quote!(#ident)
         } else {
-            let value = if m.unit {
-                quote!(#ident)
+            quote!(#ident {})
+        };
+        let body = if has_payload {
+            let slots: Vec<Ident> = (0..p_idents.len())
+                .map(|i| format_ident!("__field{}", i))
+                .collect();
+            // Fields in declaration order, keys matched as literals (`"roomId":`): what
+            // `JSON.stringify` writes for an object built in that order. The first mismatch (or
+            // whitespace) leaves the rest to the general loop. Only names that JSON writes
+            // without escapes can be matched as literals.
+            let ordered: Vec<TokenStream> = payload_fields
+                .iter()
+                .zip(&slots)
+                .take_while(|(f, _)| {
+                    !f.wire
+                        .chars()
+                        .any(|c| c == '"' || c == '\\' || c.is_control())
+                })
+                .map(|(f, slot)| {
+                    let literal = format!("\"{}\":", f.wire);
+                    let ty = &f.ty;
+                    quote! {
+                        if !(__more && __s.literal_key(#literal)) {
+                            break '__ws_kit_ordered;
+                        }
+                        #slot = ::core::option::Option::Some(
+                            (&&&#ws::Pick::<#ty>::new()).scan_field(__s)?,
+                        );
+                        __more = __s.next_entry()?;
+                    }
+                })
+                .collect();
+            let ordered = if ordered.is_empty() {
+                quote!()
             } else {
-                quote!(#ident {})
+                quote!('__ws_kit_ordered: { #( #ordered )* })
             };
             quote! {
-                <() as #ws::serde::Deserialize>::deserialize(__deserializer)?;
-                ::core::result::Result::Ok(#value)
+                use #ws::{PickFast as _, PickNone as _, PickSerde as _};
+                let __s = __payload?;
+                #( let mut #slots: ::core::option::Option<#p_types> = ::core::option::Option::None; )*
+                let mut __more = __s.object()?;
+                #ordered
+                while __more {
+                    match __s.key()? {
+                        #(
+                            #p_wires if #slots.is_none() => {
+                                #slots = ::core::option::Option::Some(
+                                    (&&&#ws::Pick::<#p_types>::new()).scan_field(__s)?,
+                                );
+                            }
+                        )*
+                        // Unknown or repeated keys: the full path names them.
+                        _ => return ::core::option::Option::None,
+                    }
+                    __more = __s.next_entry()?;
+                }
+                ::core::option::Option::Some(#ident {
+                    #(
+                        #p_idents: match #slots {
+                            ::core::option::Option::Some(__v) => __v,
+                            ::core::option::Option::None => {
+                                (&&&#ws::Pick::<#p_types>::new()).missing_field()?
+                            }
+                        },
+                    )*
+                })
+            }
+        } else {
+            quote! {
+                match __payload {
+                    ::core::option::Option::None => ::core::option::Option::Some(#value),
+                    ::core::option::Option::Some(_) => ::core::option::Option::None,
+                }
             }
         };
         quote! {
             #[doc(hidden)]
-            fn __decode_direct<'__de, __D: #ws::serde::Deserializer<'__de>>(
-                __deserializer: __D,
-            ) -> ::core::result::Result<Self, __D::Error> {
+            // `&&&Pick` is the point: method lookup picks the reader by the receiver's depth.
+            #[allow(clippy::needless_borrow)]
+            fn __scan_payload(
+                __payload: ::core::option::Option<&mut #ws::Scan<'_>>,
+            ) -> ::core::option::Option<Self> {
                 #body
             }
         }

@@ -117,6 +117,9 @@ struct BareNewMessage<'a> {
 }
 
 const SEND: &str = r#"{"type":"SEND_MESSAGE","payload":{"roomId":"r1","text":"hello"},"meta":{"timestamp":1700000000000}}"#;
+/// The same frame with `type` last: the one-pass decoder declines it (the router cannot pick the
+/// message type before parsing), so it takes the full path (serde_json, envelope then payload).
+const SEND_TYPE_LAST: &str = r#"{"payload":{"roomId":"r1","text":"hello"},"meta":{"timestamp":1700000000000},"type":"SEND_MESSAGE"}"#;
 const PING: &str = r#"{"type":"PING","payload":{"text":"hello"},"meta":{"correlationId":"c1"}}"#;
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -133,6 +136,8 @@ fn decode_validate_dispatch(c: &mut Criterion) {
 
     // Sanity: the event is accepted silently, the RPC gets exactly its PONG.
     conn.dispatch(SEND);
+    assert!(conn.drain().is_empty(), "SEND_MESSAGE must not be answered");
+    conn.dispatch(SEND_TYPE_LAST);
     assert!(conn.drain().is_empty(), "SEND_MESSAGE must not be answered");
     conn.dispatch(PING);
     let out = conn.drain();
@@ -153,6 +158,9 @@ fn decode_validate_dispatch(c: &mut Criterion) {
     });
     g.bench_function("event/ws_kit_dispatch", |b| {
         b.iter(|| conn.dispatch(black_box(SEND)))
+    });
+    g.bench_function("event/ws_kit_dispatch_full_path", |b| {
+        b.iter(|| conn.dispatch(black_box(SEND_TYPE_LAST)))
     });
     g.bench_function("rpc_ping_pong/serde_json_decode_encode", |b| {
         let mut queue: VecDeque<WsMessage> = VecDeque::new();

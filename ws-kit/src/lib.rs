@@ -1,6 +1,10 @@
 #![doc = include_str!("docs/crate.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+// The crate's own unit tests derive messages, whose expansion names `::ws_kit`.
+#[cfg(test)]
+extern crate self as ws_kit;
+
 #[cfg(feature = "bench")]
 #[doc(hidden)]
 #[path = "bench.rs"]
@@ -21,6 +25,7 @@ mod pubsub;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
 mod router;
+mod scan;
 mod server;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
@@ -52,6 +57,7 @@ pub use tokio_tungstenite::tungstenite::http;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::handler::{CtxParts, DynRoute, IntoHandlerResult, RouteTable};
+    pub use crate::scan::{FastField, Pick, PickFast, PickNone, PickSerde, Scan};
     pub use crate::wire::Envelope;
     pub use serde;
     pub use serde_json::value::RawValue;
@@ -91,26 +97,6 @@ pub mod __private {
             let this = self.project();
             this.future.poll(cx).map(*this.convert)
         }
-    }
-
-    /// Deserializes `T` from a JSON object only (serde also accepts a sequence for a struct; the
-    /// wire does not).
-    pub fn deserialize_object<'de, T, D>(d: D) -> Result<T, D::Error>
-    where
-        T: serde::Deserialize<'de>,
-        D: serde::Deserializer<'de>,
-    {
-        struct ObjectVisitor<T>(std::marker::PhantomData<T>);
-        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for ObjectVisitor<T> {
-            type Value = T;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("an object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
-                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-            }
-        }
-        d.deserialize_map(ObjectVisitor(std::marker::PhantomData))
     }
 
     /// Decodes a payload object strictly; on failure, records issues with their paths.

@@ -56,13 +56,13 @@ pub trait Message: Sized + Send + Sync + 'static {
         meta: &[(Cow<'_, str>, &RawValue)],
     ) -> Result<Self, Vec<Issue>>;
 
-    /// Decodes the message straight from its payload value (`null` for a message without
-    /// payload fields), for the one-pass fast path. An error only means "take the full path":
-    /// `__decode` then reports the issues. The default declines every frame.
+    /// Decodes the message straight from its payload object (`None`: no payload, or `null`),
+    /// for the one-pass fast path. `None` only means "take the full path": `__decode` then
+    /// reports the issues. The default declines every frame.
     #[doc(hidden)]
-    fn __decode_direct<'de, D: serde::Deserializer<'de>>(payload: D) -> Result<Self, D::Error> {
+    fn __scan_payload(payload: Option<&mut crate::scan::Scan<'_>>) -> Option<Self> {
         let _ = payload;
-        Err(serde::de::Error::custom("no direct decoder"))
+        None
     }
 
     #[doc(hidden)]

@@ -2,6 +2,7 @@
 
 use crate::error::{Issue, WsError};
 use crate::message::{Message, Meta};
+use crate::scan::{FastField, Scan};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
@@ -9,7 +10,6 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::fmt;
-use std::marker::PhantomData;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Longest accepted `meta.correlationId`, in bytes.
@@ -98,130 +98,118 @@ pub(crate) fn peek_type(text: &str) -> Option<&str> {
 }
 
 /// Decodes a whole frame as message `M` in one pass: root keys, standard meta, and the payload
-/// straight into `M`'s fields.
+/// straight into `M`'s fields, with the strict reader of [`crate::scan`].
 ///
 /// This is the fast path for well-formed frames. It succeeds only on frames that the full path
 /// (`parse_envelope` then `Message::__decode`) accepts too, with the same result; on anything
-/// else — an unknown or duplicate key, a declared or unknown meta key, a bad value, a message
-/// whose derive has no direct decoder — it returns `None` and the caller takes the full path,
-/// which finds and reports every issue.
+/// else — an unknown or duplicate key, a declared or unknown meta key, an escape in a key or a
+/// plain string, a bad value, a message whose derive has no direct decoder — it returns `None`
+/// and the caller takes the full path, which finds and reports every issue.
 pub(crate) fn decode_direct<M: Message>(text: &str) -> Option<(M, Meta)> {
-    let mut de = serde_json::Deserializer::from_str(text);
-    let decoded =
-        de::Deserializer::deserialize_map(&mut de, DirectVisitor::<M>(PhantomData)).ok()?;
-    de.end().ok()?;
-    Some(decoded)
-}
-
-struct DirectVisitor<M>(PhantomData<M>);
-
-impl<'de, M: Message> Visitor<'de> for DirectVisitor<M> {
-    type Value = (M, Meta);
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an envelope")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut seen_type = false;
-        let mut message = None;
-        let mut meta = None;
-        while let Some(key) = map.next_key::<&str>()? {
-            match key {
-                // The router already read the tag; here it only has to be a string, once.
-                "type" if !seen_type => {
-                    seen_type = true;
-                    map.next_value::<&str>()?;
-                }
-                "payload" if message.is_none() => {
-                    message = Some(if M::__HAS_PAYLOAD {
-                        map.next_value_seed(PayloadSeed::<M>(PhantomData))?
-                    } else {
-                        // Only `null` (absent): a message without fields takes no payload.
-                        map.next_value::<()>()?;
-                        M::__decode_direct(de::value::UnitDeserializer::<A::Error>::new())?
-                    });
-                }
-                "meta" if meta.is_none() => meta = Some(map.next_value::<DirectMeta>()?.0),
-                _ => return Err(de::Error::custom("not a plain envelope")),
+    let mut s = Scan::new(text);
+    let mut seen_type = false;
+    let mut message = None;
+    let mut meta = None;
+    let mut more = s.object()?;
+    // `{"type":"…","payload":…,"meta":…}` in this order, as clients write it, with keys matched
+    // as literals; anything else goes through the general loop below.
+    if more && s.literal_key("\"type\":") {
+        seen_type = true;
+        s.str()?;
+        more = s.next_entry()?;
+        if more && s.literal_key("\"payload\":") {
+            message = Some(if s.null() {
+                M::__scan_payload(None)?
+            } else {
+                M::__scan_payload(Some(&mut s))?
+            });
+            more = s.next_entry()?;
+            if more && s.literal_key("\"meta\":") {
+                meta = Some(scan_meta(&mut s)?);
+                more = s.next_entry()?;
             }
         }
-        let message = match message {
-            Some(message) => message,
-            None if !M::__HAS_PAYLOAD => {
-                M::__decode_direct(de::value::UnitDeserializer::<A::Error>::new())?
+    }
+    while more {
+        match s.key()? {
+            // The router already read the tag; here it only has to be a string, once.
+            "type" if !seen_type => {
+                seen_type = true;
+                s.str()?;
             }
-            None => return Err(de::Error::custom("payload required")),
+            // `"payload": null` counts as absent, as on the full path.
+            "payload" if message.is_none() => {
+                message = Some(if s.null() {
+                    M::__scan_payload(None)?
+                } else {
+                    M::__scan_payload(Some(&mut s))?
+                });
+            }
+            "meta" if meta.is_none() => meta = Some(scan_meta(&mut s)?),
+            _ => return None,
+        }
+        more = s.next_entry()?;
+    }
+    if !seen_type || !s.at_end() {
+        return None;
+    }
+    let message = match message {
+        Some(message) => message,
+        None => M::__scan_payload(None)?,
+    };
+    Some((message, meta.unwrap_or_default()))
+}
+
+/// The standard meta keys, decoded in place; any other key declines.
+fn scan_meta(s: &mut Scan<'_>) -> Option<Meta> {
+    let mut meta = Meta::default();
+    if s.null() {
+        return Some(meta);
+    }
+    let mut seen = [false; 6];
+    let mut more = s.object()?;
+    while more {
+        // The usual keys as literals first; the general key reader for the rest.
+        let slot = if s.literal_key("\"correlationId\":") {
+            0
+        } else if s.literal_key("\"timestamp\":") {
+            1
+        } else if s.literal_key("\"timeoutMs\":") {
+            2
+        } else {
+            match s.key()? {
+                "correlationId" => 0,
+                "timestamp" => 1,
+                "timeoutMs" => 2,
+                "idempotencyKey" => 3,
+                "clientId" => 4,
+                "receivedAt" => 5,
+                _ => return None,
+            }
         };
-        Ok((message, meta.unwrap_or_default()))
-    }
-}
-
-/// A payload decoded straight into `M`.
-struct PayloadSeed<M>(PhantomData<M>);
-
-impl<'de, M: Message> de::DeserializeSeed<'de> for PayloadSeed<M> {
-    type Value = M;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<M, D::Error> {
-        M::__decode_direct(d)
-    }
-}
-
-/// The standard meta keys, decoded in place; any other key fails the fast path.
-struct DirectMeta(Meta);
-
-impl<'de> Deserialize<'de> for DirectMeta {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = DirectMeta;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("`meta` to be an object")
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(DirectMeta(Meta::default()))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut meta = Meta::default();
-                let mut seen = [false; 6];
-                while let Some(key) = map.next_key::<&str>()? {
-                    let slot = match key {
-                        "correlationId" => 0,
-                        "timestamp" => 1,
-                        "timeoutMs" => 2,
-                        "idempotencyKey" => 3,
-                        "clientId" => 4,
-                        "receivedAt" => 5,
-                        _ => return Err(de::Error::custom("not a standard meta key")),
-                    };
-                    if std::mem::replace(&mut seen[slot], true) {
-                        return Err(de::Error::custom("duplicate meta key"));
-                    }
-                    match slot {
-                        0 => {
-                            let id: &str = map.next_value()?;
-                            if id.len() > MAX_CORRELATION_ID {
-                                return Err(de::Error::custom("correlation id too long"));
-                            }
-                            meta.correlation_id = Some(id.into());
-                        }
-                        1 => meta.timestamp = Some(map.next_value()?),
-                        2 => match map.next_value::<u64>()? {
-                            0 => return Err(de::Error::custom("timeoutMs must be positive")),
-                            ms => meta.timeout_ms = Some(ms),
-                        },
-                        3 => meta.idempotency_key = Some(map.next_value()?),
-                        // Server-owned keys: stripped, whatever their value.
-                        _ => {
-                            map.next_value::<de::IgnoredAny>()?;
-                        }
-                    }
-                }
-                Ok(DirectMeta(meta))
-            }
+        if std::mem::replace(&mut seen[slot], true) {
+            return None;
         }
-        d.deserialize_any(V)
+        match slot {
+            0 => {
+                let id = s.str()?;
+                if id.len() > MAX_CORRELATION_ID {
+                    return None;
+                }
+                meta.correlation_id = Some(id.into());
+            }
+            1 => meta.timestamp = Some(f64::scan(s)?),
+            2 => match u64::scan(s)? {
+                0 => return None,
+                ms => meta.timeout_ms = Some(ms),
+            },
+            3 => meta.idempotency_key = Some(Box::<str>::scan(s)?),
+            // Server-owned keys: stripped, whatever their value.
+            _ => s.ignore_value()?,
+        }
+        more = s.next_entry()?;
     }
+    Some(meta)
 }
 
 /// A parsed server → client frame, as a client reads it: the type, the correlation id, the raw
@@ -623,5 +611,97 @@ mod tests {
         assert!(parse_envelope("nope").is_err());
         assert!(parse_envelope(r#"{"payload":{}}"#).is_err());
         assert!(parse_envelope(r#"{"type":5}"#).is_err());
+    }
+
+    /// A message with a field of every kind the fast path reads: its own readers (strings,
+    /// integers, floats, booleans, options) and serde_json's (arrays, nested structs, values).
+    #[derive(crate::Message, Debug, PartialEq)]
+    #[message(type = "ALL")]
+    struct All {
+        s: String,
+        b: bool,
+        n: u8,
+        i: i32,
+        f: f64,
+        o: Option<String>,
+        v: Vec<u16>,
+        nested: Inner,
+        any: Value,
+    }
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Inner {
+        k: Option<i64>,
+    }
+
+    /// The full path's result for a frame: envelope, then the message's own decoder.
+    fn full_path(text: &str) -> Option<(All, Meta)> {
+        let env = parse_envelope(text).ok()?;
+        if !env.issues.is_empty() || env.ty != "ALL" {
+            return None;
+        }
+        let message = All::__decode(env.payload, &env.meta_extra).ok()?;
+        Some((message, env.meta))
+    }
+
+    /// The fast path's promise, on frames mutated at random from valid ones: whatever it
+    /// accepts, the full path accepts with the same message and meta (it may decline more).
+    /// Counts the frames each path accepted, so a fast path that declines everything fails.
+    #[test]
+    fn the_fast_path_accepts_only_what_the_full_path_accepts_alike() {
+        let seeds = [
+            r#"{"type":"ALL","payload":{"s":"hi","b":true,"n":7,"i":-3,"f":1.5,"o":null,"v":[1,2],"nested":{"k":5},"any":{"x":[1,"y"]}},"meta":{"correlationId":"c1","timestamp":1700000000000}}"#,
+            r#"{"type":"ALL","payload":{"s":"","b":false,"n":255,"i":0,"f":-2e3,"o":"x","v":[],"nested":{},"any":null}}"#,
+            r#"{"type":"ALL","payload":{"any":"\u00e9","nested":{"k":null},"v":[65535],"o":"é","f":0,"i":2147483647,"n":0,"b":true,"s":"a b"},"meta":{"timeoutMs":50,"idempotencyKey":"k","clientId":"z","receivedAt":1}}"#,
+            r#"{ "type" : "ALL" , "payload" : { "s" : "t" , "b" : false , "n" : 1 , "i" : 1 , "f" : 1 , "v" : [ ] , "nested" : { } , "any" : 1 } , "meta" : null }"#,
+        ];
+        // Characters that matter to JSON, and a few that do not.
+        let alphabet: Vec<char> = "{}[]\",:0159-.eE+ntrufalsx \t\né\u{1}\\".chars().collect();
+        let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |bound: usize| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % bound as u64) as usize
+        };
+        let (mut fast_accepted, mut full_accepted) = (0, 0);
+        for seed in seeds {
+            assert!(
+                decode_direct::<All>(seed).is_some(),
+                "seed declined: {seed}"
+            );
+        }
+        for _ in 0..40_000 {
+            let mut chars: Vec<char> = seeds[next(seeds.len())].chars().collect();
+            for _ in 0..1 + next(2) {
+                let at = next(chars.len());
+                match next(3) {
+                    0 => chars[at] = alphabet[next(alphabet.len())],
+                    1 => chars.insert(at, alphabet[next(alphabet.len())]),
+                    _ => {
+                        chars.remove(at);
+                    }
+                }
+            }
+            let text: String = chars.into_iter().collect();
+            let full = full_path(&text);
+            full_accepted += usize::from(full.is_some());
+            if peek_type(&text) != Some("ALL") {
+                continue;
+            }
+            if let Some(fast) = decode_direct::<All>(&text) {
+                fast_accepted += 1;
+                let full = full
+                    .unwrap_or_else(|| panic!("fast path accepted {text}; full path rejects it"));
+                assert_eq!(fast, full, "{text}");
+            }
+        }
+        // Most single mutations break a frame; a fair share must still be read by both.
+        assert!(
+            fast_accepted > 2_000,
+            "fast path accepted only {fast_accepted}"
+        );
+        assert!(full_accepted >= fast_accepted);
     }
 }
