@@ -1,4 +1,5 @@
-//! `compare`: runs every mode against the baseline and ws-kit in turn, as child processes of this
+//! `compare`: runs every mode against the baseline and ws-kit in turn (alternating pairs, several
+//! rounds per load mode, ratios taken within each pair), as child processes of this
 //! binary (server on core 0, load on core 1 when `taskset` exists), and prints a table of ratios.
 
 use serde_json::Value;
@@ -90,6 +91,18 @@ fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
         .ok()
 }
 
+/// CPU time a process has used so far (user + system), in seconds. `/proc/<pid>/stat` counts in
+/// clock ticks of `USER_HZ`, which is 100 on Linux.
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; the fields after it start past its `)`.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name and state.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
 /// The soft limit on open files of this process (children inherit it).
 fn fd_limit() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
@@ -122,6 +135,8 @@ fn measure(kind: Kind, load_args: &[&str], timeout: Duration) -> Result<Value, S
     let mut args: Vec<String> = vec!["load".into()];
     args.extend(load_args.iter().map(|s| s.to_string()));
     args.extend(["--url".into(), url]);
+    let server_cpu_before = cpu_secs(server.pid());
+    let started = Instant::now();
     let load = Proc::spawn(&args, Some(1)).map_err(|e| format!("spawn load: {e}"))?;
     let line = load
         .wait_line(timeout, |l| l.starts_with('{'))
@@ -134,6 +149,15 @@ fn measure(kind: Kind, load_args: &[&str], timeout: Duration) -> Result<Value, S
         })?;
     let mut v: Value = serde_json::from_str(&line).map_err(|e| e.to_string())?;
     v["server_hwm_kib"] = proc_status_kib(server.pid(), "VmHWM:").into();
+    // Share of one core each side used over the load's life (connecting included): near 100%
+    // means that side was saturated, and latencies then measure its backlog.
+    let elapsed = started.elapsed().as_secs_f64();
+    if let (Some(before), Some(after)) = (server_cpu_before, cpu_secs(server.pid())) {
+        v["server_cpu_pct"] = (100.0 * (after - before) / elapsed).round().into();
+    }
+    if let Some(load_cpu) = cpu_secs(load.pid()) {
+        v["load_cpu_pct"] = (100.0 * load_cpu / elapsed).round().into();
+    }
     drop(load);
     drop(server);
     Ok(v)
@@ -176,9 +200,13 @@ struct Row {
     mode: String,
     baseline: String,
     wskit: String,
-    ratio: Option<f64>,
+    ratio: String,
     target: String,
     met: Option<bool>,
+}
+
+fn ratio_text(r: Option<f64>) -> String {
+    r.map_or("—".into(), |x| format!("{x:.2}×"))
 }
 
 fn f(v: &Value, key: &str) -> f64 {
@@ -187,6 +215,88 @@ fn f(v: &Value, key: &str) -> f64 {
 
 fn ratio(b: f64, w: f64) -> Option<f64> {
     (b > 0.0 && b.is_finite() && w.is_finite()).then(|| w / b)
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.retain(|x| x.is_finite());
+    xs.sort_by(f64::total_cmp);
+    match xs.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => xs[n / 2],
+        n => (xs[n / 2 - 1] + xs[n / 2]) / 2.0,
+    }
+}
+
+/// The alternating (baseline, ws-kit) runs of one mode. The machine's speed drifts between runs
+/// (shared, virtualized), so a ratio is taken within each pair of back-to-back runs and the table
+/// shows the median of those ratios, with their range.
+struct Rounds(Vec<(Value, Value)>);
+
+impl Rounds {
+    /// The median of one side's values.
+    fn median(&self, key: &str, wskit: bool) -> f64 {
+        median(
+            self.0
+                .iter()
+                .map(|(b, w)| f(if wskit { w } else { b }, key))
+                .collect(),
+        )
+    }
+
+    /// The median of the per-round ratios ws-kit/baseline.
+    fn ratio(&self, key: &str) -> Option<f64> {
+        let ratios: Vec<f64> = self
+            .0
+            .iter()
+            .filter_map(|(b, w)| ratio(f(b, key), f(w, key)))
+            .collect();
+        (!ratios.is_empty()).then(|| median(ratios))
+    }
+
+    /// The per-round ratios, for the table: `0.93× (0.91–0.95)`.
+    fn ratio_text(&self, key: &str) -> String {
+        let ratios: Vec<f64> = self
+            .0
+            .iter()
+            .filter_map(|(b, w)| ratio(f(b, key), f(w, key)))
+            .collect();
+        match self.ratio(key) {
+            None => "—".into(),
+            Some(m) if ratios.len() < 2 => format!("{m:.2}×"),
+            Some(m) => {
+                let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                format!("{m:.2}× ({lo:.2}–{hi:.2})")
+            }
+        }
+    }
+
+    /// The sum over rounds of one side's integer field.
+    fn sum(&self, key: &str, wskit: bool) -> u64 {
+        self.0
+            .iter()
+            .map(|(b, w)| if wskit { w } else { b }[key].as_u64().unwrap_or(u64::MAX))
+            .fold(0, u64::saturating_add)
+    }
+}
+
+/// Context for a load mode: how busy the server's core and the load generator's core were.
+fn cpu_row(label: &str, rr: &Rounds) -> Row {
+    let side = |wskit: bool| {
+        format!(
+            "{:.0}% / {:.0}%",
+            rr.median("server_cpu_pct", wskit),
+            rr.median("load_cpu_pct", wskit)
+        )
+    };
+    Row {
+        mode: format!("{label}: CPU server / load gen (% of one core)"),
+        baseline: side(false),
+        wskit: side(true),
+        ratio: "—".into(),
+        target: "context".into(),
+        met: None,
+    }
 }
 
 fn mark(met: Option<bool>) -> &'static str {
@@ -199,6 +309,8 @@ fn mark(met: Option<bool>) -> &'static str {
 
 /// Sizes of one compare run.
 struct Plan {
+    /// Alternating (baseline, ws-kit) pairs per load mode.
+    rounds: usize,
     secs: String,
     rpc_conns: String,
     rpc_inflight: String,
@@ -212,6 +324,7 @@ struct Plan {
 pub fn run(quick: bool) -> ExitCode {
     let plan = if quick {
         Plan {
+            rounds: 1,
             secs: "1".into(),
             rpc_conns: "4".into(),
             rpc_inflight: "4".into(),
@@ -222,7 +335,8 @@ pub fn run(quick: bool) -> ExitCode {
         }
     } else {
         Plan {
-            secs: "8".into(),
+            rounds: 3,
+            secs: "5".into(),
             rpc_conns: "64".into(),
             rpc_inflight: "16".into(),
             subs: "1000".into(),
@@ -246,29 +360,45 @@ pub fn run(quick: bool) -> ExitCode {
     let timeout = Duration::from_secs_f64(plan.secs.parse::<f64>().unwrap_or(5.0) + 90.0);
     let mut rows = Vec::new();
     let mut failures = 0;
-    let mut pair = |name: &str, args: &[&str]| -> Option<(Value, Value)> {
+    let rounds = plan.rounds;
+    let mut pair = |name: &str, args: &[&str]| -> Option<Rounds> {
         let mut out = Vec::new();
-        for kind in [Kind::Baseline, Kind::WsKit] {
-            match measure(kind, args, timeout) {
-                Ok(v) => {
-                    eprintln!("{name} {}: {v}", kind.name());
-                    out.push(v);
-                }
-                Err(e) => {
-                    eprintln!("{name} {}: FAILED: {e}", kind.name());
-                    failures += 1;
-                    return None;
+        for round in 0..rounds {
+            // Alternate which server goes first, so a drift in machine speed favours neither.
+            let order = if round % 2 == 0 {
+                [Kind::Baseline, Kind::WsKit]
+            } else {
+                [Kind::WsKit, Kind::Baseline]
+            };
+            let mut got = Vec::new();
+            for kind in order {
+                match measure(kind, args, timeout) {
+                    Ok(v) => {
+                        eprintln!("{name} {} (round {}): {v}", kind.name(), round + 1);
+                        got.push((kind, v));
+                    }
+                    Err(e) => {
+                        eprintln!("{name} {}: FAILED: {e}", kind.name());
+                        failures += 1;
+                        return None;
+                    }
                 }
             }
+            let (mut b, mut w) = (Value::Null, Value::Null);
+            for (kind, v) in got {
+                match kind {
+                    Kind::Baseline => b = v,
+                    Kind::WsKit => w = v,
+                }
+            }
+            out.push((b, w));
         }
-        let w = out.pop()?;
-        let b = out.pop()?;
-        Some((b, w))
+        Some(Rounds(out))
     };
 
     // RPC throughput.
     let label = format!("rpc {}×{} RPC/s", plan.rpc_conns, plan.rpc_inflight);
-    if let Some((b, w)) = pair(
+    if let Some(rr) = pair(
         &label,
         &[
             "rpc",
@@ -280,28 +410,29 @@ pub fn run(quick: bool) -> ExitCode {
             &plan.secs,
         ],
     ) {
-        let r = ratio(f(&b, "rps"), f(&w, "rps"));
+        let r = rr.ratio("rps");
         rows.push(Row {
             mode: label.clone(),
-            baseline: format!("{:.0}", f(&b, "rps")),
-            wskit: format!("{:.0}", f(&w, "rps")),
-            ratio: r,
+            baseline: format!("{:.0}", rr.median("rps", false)),
+            wskit: format!("{:.0}", rr.median("rps", true)),
+            ratio: rr.ratio_text("rps"),
             target: "≥ 0.90×".into(),
             met: r.map(|r| r >= 0.90),
         });
-        let clean = |v: &Value| v["errors"] == 0 && v["mismatches"] == 0;
+        rows.push(cpu_row(&label, &rr));
+        let faults = |wskit: bool| rr.sum("errors", wskit) + rr.sum("mismatches", wskit);
         rows.push(Row {
             mode: format!("{label}: p99 µs / errors+mismatches"),
-            baseline: format!("{} / {}+{}", b["p99_us"], b["errors"], b["mismatches"]),
-            wskit: format!("{} / {}+{}", w["p99_us"], w["errors"], w["mismatches"]),
-            ratio: ratio(f(&b, "p99_us"), f(&w, "p99_us")),
+            baseline: format!("{:.0} / {}", rr.median("p99_us", false), faults(false)),
+            wskit: format!("{:.0} / {}", rr.median("p99_us", true), faults(true)),
+            ratio: rr.ratio_text("p99_us"),
             target: "no errors".into(),
-            met: Some(clean(&b) && clean(&w)),
+            met: Some(faults(false) == 0 && faults(true) == 0),
         });
     }
 
     // RPC latency, one request at a time.
-    if let Some((b, w)) = pair(
+    if let Some(rr) = pair(
         "rpc 1×1",
         &[
             "rpc",
@@ -315,18 +446,18 @@ pub fn run(quick: bool) -> ExitCode {
     ) {
         rows.push(Row {
             mode: "rpc 1×1 p50 µs".into(),
-            baseline: b["p50_us"].to_string(),
-            wskit: w["p50_us"].to_string(),
-            ratio: ratio(f(&b, "p50_us"), f(&w, "p50_us")),
+            baseline: format!("{:.0}", rr.median("p50_us", false)),
+            wskit: format!("{:.0}", rr.median("p50_us", true)),
+            ratio: rr.ratio_text("p50_us"),
             target: "—".into(),
             met: None,
         });
-        let r = ratio(f(&b, "p99_us"), f(&w, "p99_us"));
+        let r = rr.ratio("p99_us");
         rows.push(Row {
             mode: "rpc 1×1 p99 µs".into(),
-            baseline: b["p99_us"].to_string(),
-            wskit: w["p99_us"].to_string(),
-            ratio: r,
+            baseline: format!("{:.0}", rr.median("p99_us", false)),
+            wskit: format!("{:.0}", rr.median("p99_us", true)),
+            ratio: rr.ratio_text("p99_us"),
             target: "≤ 1.2×".into(),
             met: r.map(|r| r <= 1.2),
         });
@@ -338,7 +469,7 @@ pub fn run(quick: bool) -> ExitCode {
         ("max", "full speed".into()),
     ] {
         let label = format!("fanout 1→{} {name}", plan.subs);
-        let Some((b, w)) = pair(
+        let Some(rr) = pair(
             &label,
             &[
                 "fanout", "--subs", &plan.subs, "--pubs", "1", "--rate", rate, "--secs", &plan.secs,
@@ -346,38 +477,46 @@ pub fn run(quick: bool) -> ExitCode {
         ) else {
             continue;
         };
-        let r = ratio(f(&b, "deliveries_per_sec"), f(&w, "deliveries_per_sec"));
+        let r = rr.ratio("deliveries_per_sec");
         rows.push(Row {
             mode: format!("{label}: deliveries/s"),
-            baseline: format!("{:.0}", f(&b, "deliveries_per_sec")),
-            wskit: format!("{:.0}", f(&w, "deliveries_per_sec")),
-            ratio: r,
+            baseline: format!("{:.0}", rr.median("deliveries_per_sec", false)),
+            wskit: format!("{:.0}", rr.median("deliveries_per_sec", true)),
+            ratio: rr.ratio_text("deliveries_per_sec"),
             target: "≥ 0.90×".into(),
             met: r.map(|r| r >= 0.90),
         });
-        let lossless = |v: &Value| v["missing"] == 0 && v["duplicates"] == 0 && v["errors"] == 0;
+        rows.push(cpu_row(&label, &rr));
+        let losses = |wskit: bool| {
+            format!(
+                "{} / {} / {}",
+                rr.sum("missing", wskit),
+                rr.sum("duplicates", wskit),
+                rr.sum("errors", wskit)
+            )
+        };
         rows.push(Row {
-            mode: format!("{label}: missing / dup / errors"),
-            baseline: format!("{} / {} / {}", b["missing"], b["duplicates"], b["errors"]),
-            wskit: format!("{} / {} / {}", w["missing"], w["duplicates"], w["errors"]),
-            ratio: None,
+            mode: format!("{label}: missing / dup / errors (all rounds)"),
+            baseline: losses(false),
+            wskit: losses(true),
+            ratio: "—".into(),
             target: "0 / 0 / 0".into(),
-            met: Some(lossless(&w)),
+            met: Some(losses(true) == "0 / 0 / 0"),
         });
         rows.push(Row {
             mode: format!("{label}: p50 µs"),
-            baseline: b["p50_us"].to_string(),
-            wskit: w["p50_us"].to_string(),
-            ratio: ratio(f(&b, "p50_us"), f(&w, "p50_us")),
+            baseline: format!("{:.0}", rr.median("p50_us", false)),
+            wskit: format!("{:.0}", rr.median("p50_us", true)),
+            ratio: rr.ratio_text("p50_us"),
             target: "—".into(),
             met: None,
         });
-        let r = ratio(f(&b, "p99_us"), f(&w, "p99_us"));
+        let r = rr.ratio("p99_us");
         rows.push(Row {
             mode: format!("{label}: p99 µs"),
-            baseline: b["p99_us"].to_string(),
-            wskit: w["p99_us"].to_string(),
-            ratio: r,
+            baseline: format!("{:.0}", rr.median("p99_us", false)),
+            wskit: format!("{:.0}", rr.median("p99_us", true)),
+            ratio: rr.ratio_text("p99_us"),
             target: "≤ 1.0× (no worse)".into(),
             met: r.map(|r| r <= 1.0),
         });
@@ -416,7 +555,7 @@ pub fn run(quick: bool) -> ExitCode {
                 ),
                 baseline: format!("{bb:.0}"),
                 wskit: format!("{wb:.0}"),
-                ratio: ratio(bb, wb),
+                ratio: ratio_text(ratio(bb, wb)),
                 target: "≤ 6144 B".into(),
                 met: Some(wb <= 6144.0 && opened(w) as usize == n),
             });
@@ -427,12 +566,17 @@ pub fn run(quick: bool) -> ExitCode {
             mode: "idle 50000 conns".into(),
             baseline: "not run".into(),
             wskit: "not run".into(),
-            ratio: None,
+            ratio: "—".into(),
             target: format!("open-files limit {} < 50,256", limit.unwrap_or(0)),
             met: None,
         });
     }
 
+    println!(
+        "{} alternating (baseline, ws-kit) round(s) of {} s per load mode; values are medians, \
+         the ratio is the median of the per-round ratios (their range in brackets). Idle: one round.\n",
+        plan.rounds, plan.secs
+    );
     println!("| mode | baseline | ws-kit | ratio (ws-kit/baseline) | target | met? |");
     println!("|---|---:|---:|---:|---|---|");
     for r in &rows {
@@ -441,7 +585,7 @@ pub fn run(quick: bool) -> ExitCode {
             r.mode,
             r.baseline,
             r.wskit,
-            r.ratio.map_or("—".into(), |x| format!("{x:.2}×")),
+            r.ratio,
             r.target,
             mark(r.met)
         );

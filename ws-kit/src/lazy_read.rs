@@ -7,6 +7,7 @@
 //! drained. An idle connection then holds almost nothing for reading.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -92,8 +93,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for LazyRead<S> {
             }
             return Poll::Ready(Ok(()));
         }
-        let mut chunk = [0u8; CHUNK];
-        let mut chunk_buf = ReadBuf::new(&mut chunk);
+        // Not zeroed: `ReadBuf` tracks which bytes the read filled, and only those are read back.
+        let mut chunk = [MaybeUninit::<u8>::uninit(); CHUNK];
+        let mut chunk_buf = ReadBuf::uninit(&mut chunk);
         ready!(Pin::new(&mut this.inner).poll_read(cx, &mut chunk_buf))?;
         let filled = chunk_buf.filled();
         if !filled.is_empty() {
