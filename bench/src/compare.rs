@@ -309,8 +309,10 @@ fn mark(met: Option<bool>) -> &'static str {
 
 /// Sizes of one compare run.
 struct Plan {
-    /// Alternating (baseline, ws-kit) pairs per load mode.
+    /// Alternating (baseline, ws-kit) pairs per throughput mode.
     rounds: usize,
+    /// Pairs for the modes whose target is a p99 latency, which swings most between runs.
+    latency_rounds: usize,
     secs: String,
     rpc_conns: String,
     rpc_inflight: String,
@@ -325,6 +327,7 @@ pub fn run(quick: bool) -> ExitCode {
     let plan = if quick {
         Plan {
             rounds: 1,
+            latency_rounds: 1,
             secs: "1".into(),
             rpc_conns: "4".into(),
             rpc_inflight: "4".into(),
@@ -336,6 +339,7 @@ pub fn run(quick: bool) -> ExitCode {
     } else {
         Plan {
             rounds: 3,
+            latency_rounds: 5,
             secs: "5".into(),
             rpc_conns: "64".into(),
             rpc_inflight: "16".into(),
@@ -360,8 +364,7 @@ pub fn run(quick: bool) -> ExitCode {
     let timeout = Duration::from_secs_f64(plan.secs.parse::<f64>().unwrap_or(5.0) + 90.0);
     let mut rows = Vec::new();
     let mut failures = 0;
-    let rounds = plan.rounds;
-    let mut pair = |name: &str, args: &[&str]| -> Option<Rounds> {
+    let mut pair = |name: &str, rounds: usize, args: &[&str]| -> Option<Rounds> {
         let mut out = Vec::new();
         for round in 0..rounds {
             // Alternate which server goes first, so a drift in machine speed favours neither.
@@ -400,6 +403,7 @@ pub fn run(quick: bool) -> ExitCode {
     let label = format!("rpc {}×{} RPC/s", plan.rpc_conns, plan.rpc_inflight);
     if let Some(rr) = pair(
         &label,
+        plan.rounds,
         &[
             "rpc",
             "--conns",
@@ -434,6 +438,7 @@ pub fn run(quick: bool) -> ExitCode {
     // RPC latency, one request at a time.
     if let Some(rr) = pair(
         "rpc 1×1",
+        plan.latency_rounds,
         &[
             "rpc",
             "--conns",
@@ -468,9 +473,16 @@ pub fn run(quick: bool) -> ExitCode {
         (plan.rate.as_str(), format!("{} msg/s", plan.rate)),
         ("max", "full speed".into()),
     ] {
+        let fixed_rate = rate != "max";
         let label = format!("fanout 1→{} {name}", plan.subs);
+        let rounds = if fixed_rate {
+            plan.latency_rounds
+        } else {
+            plan.rounds
+        };
         let Some(rr) = pair(
             &label,
+            rounds,
             &[
                 "fanout", "--subs", &plan.subs, "--pubs", "1", "--rate", rate, "--secs", &plan.secs,
             ],
@@ -517,8 +529,13 @@ pub fn run(quick: bool) -> ExitCode {
             baseline: format!("{:.0}", rr.median("p99_us", false)),
             wskit: format!("{:.0}", rr.median("p99_us", true)),
             ratio: rr.ratio_text("p99_us"),
-            target: "≤ 1.0× (no worse)".into(),
-            met: r.map(|r| r <= 1.0),
+            // The issue sets a latency target at the fixed rate only; at full speed it is context.
+            target: if fixed_rate {
+                "≤ 1.0× (no worse)".into()
+            } else {
+                "—".into()
+            },
+            met: r.filter(|_| fixed_rate).map(|r| r <= 1.0),
         });
     }
 
@@ -573,9 +590,10 @@ pub fn run(quick: bool) -> ExitCode {
     }
 
     println!(
-        "{} alternating (baseline, ws-kit) round(s) of {} s per load mode; values are medians, \
-         the ratio is the median of the per-round ratios (their range in brackets). Idle: one round.\n",
-        plan.rounds, plan.secs
+        "Alternating (baseline, ws-kit) rounds of {} s: {} per throughput mode, {} for rpc 1×1 and \
+         fan-out at a fixed rate (p99 targets). Values are medians; the ratio is the median of the \
+         per-round ratios (their range in brackets). Idle: one round.\n",
+        plan.secs, plan.rounds, plan.latency_rounds
     );
     println!("| mode | baseline | ws-kit | ratio (ws-kit/baseline) | target | met? |");
     println!("|---|---:|---:|---:|---|---|");
