@@ -118,11 +118,7 @@ pub(crate) fn decode_direct<M: Message>(text: &str) -> Option<(M, Meta)> {
         s.str()?;
         more = s.next_entry()?;
         if more && s.literal_key("\"payload\":") {
-            message = Some(if s.null() {
-                M::__scan_payload(None)?
-            } else {
-                M::__scan_payload(Some(&mut s))?
-            });
+            message = Some(scan_payload::<M>(&mut s)?);
             more = s.next_entry()?;
             if more && s.literal_key("\"meta\":") {
                 meta = Some(scan_meta(&mut s)?);
@@ -137,14 +133,7 @@ pub(crate) fn decode_direct<M: Message>(text: &str) -> Option<(M, Meta)> {
                 seen_type = true;
                 s.str()?;
             }
-            // `"payload": null` counts as absent, as on the full path.
-            "payload" if message.is_none() => {
-                message = Some(if s.null() {
-                    M::__scan_payload(None)?
-                } else {
-                    M::__scan_payload(Some(&mut s))?
-                });
-            }
+            "payload" if message.is_none() => message = Some(scan_payload::<M>(&mut s)?),
             "meta" if meta.is_none() => meta = Some(scan_meta(&mut s)?),
             _ => return None,
         }
@@ -158,6 +147,15 @@ pub(crate) fn decode_direct<M: Message>(text: &str) -> Option<(M, Meta)> {
         None => M::__scan_payload(None)?,
     };
     Some((message, meta.unwrap_or_default()))
+}
+
+/// The payload's value; `"payload": null` counts as absent, as on the full path.
+fn scan_payload<M: Message>(s: &mut Scan<'_>) -> Option<M> {
+    if s.null() {
+        M::__scan_payload(None)
+    } else {
+        M::__scan_payload(Some(s))
+    }
 }
 
 /// The standard meta keys, decoded in place; any other key declines.
