@@ -315,21 +315,15 @@ fn generate(m: &Message) -> TokenStream {
         quote!()
     };
 
-    // The one-pass decoder; a message with declared meta fields keeps the default (full path).
-    // Each field is read by the scanner when its type is one it knows (`FastField`) and by
-    // serde_json otherwise, chosen per field by method lookup on `&&&Pick<T>` (see `Pick`).
-    let decode_direct = if !meta_fields.is_empty() {
-        quote!()
-    } else {
-        let value = if m.unit {
-            quote!(#ident)
-        } else {
-            quote!(#ident {})
-        };
-        let body = if has_payload {
-            let slots: Vec<Ident> = (0..p_idents.len())
-                .map(|i| format_ident!("__field{}", i))
-                .collect();
+    // The one-pass decoder. Each field is read by the scanner when its type is one it knows
+    // (`FastField`) and by serde_json otherwise, chosen per field by method lookup on
+    // `&&&Pick<T>` (see `Pick`). Declared meta fields arrive as raw text (the frame's `meta` may
+    // come after its `payload`), each read on a cursor of its own.
+    let decode_direct = {
+        let slots: Vec<Ident> = (0..p_idents.len())
+            .map(|i| format_ident!("__field{}", i))
+            .collect();
+        let read_payload = if has_payload {
             // Fields in declaration order, keys matched as literals (`"roomId":`): what
             // `JSON.stringify` writes for an object built in that order. The first mismatch (or
             // whitespace) leaves the rest to the general loop. Only names that JSON writes
@@ -362,7 +356,6 @@ fn generate(m: &Message) -> TokenStream {
                 quote!('__ws_kit_ordered: { #( #ordered )* })
             };
             quote! {
-                use #ws::{PickFast as _, PickNone as _, PickSerde as _};
                 let __s = __payload?;
                 #( let mut #slots: ::core::option::Option<#p_types> = ::core::option::Option::None; )*
                 let mut __more = __s.object()?;
@@ -381,7 +374,37 @@ fn generate(m: &Message) -> TokenStream {
                     }
                     __more = __s.next_entry()?;
                 }
-                ::core::option::Option::Some(#ident {
+            }
+        } else {
+            // A message without payload fields takes no payload.
+            quote! {
+                if __payload.is_some() {
+                    return ::core::option::Option::None;
+                }
+            }
+        };
+        // An absent meta key reads as `null`, as on the full path (`decode_meta_field`).
+        let read_meta = quote! {
+            #(
+                let #m_locals: #m_types = {
+                    let __raw = __meta
+                        .iter()
+                        .find(|(__k, _)| *__k == #m_wires)
+                        .map_or("null", |(_, __v)| *__v);
+                    let mut __m = #ws::Scan::new(__raw);
+                    let __v = (&&&#ws::Pick::<#m_types>::new()).scan_field(&mut __m)?;
+                    if !__m.at_end() {
+                        return ::core::option::Option::None;
+                    }
+                    __v
+                };
+            )*
+        };
+        let value = if m.unit {
+            quote!(#ident)
+        } else {
+            quote! {
+                #ident {
                     #(
                         #p_idents: match #slots {
                             ::core::option::Option::Some(__v) => __v,
@@ -390,13 +413,7 @@ fn generate(m: &Message) -> TokenStream {
                             }
                         },
                     )*
-                })
-            }
-        } else {
-            quote! {
-                match __payload {
-                    ::core::option::Option::None => ::core::option::Option::Some(#value),
-                    ::core::option::Option::Some(_) => ::core::option::Option::None,
+                    #( #m_idents: #m_locals, )*
                 }
             }
         };
@@ -406,8 +423,13 @@ fn generate(m: &Message) -> TokenStream {
             #[allow(clippy::needless_borrow)]
             fn __scan_payload(
                 __payload: ::core::option::Option<&mut #ws::Scan<'_>>,
+                __meta: &[(&str, &str)],
             ) -> ::core::option::Option<Self> {
-                #body
+                use #ws::{PickFast as _, PickNone as _, PickSerde as _};
+                let _ = __meta;
+                #read_payload
+                #read_meta
+                ::core::option::Option::Some(#value)
             }
         }
     };

@@ -56,12 +56,15 @@ pub trait Message: Sized + Send + Sync + 'static {
         meta: &[(Cow<'_, str>, &RawValue)],
     ) -> Result<Self, Vec<Issue>>;
 
-    /// Decodes the message straight from its payload object (`None`: no payload, or `null`),
-    /// for the one-pass fast path. `None` only means "take the full path": `__decode` then
-    /// reports the issues. The default declines every frame.
+    /// Decodes the message straight from its payload object (`None`: no payload, or `null`) and
+    /// the raw text of its declared meta keys, for the one-pass fast path. `None` only means
+    /// "take the full path": `__decode` then reports the issues. The default declines every frame.
     #[doc(hidden)]
-    fn __scan_payload(payload: Option<&mut crate::scan::Scan<'_>>) -> Option<Self> {
-        let _ = payload;
+    fn __scan_payload(
+        payload: Option<&mut crate::scan::Scan<'_>>,
+        meta: &[(&str, &str)],
+    ) -> Option<Self> {
+        let _ = (payload, meta);
         None
     }
 

@@ -209,9 +209,9 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// The text of the next value, whatever it is, for serde_json to decode. Only its extent is
-    /// found here; serde_json checks the text itself.
-    fn raw_value(&mut self) -> Option<&'a str> {
+    /// The text of the next value, whatever it is. Only its extent is found here: whoever reads
+    /// the text (serde_json, or this reader on a new cursor) checks it.
+    pub fn raw_value(&mut self) -> Option<&'a str> {
         self.skip_ws();
         let bytes = self.text.as_bytes();
         let start = self.pos;

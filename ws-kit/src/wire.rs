@@ -102,14 +102,16 @@ pub(crate) fn peek_type(text: &str) -> Option<&str> {
 ///
 /// This is the fast path for well-formed frames. It succeeds only on frames that the full path
 /// (`parse_envelope` then `Message::__decode`) accepts too, with the same result; on anything
-/// else — an unknown or duplicate key, a declared or unknown meta key, an escape in a key or a
-/// plain string, a bad value, a message whose derive has no direct decoder — it returns `None`
-/// and the caller takes the full path, which finds and reports every issue.
+/// else — an unknown or duplicate key, an unknown meta key, an escape in a key or a plain
+/// string, a bad value, a message whose derive has no direct decoder — it returns `None` and the
+/// caller takes the full path, which finds and reports every issue.
 pub(crate) fn decode_direct<M: Message>(text: &str) -> Option<(M, Meta)> {
     let mut s = Scan::new(text);
     let mut seen_type = false;
-    let mut message = None;
+    let mut payload = None;
     let mut meta = None;
+    // The raw values of the message's declared meta keys.
+    let mut declared = Vec::new();
     let mut more = s.object()?;
     // `{"type":"…","payload":…,"meta":…}` in this order, as clients write it, with keys matched
     // as literals; anything else goes through the general loop below.
@@ -118,10 +120,10 @@ pub(crate) fn decode_direct<M: Message>(text: &str) -> Option<(M, Meta)> {
         s.str()?;
         more = s.next_entry()?;
         if more && s.literal_key("\"payload\":") {
-            message = Some(scan_payload::<M>(&mut s)?);
+            payload = Some(scan_payload::<M>(&mut s)?);
             more = s.next_entry()?;
             if more && s.literal_key("\"meta\":") {
-                meta = Some(scan_meta(&mut s)?);
+                meta = Some(scan_meta(&mut s, M::__META_KEYS, &mut declared)?);
                 more = s.next_entry()?;
             }
         }
@@ -133,8 +135,10 @@ pub(crate) fn decode_direct<M: Message>(text: &str) -> Option<(M, Meta)> {
                 seen_type = true;
                 s.str()?;
             }
-            "payload" if message.is_none() => message = Some(scan_payload::<M>(&mut s)?),
-            "meta" if meta.is_none() => meta = Some(scan_meta(&mut s)?),
+            "payload" if payload.is_none() => payload = Some(scan_payload::<M>(&mut s)?),
+            "meta" if meta.is_none() => {
+                meta = Some(scan_meta(&mut s, M::__META_KEYS, &mut declared)?);
+            }
             _ => return None,
         }
         more = s.next_entry()?;
@@ -142,24 +146,44 @@ pub(crate) fn decode_direct<M: Message>(text: &str) -> Option<(M, Meta)> {
     if !seen_type || !s.at_end() {
         return None;
     }
-    let message = match message {
-        Some(message) => message,
-        None => M::__scan_payload(None)?,
+    let message = match payload {
+        Some(Payload::Read(message)) => message,
+        Some(Payload::Text(Some(text))) => {
+            let mut p = Scan::new(text);
+            let message = M::__scan_payload(Some(&mut p), &declared)?;
+            p.at_end().then_some(message)?
+        }
+        Some(Payload::Text(None)) | None => M::__scan_payload(None, &declared)?,
     };
     Some((message, meta.unwrap_or_default()))
 }
 
-/// The payload's value; `"payload": null` counts as absent, as on the full path.
-fn scan_payload<M: Message>(s: &mut Scan<'_>) -> Option<M> {
-    if s.null() {
-        M::__scan_payload(None)
-    } else {
-        M::__scan_payload(Some(s))
-    }
+/// A payload read in place, or (for a message with declared meta fields, which may follow it in
+/// the frame) its text, read once the whole frame is.
+enum Payload<'a, M> {
+    Read(M),
+    /// `None` for `"payload": null`.
+    Text(Option<&'a str>),
 }
 
-/// The standard meta keys, decoded in place; any other key declines.
-fn scan_meta(s: &mut Scan<'_>) -> Option<Meta> {
+/// The payload's value; `"payload": null` counts as absent, as on the full path.
+fn scan_payload<'a, M: Message>(s: &mut Scan<'a>) -> Option<Payload<'a, M>> {
+    let deferred = !M::__META_KEYS.is_empty();
+    Some(match (s.null(), deferred) {
+        (true, false) => Payload::Read(M::__scan_payload(None, &[])?),
+        (false, false) => Payload::Read(M::__scan_payload(Some(s), &[])?),
+        (true, true) => Payload::Text(None),
+        (false, true) => Payload::Text(Some(s.raw_value()?)),
+    })
+}
+
+/// The standard meta keys, decoded in place, and the raw values of the message's declared ones
+/// (into `declared`); any other key, or a repeated one, declines.
+fn scan_meta<'a>(
+    s: &mut Scan<'a>,
+    declared_keys: &[&str],
+    declared: &mut Vec<(&'a str, &'a str)>,
+) -> Option<Meta> {
     let mut meta = Meta::default();
     if s.null() {
         return Some(meta);
@@ -182,6 +206,14 @@ fn scan_meta(s: &mut Scan<'_>) -> Option<Meta> {
                 "idempotencyKey" => 3,
                 "clientId" => 4,
                 "receivedAt" => 5,
+                key if declared_keys.contains(&key) => {
+                    if declared.iter().any(|(k, _)| *k == key) {
+                        return None;
+                    }
+                    declared.push((key, s.raw_value()?));
+                    more = s.next_entry()?;
+                    continue;
+                }
                 _ => return None,
             }
         };
@@ -633,27 +665,35 @@ mod tests {
         k: Option<i64>,
     }
 
+    /// A message with declared meta fields: read once the whole frame is (its `meta` may come
+    /// after its `payload`).
+    #[derive(crate::Message, Debug, PartialEq)]
+    #[message(type = "TAGGED")]
+    struct Tagged {
+        n: u32,
+        #[message(meta)]
+        room: String,
+        #[message(meta)]
+        trace: Option<Vec<u8>>,
+    }
+
     /// The full path's result for a frame: envelope, then the message's own decoder.
-    fn full_path(text: &str) -> Option<(All, Meta)> {
+    fn full_path<M: Message>(text: &str) -> Option<(M, Meta)> {
         let env = parse_envelope(text).ok()?;
-        if !env.issues.is_empty() || env.ty != "ALL" {
+        if !env.issues.is_empty() || env.ty != M::TYPE {
             return None;
         }
-        let message = All::__decode(env.payload, &env.meta_extra).ok()?;
+        let message = M::__decode(env.payload, &env.meta_extra).ok()?;
         Some((message, env.meta))
     }
 
-    /// The fast path's promise, on frames mutated at random from valid ones: whatever it
-    /// accepts, the full path accepts with the same message and meta (it may decline more).
-    /// Counts the frames each path accepted, so a fast path that declines everything fails.
-    #[test]
-    fn the_fast_path_accepts_only_what_the_full_path_accepts_alike() {
-        let seeds = [
-            r#"{"type":"ALL","payload":{"s":"hi","b":true,"n":7,"i":-3,"f":1.5,"o":null,"v":[1,2],"nested":{"k":5},"any":{"x":[1,"y"]}},"meta":{"correlationId":"c1","timestamp":1700000000000}}"#,
-            r#"{"type":"ALL","payload":{"s":"","b":false,"n":255,"i":0,"f":-2e3,"o":"x","v":[],"nested":{},"any":null}}"#,
-            r#"{"type":"ALL","payload":{"any":"\u00e9","nested":{"k":null},"v":[65535],"o":"é","f":0,"i":2147483647,"n":0,"b":true,"s":"a b"},"meta":{"timeoutMs":50,"idempotencyKey":"k","clientId":"z","receivedAt":1}}"#,
-            r#"{ "type" : "ALL" , "payload" : { "s" : "t" , "b" : false , "n" : 1 , "i" : 1 , "f" : 1 , "v" : [ ] , "nested" : { } , "any" : 1 } , "meta" : null }"#,
-        ];
+    /// Mutates `seeds` at random `rounds` times (one or two characters inserted, replaced or
+    /// removed) and checks each result: whatever the fast path accepts, the full path accepts
+    /// with the same message and meta. Returns how many frames each path accepted.
+    fn mutate_and_compare<M: Message + PartialEq + std::fmt::Debug>(
+        seeds: &[&str],
+        rounds: usize,
+    ) -> (usize, usize) {
         // Characters that matter to JSON, and a few that do not.
         let alphabet: Vec<char> = "{}[]\",:0159-.eE+ntrufalsx \t\né\u{1}\\".chars().collect();
         let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -663,14 +703,12 @@ mod tests {
             rng ^= rng << 17;
             (rng % bound as u64) as usize
         };
-        let (mut fast_accepted, mut full_accepted) = (0, 0);
         for seed in seeds {
-            assert!(
-                decode_direct::<All>(seed).is_some(),
-                "seed declined: {seed}"
-            );
+            assert!(decode_direct::<M>(seed).is_some(), "seed declined: {seed}");
+            assert_eq!(decode_direct::<M>(seed), full_path::<M>(seed), "{seed}");
         }
-        for _ in 0..40_000 {
+        let (mut fast_accepted, mut full_accepted) = (0, 0);
+        for _ in 0..rounds {
             let mut chars: Vec<char> = seeds[next(seeds.len())].chars().collect();
             for _ in 0..1 + next(2) {
                 let at = next(chars.len());
@@ -683,23 +721,44 @@ mod tests {
                 }
             }
             let text: String = chars.into_iter().collect();
-            let full = full_path(&text);
+            let full = full_path::<M>(&text);
             full_accepted += usize::from(full.is_some());
-            if peek_type(&text) != Some("ALL") {
+            if peek_type(&text) != Some(M::TYPE) {
                 continue;
             }
-            if let Some(fast) = decode_direct::<All>(&text) {
+            if let Some(fast) = decode_direct::<M>(&text) {
                 fast_accepted += 1;
                 let full = full
                     .unwrap_or_else(|| panic!("fast path accepted {text}; full path rejects it"));
                 assert_eq!(fast, full, "{text}");
             }
         }
+        (fast_accepted, full_accepted)
+    }
+
+    /// The fast path's promise, on frames mutated at random from valid ones: whatever it
+    /// accepts, the full path accepts alike (it may decline more). The counts make sure a fast
+    /// path that declines everything fails too.
+    #[test]
+    fn the_fast_path_accepts_only_what_the_full_path_accepts_alike() {
+        let seeds = [
+            r#"{"type":"ALL","payload":{"s":"hi","b":true,"n":7,"i":-3,"f":1.5,"o":null,"v":[1,2],"nested":{"k":5},"any":{"x":[1,"y"]}},"meta":{"correlationId":"c1","timestamp":1700000000000}}"#,
+            r#"{"type":"ALL","payload":{"s":"","b":false,"n":255,"i":0,"f":-2e3,"o":"x","v":[],"nested":{},"any":null}}"#,
+            r#"{"type":"ALL","payload":{"any":"\u00e9","nested":{"k":null},"v":[65535],"o":"é","f":0,"i":2147483647,"n":0,"b":true,"s":"a b"},"meta":{"timeoutMs":50,"idempotencyKey":"k","clientId":"z","receivedAt":1}}"#,
+            r#"{ "type" : "ALL" , "payload" : { "s" : "t" , "b" : false , "n" : 1 , "i" : 1 , "f" : 1 , "v" : [ ] , "nested" : { } , "any" : 1 } , "meta" : null }"#,
+        ];
+        let (fast, full) = mutate_and_compare::<All>(&seeds, 40_000);
         // Most single mutations break a frame; a fair share must still be read by both.
-        assert!(
-            fast_accepted > 2_000,
-            "fast path accepted only {fast_accepted}"
-        );
-        assert!(full_accepted >= fast_accepted);
+        assert!(fast > 2_000, "fast path accepted only {fast}");
+        assert!(full >= fast);
+
+        let seeds = [
+            r#"{"type":"TAGGED","payload":{"n":1},"meta":{"room":"r1","trace":[1,2],"correlationId":"c"}}"#,
+            r#"{"type":"TAGGED","meta":{"room":"r"},"payload":{"n":0}}"#,
+            r#"{"type":"TAGGED","payload":{"n":5},"meta":{"trace":null,"room":"x y","timestamp":1}}"#,
+        ];
+        let (fast, full) = mutate_and_compare::<Tagged>(&seeds, 40_000);
+        assert!(fast > 1_000, "fast path accepted only {fast}");
+        assert!(full >= fast);
     }
 }
