@@ -227,6 +227,9 @@ fn median(mut xs: Vec<f64>) -> f64 {
     }
 }
 
+/// A target the issue sets on a ratio: its text, and the test of the ratio.
+type Target = (&'static str, fn(f64) -> bool);
+
 /// The alternating (baseline, ws-kit) runs of one mode. The machine's speed drifts between runs
 /// (shared, virtualized), so a ratio is taken within each pair of back-to-back runs and the table
 /// shows the median of those ratios, with their range.
@@ -268,6 +271,19 @@ impl Rounds {
                 let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                 format!("{m:.2}× ({lo:.2}–{hi:.2})")
             }
+        }
+    }
+
+    /// A row for one metric: each side's median, the median ratio, and the target, if the issue
+    /// sets one.
+    fn row(&self, mode: String, key: &str, target: Option<Target>) -> Row {
+        Row {
+            mode,
+            baseline: format!("{:.0}", self.median(key, false)),
+            wskit: format!("{:.0}", self.median(key, true)),
+            ratio: self.ratio_text(key),
+            target: target.map_or("—".into(), |(text, _)| text.into()),
+            met: target.and_then(|(_, ok)| self.ratio(key).map(ok)),
         }
     }
 
@@ -414,15 +430,7 @@ pub fn run(quick: bool) -> ExitCode {
             &plan.secs,
         ],
     ) {
-        let r = rr.ratio("rps");
-        rows.push(Row {
-            mode: label.clone(),
-            baseline: format!("{:.0}", rr.median("rps", false)),
-            wskit: format!("{:.0}", rr.median("rps", true)),
-            ratio: rr.ratio_text("rps"),
-            target: "≥ 0.90×".into(),
-            met: r.map(|r| r >= 0.90),
-        });
+        rows.push(rr.row(label.clone(), "rps", Some(("≥ 0.90×", |r| r >= 0.90))));
         rows.push(cpu_row(&label, &rr));
         let faults = |wskit: bool| rr.sum("errors", wskit) + rr.sum("mismatches", wskit);
         rows.push(Row {
@@ -449,23 +457,12 @@ pub fn run(quick: bool) -> ExitCode {
             &plan.secs,
         ],
     ) {
-        rows.push(Row {
-            mode: "rpc 1×1 p50 µs".into(),
-            baseline: format!("{:.0}", rr.median("p50_us", false)),
-            wskit: format!("{:.0}", rr.median("p50_us", true)),
-            ratio: rr.ratio_text("p50_us"),
-            target: "—".into(),
-            met: None,
-        });
-        let r = rr.ratio("p99_us");
-        rows.push(Row {
-            mode: "rpc 1×1 p99 µs".into(),
-            baseline: format!("{:.0}", rr.median("p99_us", false)),
-            wskit: format!("{:.0}", rr.median("p99_us", true)),
-            ratio: rr.ratio_text("p99_us"),
-            target: "≤ 1.2×".into(),
-            met: r.map(|r| r <= 1.2),
-        });
+        rows.push(rr.row("rpc 1×1 p50 µs".into(), "p50_us", None));
+        rows.push(rr.row(
+            "rpc 1×1 p99 µs".into(),
+            "p99_us",
+            Some(("≤ 1.2×", |r| r <= 1.2)),
+        ));
     }
 
     // Fan-out at a fixed rate and at full speed.
@@ -489,15 +486,11 @@ pub fn run(quick: bool) -> ExitCode {
         ) else {
             continue;
         };
-        let r = rr.ratio("deliveries_per_sec");
-        rows.push(Row {
-            mode: format!("{label}: deliveries/s"),
-            baseline: format!("{:.0}", rr.median("deliveries_per_sec", false)),
-            wskit: format!("{:.0}", rr.median("deliveries_per_sec", true)),
-            ratio: rr.ratio_text("deliveries_per_sec"),
-            target: "≥ 0.90×".into(),
-            met: r.map(|r| r >= 0.90),
-        });
+        rows.push(rr.row(
+            format!("{label}: deliveries/s"),
+            "deliveries_per_sec",
+            Some(("≥ 0.90×", |r| r >= 0.90)),
+        ));
         rows.push(cpu_row(&label, &rr));
         let losses = |wskit: bool| {
             format!(
@@ -515,28 +508,11 @@ pub fn run(quick: bool) -> ExitCode {
             target: "0 / 0 / 0".into(),
             met: Some(losses(true) == "0 / 0 / 0"),
         });
-        rows.push(Row {
-            mode: format!("{label}: p50 µs"),
-            baseline: format!("{:.0}", rr.median("p50_us", false)),
-            wskit: format!("{:.0}", rr.median("p50_us", true)),
-            ratio: rr.ratio_text("p50_us"),
-            target: "—".into(),
-            met: None,
-        });
-        let r = rr.ratio("p99_us");
-        rows.push(Row {
-            mode: format!("{label}: p99 µs"),
-            baseline: format!("{:.0}", rr.median("p99_us", false)),
-            wskit: format!("{:.0}", rr.median("p99_us", true)),
-            ratio: rr.ratio_text("p99_us"),
-            // The issue sets a latency target at the fixed rate only; at full speed it is context.
-            target: if fixed_rate {
-                "≤ 1.0× (no worse)".into()
-            } else {
-                "—".into()
-            },
-            met: r.filter(|_| fixed_rate).map(|r| r <= 1.0),
-        });
+        rows.push(rr.row(format!("{label}: p50 µs"), "p50_us", None));
+        // The issue sets a latency target at the fixed rate only; at full speed it is context.
+        let p99_target: Option<Target> =
+            fixed_rate.then_some(("≤ 1.0× (no worse)", |r| r <= 1.0));
+        rows.push(rr.row(format!("{label}: p99 µs"), "p99_us", p99_target));
     }
 
     // Idle connections: 10,000, then as many as the open-files limit allows (up to 50,000).
