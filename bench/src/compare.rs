@@ -246,31 +246,29 @@ impl Rounds {
         )
     }
 
-    /// The median of the per-round ratios ws-kit/baseline.
-    fn ratio(&self, key: &str) -> Option<f64> {
-        let ratios: Vec<f64> = self
-            .0
+    /// The per-round ratios ws-kit/baseline (rounds where either side has no value are left out).
+    fn ratios(&self, key: &str) -> Vec<f64> {
+        self.0
             .iter()
             .filter_map(|(b, w)| ratio(f(b, key), f(w, key)))
-            .collect();
+            .collect()
+    }
+
+    /// The median of the per-round ratios.
+    fn ratio(&self, key: &str) -> Option<f64> {
+        let ratios = self.ratios(key);
         (!ratios.is_empty()).then(|| median(ratios))
     }
 
     /// The per-round ratios, for the table: `0.93× (0.91–0.95)`.
     fn ratio_text(&self, key: &str) -> String {
-        let ratios: Vec<f64> = self
-            .0
-            .iter()
-            .filter_map(|(b, w)| ratio(f(b, key), f(w, key)))
-            .collect();
-        match self.ratio(key) {
-            None => "—".into(),
-            Some(m) if ratios.len() < 2 => format!("{m:.2}×"),
-            Some(m) => {
-                let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-                let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                format!("{m:.2}× ({lo:.2}–{hi:.2})")
-            }
+        let ratios = self.ratios(key);
+        let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        match ratios.len() {
+            0 => "—".into(),
+            1 => format!("{lo:.2}×"),
+            _ => format!("{:.2}× ({lo:.2}–{hi:.2})", median(ratios)),
         }
     }
 
@@ -592,5 +590,30 @@ pub fn run(quick: bool) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn rounds_report_the_median_ratio_and_its_range() {
+        let rr = Rounds(vec![
+            (json!({"rps": 100.0}), json!({"rps": 90.0})),
+            (json!({"rps": 100.0}), json!({"rps": 120.0})),
+            (json!({"rps": 200.0}), json!({"rps": 190.0})),
+            // A round without a value on one side counts in no ratio.
+            (json!({"rps": 100.0}), json!({})),
+        ]);
+        assert_eq!(rr.ratio("rps"), Some(0.95));
+        assert_eq!(rr.ratio_text("rps"), "0.95× (0.90–1.20)");
+        assert_eq!(rr.median("rps", false), 100.0);
+        let one = Rounds(vec![(json!({"rps": 100.0}), json!({"rps": 90.0}))]);
+        assert_eq!(one.ratio_text("rps"), "0.90×");
+        assert_eq!(Rounds(vec![]).ratio_text("rps"), "—");
+        let row = rr.row("rpc".into(), "rps", Some(("≥ 0.90×", |r| r >= 0.90)));
+        assert_eq!(row.met, Some(true));
     }
 }
