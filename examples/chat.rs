@@ -16,7 +16,7 @@ use ws_kit::{
 
 /// What the server remembers about each connection.
 #[derive(Default)]
-pub struct ChatData {
+pub(crate) struct ChatData {
     username: Option<String>,
 }
 
@@ -123,7 +123,7 @@ async fn leave_room(ctx: Ctx<LeaveRoom, ChatData>) -> Result<(), WsError> {
 }
 
 /// The chat router, also used by the integration tests.
-pub fn router() -> Router<ChatData> {
+pub(crate) fn router() -> Router<ChatData> {
     Router::new()
         .routes(routes![join_room, send_message, leave_room])
         .on_open(|conn: Connection<ChatData>| async move {

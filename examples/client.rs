@@ -52,7 +52,7 @@ struct CountdownResult {
 }
 
 /// Talks to the `rpc` server at `url`; also run by the integration tests.
-pub async fn run(url: &str) -> Result<(), Box<dyn std::error::Error>> {
+pub(crate) async fn run(url: &str) -> Result<(), Box<dyn std::error::Error>> {
     let client = Client::connect(url).await?;
     println!("connected to {url}");
 

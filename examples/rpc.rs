@@ -50,14 +50,14 @@ struct CountdownResult {
 }
 
 #[handler]
-async fn ping(ctx: Ctx<Ping>) {
-    ctx.reply(Pong {
+async fn ping(ctx: Ctx<Ping>) -> Result<Pong, WsError> {
+    Ok(Pong {
         reply: format!("Got: {}", ctx.payload.text),
-    });
+    })
 }
 
 #[handler]
-async fn get_user(ctx: Ctx<GetUser>) -> Result<(), WsError> {
+async fn get_user(ctx: Ctx<GetUser>) -> Result<UserData, WsError> {
     let (name, email) = match ctx.payload.id.as_str() {
         "1" => ("Alice", "alice@example.com"),
         "2" => ("Bob", "bob@example.com"),
@@ -67,25 +67,24 @@ async fn get_user(ctx: Ctx<GetUser>) -> Result<(), WsError> {
             );
         }
     };
-    ctx.reply(UserData {
+    Ok(UserData {
         name: name.into(),
         email: email.into(),
-    });
-    Ok(())
+    })
 }
 
 #[handler]
-async fn countdown(ctx: Ctx<Countdown>) {
+async fn countdown(ctx: Ctx<Countdown>) -> Result<CountdownResult, WsError> {
     let interval = Duration::from_millis(ctx.payload.interval_ms);
     for n in (1..=ctx.payload.from).rev() {
         ctx.progress(&CountdownResult { n, done: false });
         tokio::time::sleep(interval).await;
     }
-    ctx.reply(CountdownResult { n: 0, done: true });
+    Ok(CountdownResult { n: 0, done: true })
 }
 
 /// The RPC router, also used by the integration tests.
-pub fn router() -> Router {
+pub(crate) fn router() -> Router {
     Router::new().routes(routes![ping, get_user, countdown])
 }
 

@@ -337,7 +337,7 @@ struct Plan {
 }
 
 /// Runs the comparison; prints progress to stderr and the table to stdout.
-pub fn run(quick: bool) -> ExitCode {
+pub(crate) fn run(quick: bool) -> ExitCode {
     let plan = if quick {
         Plan {
             rounds: 1,

@@ -87,7 +87,7 @@ fn parse_msg(text: &str) -> Option<MsgPayload> {
 }
 
 /// `rpc`: `conns` connections, each keeping `inflight` PINGs outstanding for `secs` seconds.
-pub async fn rpc(
+pub(crate) async fn rpc(
     url: &str,
     conns: usize,
     inflight: usize,
@@ -249,18 +249,18 @@ async fn rpc_connection(mut ws: Ws, inflight: usize, stop: Arc<AtomicBool>) -> R
 
 /// Options of the `fanout` mode.
 #[derive(Clone, Debug)]
-pub struct FanoutOptions {
+pub(crate) struct FanoutOptions {
     /// Subscribers on the one topic.
-    pub subscribers: usize,
+    pub(crate) subscribers: usize,
     /// Publisher connections.
-    pub publishers: usize,
+    pub(crate) publishers: usize,
     /// Messages per second per publisher; `None` = as fast as the system delivers, with at most
     /// `window` messages per publisher not yet delivered to every subscriber.
-    pub rate: Option<f64>,
+    pub(crate) rate: Option<f64>,
     /// Window of the full-speed mode.
-    pub window: u64,
+    pub(crate) window: u64,
     /// Seconds of publishing.
-    pub secs: f64,
+    pub(crate) secs: f64,
 }
 
 struct SubResult {
@@ -274,7 +274,7 @@ struct SubResult {
 }
 
 /// `fanout`: subscribers join one topic, publishers send `SAY` to it.
-pub async fn fanout(url: &str, opts: FanoutOptions) -> Result<serde_json::Value, String> {
+pub(crate) async fn fanout(url: &str, opts: FanoutOptions) -> Result<serde_json::Value, String> {
     check_loopback(url)?;
     let n = opts.subscribers.clamp(1, 20_000);
     let p = opts.publishers.clamp(1, 100);
@@ -513,7 +513,7 @@ const SOURCES: usize = 100;
 
 /// `idle`: opens `n` connections from [`SOURCES`] loopback source addresses, reports, then holds
 /// them for `hold` seconds.
-pub async fn idle(
+pub(crate) async fn idle(
     url: &str,
     n: usize,
     hold: f64,

@@ -19,7 +19,7 @@ use ws_kit::{Ctx, Message, Router, ServeOptions, Server, WsError, handler, route
 
 /// Which server to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// The ws-kit server, written as a ws-kit user would.
     WsKit,
     /// The hand-written tokio-tungstenite + serde_json server.
@@ -28,7 +28,7 @@ pub enum Kind {
 
 impl Kind {
     /// Parses `ws-kit` or `baseline`.
-    pub fn parse(s: &str) -> Option<Kind> {
+    pub(crate) fn parse(s: &str) -> Option<Kind> {
         match s {
             "ws-kit" | "wskit" => Some(Kind::WsKit),
             "baseline" => Some(Kind::Baseline),
@@ -37,7 +37,7 @@ impl Kind {
     }
 
     /// The name used on the command line and in the table.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Kind::WsKit => "ws-kit",
             Kind::Baseline => "baseline",
@@ -46,7 +46,7 @@ impl Kind {
 }
 
 /// Binds `127.0.0.1:port` and returns the address and the serving future.
-pub async fn bind(
+pub(crate) async fn bind(
     kind: Kind,
     port: u16,
 ) -> std::io::Result<(
@@ -117,19 +117,18 @@ struct Msg {
 }
 
 #[handler]
-async fn ping(ctx: Ctx<Ping>) {
-    ctx.reply(Pong {
+async fn ping(ctx: Ctx<Ping>) -> Result<Pong, WsError> {
+    Ok(Pong {
         reply: format!("Got: {}", ctx.payload.text),
-    });
+    })
 }
 
 #[handler]
-async fn join(ctx: Ctx<Join>) -> Result<(), WsError> {
+async fn join(ctx: Ctx<Join>) -> Result<Joined, WsError> {
     ctx.subscribe(&ctx.payload.topic).await?;
-    ctx.reply(Joined {
+    Ok(Joined {
         topic: ctx.payload.topic.clone(),
-    });
-    Ok(())
+    })
 }
 
 #[handler]
@@ -145,7 +144,7 @@ async fn say(ctx: Ctx<Say>) {
 }
 
 /// The ws-kit router: PING (RPC), JOIN (RPC), SAY (publish).
-pub fn wskit_router() -> Router {
+pub(crate) fn wskit_router() -> Router {
     Router::new().routes(routes![ping, join, say])
 }
 

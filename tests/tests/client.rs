@@ -30,9 +30,9 @@ use ws_kit::client::{
     Client, ClientError, QueuePolicy, Reconnect, RequestError, RequestOptions, State,
     TokenPlacement,
 };
-use ws_kit::http::Request as HttpRequest;
 use ws_kit::{
-    Ctx, ErrorCode, Message, Router, ServeOptions, WsError, handler, query_param, routes,
+    Ctx, ErrorCode, Message, Router, ServeOptions, UpgradeRequest, WsError, handler, query_param,
+    routes,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -146,34 +146,34 @@ impl Drop for DropGuard {
 }
 
 #[handler]
-async fn ping(ctx: Ctx<Ping, Probe>) {
+async fn ping(ctx: Ctx<Ping, Probe>) -> Result<Pong, WsError> {
     ctx.data().emit(format!("ping:{}", ctx.payload.text));
-    ctx.reply(Pong {
+    Ok(Pong {
         reply: format!("Got: {}", ctx.payload.text),
-    });
+    })
 }
 
 #[handler]
-async fn countdown(ctx: Ctx<Countdown, Probe>) {
+async fn countdown(ctx: Ctx<Countdown, Probe>) -> Result<Tick, WsError> {
     for n in (1..=ctx.payload.from).rev() {
         ctx.progress(&Tick { n });
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    ctx.reply(Tick { n: 0 });
+    Ok(Tick { n: 0 })
 }
 
 #[handler]
-async fn hang(ctx: Ctx<Hang, Probe>) {
+async fn hang(ctx: Ctx<Hang, Probe>) -> Result<Pong, WsError> {
     let probe = ctx.data().clone();
     let id = ctx.payload.id.clone();
     probe.emit(format!("timeout:{id}:{:?}", ctx.meta().timeout_ms));
     probe.emit(format!("started:{id}"));
     let _guard = DropGuard(probe, id);
-    std::future::pending::<()>().await;
+    std::future::pending().await
 }
 
 #[handler]
-async fn fail(ctx: Ctx<Fail, Probe>) -> Result<(), WsError> {
+async fn fail(ctx: Ctx<Fail, Probe>) -> Result<Pong, WsError> {
     Err(match ctx.payload.kind.as_str() {
         "unavailable" => WsError::unavailable("busy"),
         "explicit" => WsError::not_found("no such thing")
@@ -186,9 +186,9 @@ async fn fail(ctx: Ctx<Fail, Probe>) -> Result<(), WsError> {
 }
 
 #[handler]
-async fn who_am_i(ctx: Ctx<WhoAmI, Probe>) {
+async fn who_am_i(ctx: Ctx<WhoAmI, Probe>) -> Result<Pong, WsError> {
     let token = ctx.data().token.clone().unwrap_or_default();
-    ctx.reply(Pong { reply: token });
+    Ok(Pong { reply: token })
 }
 
 #[handler]
@@ -242,7 +242,7 @@ fn router() -> Router<Probe> {
 /// Every upgrade accepted; the token (if any) from `?access_token=`.
 fn options(events: &mpsc::UnboundedSender<String>) -> ServeOptions<Probe> {
     let events = events.clone();
-    ServeOptions::with_authenticate(move |req: &HttpRequest<()>| {
+    ServeOptions::with_authenticate(move |req: &UpgradeRequest| {
         Some(Probe {
             events: events.clone(),
             token: query_param(req, "access_token"),
@@ -1032,7 +1032,7 @@ fn token_in_the_query() {
     bounded_multi_thread(async {
         let (tx, _events) = events();
         let (query_tx, mut queries) = mpsc::unbounded_channel();
-        let options = ServeOptions::with_authenticate(move |req: &HttpRequest<()>| {
+        let options = ServeOptions::with_authenticate(move |req: &UpgradeRequest| {
             let _ = query_tx.send(req.uri().query().unwrap_or("").to_string());
             let token = query_param(req, "access_token").or_else(|| query_param(req, "auth"))?;
             Some(Probe {
@@ -1078,7 +1078,7 @@ fn token_as_subprotocol_with_headers() {
     bounded_multi_thread(async {
         let (tx, _events) = events();
         let (seen_tx, mut seen) = mpsc::unbounded_channel();
-        let options = ServeOptions::with_authenticate(move |req: &HttpRequest<()>| {
+        let options = ServeOptions::with_authenticate(move |req: &UpgradeRequest| {
             let header = |name: &str| {
                 req.headers()
                     .get(name)

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use ws_kit::testing::TestServer;
 use ws_kit::{
-    CloseInfo, Ctx, ErrorCode, ErrorKind, Message, Next, PayloadLimit, PublishOptions, Request,
+    CloseInfo, Ctx, ErrorCode, ErrorKind, Incoming, Message, Next, PayloadLimit, PublishOptions,
     Router, ServeOptions, WsError, handler, routes,
 };
 
@@ -123,9 +123,9 @@ struct EchoReply {
 }
 
 #[handler]
-async fn echo(ctx: Ctx<Echo, Session>) {
+async fn echo(ctx: Ctx<Echo, Session>) -> Result<EchoReply, WsError> {
     let text = ctx.payload.text.clone();
-    ctx.reply(EchoReply { text });
+    Ok(EchoReply { text })
 }
 
 /// Progress `0..n`, one every `every_ms` (virtual time in paused tests), then the reply.
@@ -143,15 +143,15 @@ struct Counted {
 }
 
 #[handler]
-async fn count(ctx: Ctx<Count, Session>) {
+async fn count(ctx: Ctx<Count, Session>) -> Result<Counted, WsError> {
     for i in 0..ctx.payload.n {
         ctx.progress(&Counted { i, done: false });
         tokio::time::sleep(Duration::from_millis(ctx.payload.every_ms)).await;
     }
-    ctx.reply(Counted {
+    Ok(Counted {
         i: ctx.payload.n,
         done: true,
-    });
+    })
 }
 
 /// Sleeps `secs` seconds (tokio time), then replies; reports `started:<id>` and `dropped:<id>`.
@@ -168,7 +168,7 @@ struct SlowReply {
 }
 
 #[handler]
-async fn slow(ctx: Ctx<Slow, Session>) {
+async fn slow(ctx: Ctx<Slow, Session>) -> Result<SlowReply, WsError> {
     let probe = ctx.data().probe.clone();
     let id = ctx.payload.id.clone();
     let mut guard = DropGuard {
@@ -180,7 +180,7 @@ async fn slow(ctx: Ctx<Slow, Session>) {
     tokio::time::sleep(Duration::from_secs(ctx.payload.secs)).await;
     guard.armed = false;
     probe.emit(format!("finished:{id}"));
-    ctx.reply(SlowReply { id });
+    Ok(SlowReply { id })
 }
 
 /// Replies with the connection's user; the middleware test puts a login check in front of it.
@@ -194,10 +194,10 @@ struct WhoAmIReply {
 }
 
 #[handler]
-async fn who_am_i(ctx: Ctx<WhoAmI, Session>) {
+async fn who_am_i(ctx: Ctx<WhoAmI, Session>) -> Result<WhoAmIReply, WsError> {
     let user = ctx.data().user.clone().unwrap_or_default();
     ctx.data().probe.emit("handler:WHO_AM_I");
-    ctx.reply(WhoAmIReply { user });
+    Ok(WhoAmIReply { user })
 }
 
 /// An event whose handler panics.
@@ -576,7 +576,7 @@ async fn duplicate_in_flight_correlation_id_is_dropped() {
 // Middleware, errors, hooks
 // ---------------------------------------------------------------------------------------------
 
-async fn require_user(req: Request<Session>, next: Next<Session>) -> Result<(), WsError> {
+async fn require_user(req: Incoming<Session>, next: Next<Session>) -> Result<(), WsError> {
     if req.data().user.is_none() {
         return Err(WsError::unauthenticated("log in first"));
     }

@@ -147,9 +147,9 @@ struct EchoReply {
 }
 
 #[handler]
-async fn echo(ctx: Ctx<Echo>) {
+async fn echo(ctx: Ctx<Echo>) -> Result<EchoReply, WsError> {
     let text = ctx.payload.text.clone();
-    ctx.reply(EchoReply { text });
+    Ok(EchoReply { text })
 }
 
 /// An event whose handler fails in the way `kind` says.

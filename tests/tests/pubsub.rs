@@ -5,9 +5,10 @@ mod support;
 use serde_json::{Value, json};
 use std::time::Duration;
 use support::{Client, bounded, bounded_multi_thread, eventually, request, serve};
+use ws_kit::pubsub::Capability;
 use ws_kit::{
-    Capability, Connection, Ctx, Message, PublishOptions, PublishResult, Router, ServeOptions,
-    WsError, handler, routes,
+    Connection, Ctx, Message, PublishOptions, PublishResult, Router, ServeOptions, WsError,
+    handler, routes,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -74,21 +75,19 @@ struct Gone {
 }
 
 #[handler]
-async fn subscribe(ctx: Ctx<Subscribe>) -> Result<(), WsError> {
+async fn subscribe(ctx: Ctx<Subscribe>) -> Result<Subscribed, WsError> {
     ctx.subscribe(&ctx.payload.topic).await?;
-    ctx.reply(Subscribed {
+    Ok(Subscribed {
         topic: ctx.payload.topic.clone(),
-    });
-    Ok(())
+    })
 }
 
 #[handler]
-async fn unsubscribe(ctx: Ctx<Unsubscribe>) -> Result<(), WsError> {
+async fn unsubscribe(ctx: Ctx<Unsubscribe>) -> Result<Subscribed, WsError> {
     ctx.unsubscribe(&ctx.payload.topic).await?;
-    ctx.reply(Subscribed {
+    Ok(Subscribed {
         topic: ctx.payload.topic.clone(),
-    });
-    Ok(())
+    })
 }
 
 fn published(result: PublishResult) -> Published {
@@ -102,7 +101,7 @@ fn published(result: PublishResult) -> Published {
 }
 
 #[handler]
-async fn publish(ctx: Ctx<Publish>) {
+async fn publish(ctx: Ctx<Publish>) -> Result<Published, WsError> {
     let mut options = PublishOptions::new();
     if ctx.payload.exclude_self == Some(true) {
         options = options.exclude_self();
@@ -114,7 +113,7 @@ async fn publish(ctx: Ctx<Publish>) {
         text: ctx.payload.text.clone(),
     };
     let result = ctx.publish_with(&ctx.payload.topic, &msg, options).await;
-    ctx.reply(published(result));
+    Ok(published(result))
 }
 
 #[handler]

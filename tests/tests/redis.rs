@@ -28,10 +28,11 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
+use ws_kit::pubsub::Capability;
 use ws_kit::redis::{Emitter, RedisOptions, RedisPubSub};
 use ws_kit::{
-    Capability, ClientId, Ctx, Message, PublishOptions, PublishResult, Router, ServeOptions,
-    WsError, handler, routes,
+    ClientId, Ctx, Message, PublishOptions, PublishResult, Router, ServeOptions, WsError, handler,
+    routes,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -119,37 +120,34 @@ struct Tick {
 }
 
 #[handler]
-async fn join(ctx: Ctx<Join>) -> Result<(), WsError> {
+async fn join(ctx: Ctx<Join>) -> Result<Joined, WsError> {
     ctx.subscribe(&ctx.payload.topic).await?;
-    ctx.reply(Joined {
+    Ok(Joined {
         topic: ctx.payload.topic.clone(),
-    });
-    Ok(())
+    })
 }
 
 #[handler]
-async fn leave(ctx: Ctx<Leave>) -> Result<(), WsError> {
+async fn leave(ctx: Ctx<Leave>) -> Result<Joined, WsError> {
     ctx.unsubscribe(&ctx.payload.topic).await?;
-    ctx.reply(Joined {
+    Ok(Joined {
         topic: ctx.payload.topic.clone(),
-    });
-    Ok(())
+    })
 }
 
 #[handler]
-async fn login(ctx: Ctx<Login>) -> Result<(), WsError> {
+async fn login(ctx: Ctx<Login>) -> Result<LoggedIn, WsError> {
     ctx.set_user_id(ctx.payload.user.clone()).await?;
-    ctx.reply(LoggedIn {
+    Ok(LoggedIn {
         user: ctx.payload.user.clone(),
-    });
-    Ok(())
+    })
 }
 
 #[handler]
-async fn ping(ctx: Ctx<Ping>) {
-    ctx.reply(Pong {
+async fn ping(ctx: Ctx<Ping>) -> Result<Pong, WsError> {
+    Ok(Pong {
         client_id: ctx.client_id().to_string(),
-    });
+    })
 }
 
 #[handler]
@@ -166,7 +164,7 @@ async fn say(ctx: Ctx<Say>) -> Result<(), WsError> {
 }
 
 #[handler]
-async fn publish(ctx: Ctx<Publish>) {
+async fn publish(ctx: Ctx<Publish>) -> Result<Published, WsError> {
     let mut options = PublishOptions::new();
     if ctx.payload.exclude_self == Some(true) {
         options = options.exclude_self();
@@ -175,10 +173,10 @@ async fn publish(ctx: Ctx<Publish>) {
         text: ctx.payload.text.clone(),
     };
     let result = ctx.publish_with(&ctx.payload.topic, &notice, options).await;
-    ctx.reply(Published {
+    Ok(Published {
         ok: result.ok,
         error: result.error.map(|e| e.code().as_str().to_string()),
-    });
+    })
 }
 
 fn router() -> Router {

@@ -8,7 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::{Client, TestServer, WAIT, roundtrip, serve};
 use tokio::sync::{Semaphore, mpsc};
-use ws_kit::{Ctx, ErrorEvent, ErrorKind, Message, Router, ServeOptions, WsError, handler, routes};
+use ws_kit::{
+    Ctx, ErrorEvent, ErrorKind, Incoming, Message, Next, Router, ServeOptions, WsError, handler,
+    routes,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Per-connection probe: handlers report to the test through it, and wait on its gate.
@@ -57,9 +60,9 @@ struct EchoReply {
 }
 
 #[handler]
-async fn echo(ctx: Ctx<Echo, Probe>) {
+async fn echo(ctx: Ctx<Echo, Probe>) -> Result<EchoReply, WsError> {
     let text = ctx.payload.text.clone();
-    ctx.reply(EchoReply { text });
+    Ok(EchoReply { text })
 }
 
 /// Waits for a permit of the gate, then replies; reports `started:<id>` and `dropped:<id>`.
@@ -76,7 +79,7 @@ struct SlowReply {
 }
 
 #[handler]
-async fn slow(ctx: Ctx<Slow, Probe>) -> Result<(), WsError> {
+async fn slow(ctx: Ctx<Slow, Probe>) -> Result<SlowReply, WsError> {
     let probe = ctx.data().clone();
     let id = ctx.payload.id.clone();
     let mut guard = DropGuard {
@@ -88,8 +91,7 @@ async fn slow(ctx: Ctx<Slow, Probe>) -> Result<(), WsError> {
     probe.gate.acquire().await.expect("gate open").forget();
     guard.armed = false;
     probe.emit(format!("finished:{id}"));
-    ctx.reply(SlowReply { id });
-    Ok(())
+    Ok(SlowReply { id })
 }
 
 /// An event whose handler waits on the gate.
@@ -117,7 +119,7 @@ struct CountReply {
 }
 
 #[handler]
-async fn count(ctx: Ctx<Count, Probe>) {
+async fn count(ctx: Ctx<Count, Probe>) -> Result<CountReply, WsError> {
     for i in 0..ctx.payload.n {
         // False once aborted; the handler is dropped at its next await then.
         ctx.progress(&CountReply { i, done: false });
@@ -125,13 +127,14 @@ async fn count(ctx: Ctx<Count, Probe>) {
             tokio::task::yield_now().await;
         }
     }
-    ctx.reply(CountReply {
+    Ok(CountReply {
         i: ctx.payload.n,
         done: true,
-    });
+    })
 }
 
-/// RPC handlers that break the rules in the way `kind` says.
+/// An RPC whose handler fails or panics in the way `kind` says. Its route also has middleware
+/// (`meddle`) that breaks the rules for correlation ids starting with `skip` or `late`.
 #[derive(Message)]
 #[rpc(response = EchoReply)]
 struct Misbehave {
@@ -139,30 +142,10 @@ struct Misbehave {
 }
 
 #[handler]
-async fn misbehave(ctx: Ctx<Misbehave, Probe>) -> Result<(), WsError> {
+async fn misbehave(ctx: Ctx<Misbehave, Probe>) -> Result<EchoReply, WsError> {
     let probe = ctx.data().clone();
-    let reply = |text: &str| EchoReply { text: text.into() };
     match ctx.payload.kind.as_str() {
-        "none" => {}
-        "noneAfterAwait" => tokio::task::yield_now().await,
-        "progressThenNone" => {
-            ctx.progress(&reply("working"));
-        }
-        "twice" => {
-            ctx.reply(reply("first"));
-            tokio::task::yield_now().await;
-            ctx.reply(reply("second"));
-            let sent = ctx.progress(&reply("late"));
-            probe.emit(format!("progress:{sent} finished:{}", ctx.is_finished()));
-        }
-        "errorThenReply" => {
-            ctx.error(WsError::not_found("no such thing"));
-            ctx.reply(reply("too late"));
-        }
-        "replyThenErr" => {
-            ctx.reply(reply("ok"));
-            return Err(WsError::aborted("too late"));
-        }
+        "ok" => {}
         "fail" => {
             tokio::task::yield_now().await;
             return Err(WsError::not_found("no such user").with_details(json!({ "id": "7" })));
@@ -171,6 +154,21 @@ async fn misbehave(ctx: Ctx<Misbehave, Probe>) -> Result<(), WsError> {
         other => panic!("unknown kind {other}"),
     }
     probe.emit("returned");
+    Ok(EchoReply { text: "ok".into() })
+}
+
+/// Per-route middleware of `misbehave`: a request whose id starts with `skip` is answered by
+/// neither the handler nor an error; one starting with `late` fails after the handler replied.
+async fn meddle(msg: Incoming<Probe>, next: Next<Probe>) -> Result<(), WsError> {
+    let cid = msg.meta().correlation_id.clone().unwrap_or_default();
+    if cid.starts_with("skip") {
+        msg.data().emit("skipped");
+        return Ok(());
+    }
+    next.run().await?;
+    if cid.starts_with("late") {
+        return Err(WsError::aborted("too late"));
+    }
     Ok(())
 }
 
@@ -255,7 +253,14 @@ async fn start(configure: impl FnOnce(ServeOptions<Probe>) -> ServeOptions<Probe
         gate: gate.clone(),
     };
     let router = Router::<Probe>::new()
-        .routes(routes![echo, slow, slow_event, count, misbehave, seq])
+        .routes(routes![
+            echo,
+            slow,
+            slow_event,
+            count,
+            misbehave.middleware(meddle),
+            seq
+        ])
         .on_error(move |e: &ErrorEvent| {
             let _ = errors_tx.send(e.clone());
         });
@@ -348,32 +353,30 @@ async fn progress_frames_then_terminal_in_order() {
     );
 }
 
-/// §4/§5: an RPC handler that finishes without a terminal → `RPC_ERROR INTERNAL`, reported.
+/// §4/§5: an RPC handler cannot finish without a terminal (it returns its reply; the ui tests
+/// pin that), but middleware can return `Ok` without running it → `RPC_ERROR INTERNAL`, reported.
 #[tokio::test]
-async fn rpc_handler_finishing_without_reply_is_internal_error() {
+async fn rpc_middleware_that_skips_the_handler_is_internal_error() {
     let mut h = start(|o| o).await;
     let mut client = h.client().await;
-    for (i, kind) in ["none", "noneAfterAwait", "progressThenNone"]
-        .into_iter()
-        .enumerate()
-    {
-        let cid = format!("n{i}");
+    for cid in ["skip1", "skip2"] {
         client
-            .send(rpc("MISBEHAVE", json!({"kind": kind}), &cid))
+            .send(rpc("MISBEHAVE", json!({"kind": "ok"}), cid))
             .await;
-        let mut frame = client.recv().await;
-        if kind == "progressThenNone" {
-            assert_eq!(frame["type"], "$ws:rpc-progress");
-            frame = client.recv().await;
-        }
-        assert_rpc_error(&frame, &cid, "INTERNAL");
+        assert_rpc_error(&client.recv().await, cid, "INTERNAL");
         let event = h.error().await;
-        assert_eq!(event.kind, ErrorKind::MissingTerminal, "for {kind}");
-        assert_eq!(event.correlation_id.as_deref(), Some(cid.as_str()));
+        assert_eq!(event.kind, ErrorKind::MissingTerminal);
+        assert_eq!(event.correlation_id.as_deref(), Some(cid));
         assert_eq!(event.message_type.as_deref(), Some("MISBEHAVE"));
-        h.expect_event("returned").await;
+        h.expect_event("skipped").await;
     }
     client.expect_silence(SILENCE).await;
+    // Through the same middleware, a request it lets pass gets the handler's reply.
+    assert_eq!(
+        roundtrip(&mut client, rpc("MISBEHAVE", json!({"kind": "ok"}), "pass")).await,
+        json!({"type": "ECHO_REPLY", "meta": {"correlationId": "pass"}, "payload": {"text": "ok"}})
+    );
+    h.expect_event("returned").await;
 }
 
 /// §4/§5: an RPC handler's error is the request's `RPC_ERROR`, passed through as it is.
@@ -419,62 +422,27 @@ async fn rpc_handler_panic_is_internal_error() {
     );
 }
 
-/// §5: a second reply is not sent (reported as after-terminal); progress after the terminal is
-/// refused.
+/// §5: exactly one terminal: an error that middleware returns after the handler replied is not
+/// sent (reported as after-terminal).
 #[tokio::test]
-async fn second_reply_is_ignored() {
+async fn error_after_the_reply_is_not_sent() {
     let mut h = start(|o| o).await;
     let mut client = h.client().await;
     let frame = roundtrip(
         &mut client,
-        rpc("MISBEHAVE", json!({"kind": "twice"}), "t1"),
+        rpc("MISBEHAVE", json!({"kind": "ok"}), "late1"),
     )
     .await;
     assert_eq!(
         frame,
-        json!({"type": "ECHO_REPLY", "meta": {"correlationId": "t1"}, "payload": {"text": "first"}})
+        json!({"type": "ECHO_REPLY", "meta": {"correlationId": "late1"}, "payload": {"text": "ok"}})
     );
-    h.expect_event("progress:false finished:true").await;
     h.expect_event("returned").await;
-    let event = h.error().await;
-    assert_eq!(event.kind, ErrorKind::AfterTerminal);
-    assert_eq!(event.correlation_id.as_deref(), Some("t1"));
-    client.expect_silence(SILENCE).await;
-}
-
-/// §5: `ctx.error` on an RPC is its terminal: a later reply is dropped; and an error returned
-/// after a reply is dropped too.
-#[tokio::test]
-async fn ctx_error_on_rpc_is_the_terminal() {
-    let mut h = start(|o| o).await;
-    let mut client = h.client().await;
-    let frame = roundtrip(
-        &mut client,
-        rpc("MISBEHAVE", json!({"kind": "errorThenReply"}), "e1"),
-    )
-    .await;
-    assert_eq!(
-        frame,
-        json!({"type": "RPC_ERROR", "meta": {"correlationId": "e1"}, "payload": {
-            "code": "NOT_FOUND", "message": "no such thing"
-        }})
-    );
-    client.expect_silence(SILENCE).await;
-    assert_eq!(h.error().await.kind, ErrorKind::AfterTerminal);
-
-    let frame = roundtrip(
-        &mut client,
-        rpc("MISBEHAVE", json!({"kind": "replyThenErr"}), "e2"),
-    )
-    .await;
-    assert_eq!(
-        frame,
-        json!({"type": "ECHO_REPLY", "meta": {"correlationId": "e2"}, "payload": {"text": "ok"}})
-    );
     client.expect_silence(SILENCE).await;
     let event = h.error().await;
     assert_eq!(event.kind, ErrorKind::AfterTerminal);
-    assert_eq!(event.correlation_id.as_deref(), Some("e2"));
+    assert_eq!(event.correlation_id.as_deref(), Some("late1"));
+    assert_eq!(event.error.code(), &ws_kit::ErrorCode::Aborted);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,10 +9,9 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use support::{Client, Event, RawClient, RawFrame, WAIT, bounded, refused, serve, stay_open_for};
 use tokio::sync::mpsc;
-use ws_kit::http::Request as HttpRequest;
 use ws_kit::{
-    CloseInfo, Connection, Ctx, Error, Message, Next, OverflowPolicy, Rejection, Request, Router,
-    ServeOptions, WsError, handler, query_param, routes,
+    CloseInfo, Connection, Ctx, Error, Incoming, Message, Next, OverflowPolicy, Rejection, Router,
+    ServeOptions, UpgradeRequest, WsError, handler, query_param, routes,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -178,7 +177,7 @@ async fn next_close(
 #[test]
 fn authenticate_with_query_token() {
     bounded(async {
-        let options = ServeOptions::with_authenticate(|req: &HttpRequest<()>| {
+        let options = ServeOptions::with_authenticate(|req: &UpgradeRequest| {
             query_param(req, "access_token").and_then(|t| user_for_token(&t))
         });
         let server = serve(identity_router(), options).await;
@@ -203,7 +202,7 @@ fn authenticate_with_query_token() {
 #[test]
 fn authenticate_with_bearer_subprotocol() {
     bounded(async {
-        let options = ServeOptions::with_authenticate(|req: &HttpRequest<()>| {
+        let options = ServeOptions::with_authenticate(|req: &UpgradeRequest| {
             let offered = req.headers().get("sec-websocket-protocol")?.to_str().ok()?;
             let token = offered
                 .split(',')
@@ -233,7 +232,7 @@ fn authenticate_with_bearer_subprotocol() {
 #[test]
 fn authenticate_custom_rejection() {
     bounded(async {
-        let options = ServeOptions::with_authenticate(|req: &HttpRequest<()>| {
+        let options = ServeOptions::with_authenticate(|req: &UpgradeRequest| {
             match query_param(req, "user") {
                 Some(user) if user == "mallory" => Err(Rejection {
                     status: 429,
@@ -789,13 +788,13 @@ fn merged_duplicate_type_is_an_error() {
 }
 
 fn step(name: &'static str) -> impl ws_kit::Middleware<Session> {
-    move |req: Request<Session>, next: Next<Session>| async move {
+    move |req: Incoming<Session>, next: Next<Session>| async move {
         req.assign(|d| d.trace.push(name.to_string()));
         next.run().await
     }
 }
 
-async fn guard(req: Request<Session>, next: Next<Session>) -> Result<(), WsError> {
+async fn guard(req: Incoming<Session>, next: Next<Session>) -> Result<(), WsError> {
     if req.message_type() == "GUARDED" {
         return Err(WsError::permission_denied("blocked by middleware"));
     }

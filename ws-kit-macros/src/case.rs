@@ -1,13 +1,13 @@
 //! Name conversions: struct names to type tags, field names to wire names.
 
 /// `JoinRoom` → `JOIN_ROOM`, `HTTPRequest` → `HTTP_REQUEST`, `Room2Msg` → `ROOM2_MSG`.
-pub fn screaming_snake(name: &str) -> String {
+pub(crate) fn screaming_snake(name: &str) -> String {
     words(name).join("_").to_uppercase()
 }
 
 /// Applies a serde-style `rename_all` rule to a Rust field name (snake_case by convention).
 /// Returns `None` for an unknown rule.
-pub fn rename_field(field: &str, rule: &str) -> Option<String> {
+pub(crate) fn rename_field(field: &str, rule: &str) -> Option<String> {
     let parts: Vec<String> = field
         .split('_')
         .filter(|p| !p.is_empty())
@@ -37,7 +37,7 @@ pub fn rename_field(field: &str, rule: &str) -> Option<String> {
 }
 
 /// The `rename_all` rules [`rename_field`] accepts, for error messages.
-pub const RULES: &str = "`camelCase`, `PascalCase`, `snake_case`, `SCREAMING_SNAKE_CASE`, `kebab-case`, `lowercase`, `UPPERCASE`";
+pub(crate) const RULES: &str = "`camelCase`, `PascalCase`, `snake_case`, `SCREAMING_SNAKE_CASE`, `kebab-case`, `lowercase`, `UPPERCASE`";
 
 fn capitalize(word: &str) -> String {
     let mut chars = word.chars();

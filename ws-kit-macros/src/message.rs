@@ -2,7 +2,7 @@
 
 use crate::case;
 use crate::errors::Errors;
-use crate::validate;
+use crate::fields::{self, Field};
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
@@ -23,15 +23,7 @@ struct Message {
     unit: bool,
 }
 
-struct Field {
-    ident: Ident,
-    ty: Type,
-    wire: String,
-    meta: bool,
-    rules: Vec<validate::Rule>,
-}
-
-pub fn expand(input: DeriveInput) -> TokenStream {
+pub(crate) fn expand(input: DeriveInput) -> TokenStream {
     let mut errors = Errors::default();
     let parsed = parse(&input, &mut errors);
     match parsed {
@@ -169,74 +161,17 @@ fn parse(input: &DeriveInput, errors: &mut Errors) -> Option<Message> {
         }
     };
 
-    let mut fields = Vec::new();
-    for field in named {
-        let ident = field.ident.clone().expect("named field");
-        let rust_name = ident.to_string();
-        let rust_name = rust_name
-            .strip_prefix("r#")
-            .unwrap_or(&rust_name)
-            .to_string();
-        let mut wire = case::rename_field(&rust_name, &rule).expect("rule checked above");
-        let mut meta = false;
-        let mut rename_seen = false;
-        let mut rules = Vec::new();
-        for attr in &field.attrs {
-            if attr.path().is_ident("message") {
-                let result = attr.parse_nested_meta(|m| {
-                    if m.path.is_ident("rename") {
-                        let lit: LitStr = m.value()?.parse()?;
-                        if rename_seen {
-                            return Err(m.error("duplicate `rename`"));
-                        }
-                        rename_seen = true;
-                        wire = lit.value();
-                        Ok(())
-                    } else if m.path.is_ident("meta") {
-                        if meta {
-                            return Err(m.error("duplicate `meta`"));
-                        }
-                        meta = true;
-                        Ok(())
-                    } else {
-                        let key = m.path.get_ident().map(ToString::to_string).unwrap_or_default();
-                        Err(m.error(format!("unknown `message` field attribute key `{key}`; expected `rename` or `meta`")))
-                    }
-                });
-                if let Err(e) = result {
-                    errors.push(e);
-                }
-            } else if attr.path().is_ident("validate") {
-                rules.extend(validate::parse(attr, errors));
-            }
-        }
-        if meta && RESERVED_META.contains(&wire.as_str()) {
+    let fields = fields::parse(&named, "message", true, &rule, errors);
+    for f in fields.iter().filter(|f| f.meta) {
+        let wire = &f.wire;
+        if RESERVED_META.contains(&wire.as_str()) {
             errors.spanned(
-                &ident,
+                &f.ident,
                 format!("`{wire}` is a reserved meta key: the server strips it from client frames and sets its own (use `ctx.client_id()` / `ctx.received_at()`)"),
             );
-        } else if meta && STANDARD_META.contains(&wire.as_str()) {
-            errors.spanned(&ident, format!("`{wire}` is a standard meta key; read it from `ctx.meta()` instead of declaring it"));
+        } else if STANDARD_META.contains(&wire.as_str()) {
+            errors.spanned(&f.ident, format!("`{wire}` is a standard meta key; read it from `ctx.meta()` instead of declaring it"));
         }
-        if let Some(other) = fields
-            .iter()
-            .find(|f: &&Field| f.wire == wire && f.meta == meta)
-        {
-            errors.spanned(
-                &ident,
-                format!(
-                    "wire name `{wire}` is already used by field `{}`",
-                    other.ident
-                ),
-            );
-        }
-        fields.push(Field {
-            ident,
-            ty: field.ty.clone(),
-            wire,
-            meta,
-            rules,
-        });
     }
 
     Some(Message {
@@ -250,10 +185,12 @@ fn parse(input: &DeriveInput, errors: &mut Errors) -> Option<Message> {
 
 fn generate(m: &Message) -> TokenStream {
     let ident = &m.ident;
+    let name = ident.to_string();
     let tag = &m.tag;
     let ws = quote!(::ws_kit::__private);
     let payload_fields: Vec<&Field> = m.fields.iter().filter(|f| !f.meta).collect();
     let meta_fields: Vec<&Field> = m.fields.iter().filter(|f| f.meta).collect();
+    let all_fields: Vec<&Field> = m.fields.iter().collect();
     let has_payload = !payload_fields.is_empty();
     let meta_keys = meta_fields.iter().map(|f| &f.wire);
 
@@ -268,24 +205,20 @@ fn generate(m: &Message) -> TokenStream {
         .map(|i| format_ident!("__meta_{}", i))
         .collect();
 
+    let checks = fields::checks(&all_fields);
     let (shadow, decode_payload, serialize_payload) = if has_payload {
+        let shadow_ty = quote!(__WsKitPayload);
+        let deserialize = fields::deserialize_impl(&shadow_ty, &name, &payload_fields);
+        let serialize = fields::serialize_body(&name, &payload_fields);
         (
             quote! {
-                #[derive(#ws::serde::Deserialize)]
-                #[serde(crate = "::ws_kit::__private::serde", deny_unknown_fields)]
                 struct __WsKitPayload {
-                    #( #[serde(rename = #p_wires)] #p_idents: #p_types, )*
+                    #( #p_idents: #p_types, )*
                 }
-                #[derive(#ws::serde::Serialize)]
-                #[serde(crate = "::ws_kit::__private::serde")]
-                struct __WsKitPayloadRef<'__a> {
-                    #( #[serde(rename = #p_wires)] #p_idents: &'__a #p_types, )*
-                }
+                #deserialize
             },
             quote!(let __payload = #ws::decode_payload::<__WsKitPayload>(__raw_payload, &mut __issues);),
-            quote! {
-                #ws::serde::Serialize::serialize(&__WsKitPayloadRef { #( #p_idents: &self.#p_idents, )* }, __serializer)
-            },
+            serialize,
         )
     } else {
         (
@@ -319,7 +252,7 @@ fn generate(m: &Message) -> TokenStream {
     // (`FastField`) and by serde_json otherwise, chosen per field by method lookup on
     // `&&&Pick<T>` (see `Pick`). Declared meta fields arrive as raw text (the frame's `meta` may
     // come after its `payload`), each read on a cursor of its own.
-    let decode_direct = {
+    let scan_payload = {
         let slots: Vec<Ident> = (0..p_idents.len())
             .map(|i| format_ident!("__field{}", i))
             .collect();
@@ -383,7 +316,7 @@ fn generate(m: &Message) -> TokenStream {
                 }
             }
         };
-        // An absent meta key reads as `null`, as on the full path (`decode_meta_field`).
+        // An absent meta key reads as `null`, as on the full path (`meta_value`).
         let read_meta = quote! {
             #(
                 let #m_locals: #m_types = {
@@ -418,10 +351,9 @@ fn generate(m: &Message) -> TokenStream {
             }
         };
         quote! {
-            #[doc(hidden)]
             // `&&&Pick` is the point: method lookup picks the reader by the receiver's depth.
             #[allow(clippy::needless_borrow)]
-            fn __scan_payload(
+            fn scan_payload(
                 __payload: ::core::option::Option<&mut #ws::Scan<'_>>,
                 __meta: &[(&str, &str)],
             ) -> ::core::option::Option<Self> {
@@ -434,50 +366,64 @@ fn generate(m: &Message) -> TokenStream {
         }
     };
 
-    let validations = m.fields.iter().map(|f| {
-        let field = &f.ident;
-        let path = if f.meta {
-            format!("meta.{}", f.wire)
-        } else {
-            format!("payload.{}", f.wire)
-        };
-        validate::expand(&f.rules, quote!(self.#field), &path)
-    });
+    let payload_validations =
+        fields::validations(&payload_fields, &quote!("payload"), Some("payload"));
+    let meta_validations = fields::validations(&meta_fields, &quote!("meta"), Some("meta"));
 
-    let (is_rpc, kind_impl) = match &m.response {
+    let (is_rpc, reply, kind_impl) = match &m.response {
         Some(response) => (
             true,
+            quote!(<Self as ::ws_kit::RpcMessage>::Response),
             quote_spanned! {response.span()=>
                 impl ::ws_kit::RpcMessage for #ident {
                     type Response = #response;
                 }
             },
         ),
-        None => (false, quote!(impl ::ws_kit::EventMessage for #ident {})),
+        None => (
+            false,
+            quote!(()),
+            quote!(impl ::ws_kit::EventMessage for #ident {}),
+        ),
+    };
+
+    let (use_read, use_write) = if meta_fields.is_empty() {
+        (quote!(), quote!())
+    } else {
+        (
+            quote!(use #ws::{PickNoRead as _, PickRead as _};),
+            quote!(use #ws::{PickNoWrite as _, PickWrite as _};),
+        )
     };
 
     quote! {
         const _: () = {
+            #checks
             #shadow
 
+            #[automatically_derived]
             impl ::ws_kit::Message for #ident {
                 const TYPE: &'static str = #tag;
-                #[doc(hidden)]
-                const __IS_RPC: bool = #is_rpc;
-                #[doc(hidden)]
-                const __HAS_PAYLOAD: bool = #has_payload;
-                #[doc(hidden)]
-                const __META_KEYS: &'static [&'static str] = &[#(#meta_keys),*];
+            }
 
-                #[doc(hidden)]
-                fn __decode(
+            #[automatically_derived]
+            impl #ws::Codec for #ident {
+                const IS_RPC: bool = #is_rpc;
+                const HAS_PAYLOAD: bool = #has_payload;
+                const META_KEYS: &'static [&'static str] = &[#(#meta_keys),*];
+                type Reply = #reply;
+
+                // `&&Pick` is the point: method lookup picks the reader by the receiver's depth.
+                #[allow(clippy::needless_borrow)]
+                fn decode(
                     __raw_payload: ::core::option::Option<&#ws::RawValue>,
                     __meta: &[(::std::borrow::Cow<'_, str>, &#ws::RawValue)],
                 ) -> ::core::result::Result<Self, ::std::vec::Vec<::ws_kit::Issue>> {
+                    #use_read
                     let mut __issues = ::std::vec::Vec::new();
-                    #ws::check_meta_keys(__meta, <Self as ::ws_kit::Message>::__META_KEYS, &mut __issues);
+                    #ws::check_meta_keys(__meta, <Self as #ws::Codec>::META_KEYS, &mut __issues);
                     #decode_payload
-                    #( let #m_locals = #ws::decode_meta_field::<#m_types>(__meta, #m_wires, &mut __issues); )*
+                    #( let #m_locals = (&&#ws::Pick::<#m_types>::new()).meta_value(__meta, #m_wires, &mut __issues); )*
                     let __build = || -> ::core::option::Option<Self> {
                         #construct_bind
                         ::core::option::Option::Some(#construct)
@@ -490,29 +436,31 @@ fn generate(m: &Message) -> TokenStream {
                     }
                 }
 
-                #decode_direct
+                #scan_payload
 
-                #[doc(hidden)]
                 // `length` bounds are cast to `u64` whatever their type; a `u64` one is a trivial cast.
-                #[allow(trivial_numeric_casts, clippy::unnecessary_cast)]
-                fn __validate(&self, __issues: &mut ::std::vec::Vec<::ws_kit::Issue>) {
-                    #( #validations )*
+                // `&&Pick` picks the nested check by the receiver's depth.
+                #[allow(trivial_numeric_casts, clippy::unnecessary_cast, clippy::needless_borrow)]
+                fn validate(&self, __issues: &mut ::std::vec::Vec<::ws_kit::Issue>) {
+                    #payload_validations
+                    #meta_validations
                 }
 
-                #[doc(hidden)]
-                fn __serialize_payload<__S: #ws::serde::Serializer>(
+                #[allow(clippy::needless_borrow)]
+                fn serialize_payload<__S: #ws::serde::Serializer>(
                     &self,
                     __serializer: __S,
                 ) -> ::core::result::Result<__S::Ok, __S::Error> {
                     #serialize_payload
                 }
 
-                #[doc(hidden)]
-                fn __serialize_meta<__M: #ws::serde::ser::SerializeMap>(
+                #[allow(clippy::needless_borrow)]
+                fn serialize_meta<__M: #ws::serde::ser::SerializeMap>(
                     &self,
                     __map: &mut __M,
                 ) -> ::core::result::Result<(), __M::Error> {
-                    #( __map.serialize_entry(#m_wires, &self.#m_idents)?; )*
+                    #use_write
+                    #( (&&#ws::Pick::<#m_types>::new()).write_entry(__map, #m_wires, &self.#m_idents)?; )*
                     ::core::result::Result::Ok(())
                 }
             }

@@ -11,7 +11,7 @@ use syn::spanned::Spanned;
 use syn::{Expr, LitStr, meta::ParseNestedMeta};
 
 /// One constraint on one field, ready to expand.
-pub struct Rule {
+pub(crate) struct Rule {
     /// Tokens of a `bool` expression that is true when the value is valid; `VALUE` is `&field`.
     check: TokenStream,
     /// Tokens of a `String` expression for the default message.
@@ -19,7 +19,7 @@ pub struct Rule {
 }
 
 /// Parses one `#[validate(...)]` attribute into rules.
-pub fn parse(attr: &syn::Attribute, errors: &mut Errors) -> Vec<Rule> {
+pub(crate) fn parse(attr: &syn::Attribute, errors: &mut Errors) -> Vec<Rule> {
     let mut rules = Vec::new();
     let result = attr.parse_nested_meta(|meta| {
         let name = meta
@@ -175,8 +175,9 @@ fn respan(tokens: TokenStream, span: proc_macro2::Span) -> TokenStream {
         .collect()
 }
 
-/// Expands the rules of one field into statements that push issues.
-pub fn expand(rules: &[Rule], access: TokenStream, wire_path: &str) -> TokenStream {
+/// Expands the rules of one field into statements that push issues. `wire_path` is an expression
+/// of the field's path, evaluated only when a rule fails.
+pub(crate) fn expand(rules: &[Rule], access: TokenStream, wire_path: &TokenStream) -> TokenStream {
     let checks = rules.iter().map(|Rule { check, message }| {
         quote! {
             {

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::hint::black_box;
 use ws_kit::__bench::{Conn, Fanout, encode_reply};
 use ws_kit::tungstenite::{Message as WsMessage, Utf8Bytes};
-use ws_kit::{Ctx, Message, Router, handler, routes};
+use ws_kit::{Ctx, Message, Router, WsError, handler, routes};
 
 // ---- ws-kit messages and handlers ----
 
@@ -47,10 +47,10 @@ async fn send_message(ctx: Ctx<SendMessage>) {
 }
 
 #[handler]
-async fn ping(ctx: Ctx<Ping>) {
-    ctx.reply(Pong {
+async fn ping(ctx: Ctx<Ping>) -> Result<Pong, WsError> {
+    Ok(Pong {
         reply: ctx.payload.text.clone(),
-    });
+    })
 }
 
 // ---- the bare serde_json equivalents ----

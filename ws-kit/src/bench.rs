@@ -2,50 +2,53 @@
 //! per-message path, without sockets. Not a public API: it may change or go away at any time.
 //!
 //! [`Conn::dispatch`] calls the function the read loop calls for each text frame
-//! (`connection::on_text`): envelope, reserved types, routing, decode, validation, the handler run
-//! to its first wait, and whatever it queues on the connection's outbound queue.
+//! (`read_loop::Reader::dispatch`): envelope, reserved types, routing, decode, validation, the
+//! handler run to its first wait, and whatever it queues on the connection's outbound queue.
 //! Call it inside a Tokio runtime context (`Runtime::enter`): an RPC builds its deadline timer.
 
-use crate::connection::{LoopConfig, on_text};
-use crate::context::Connection;
+use crate::app::App;
+use crate::codec::ReplyFrame;
+use crate::connection::Connection;
+use crate::connection::shared::Limits;
 use crate::error::Error;
 use crate::message::Message;
 use crate::outbound::{Outbound, OverflowPolicy};
+use crate::publisher::Publisher;
 use crate::pubsub::{MemoryPubSub, PubSub, PublishResult, Subscriber};
-use crate::router::{Limits, Publisher, Router};
-use crate::wire::{self, Layout, OutMeta};
+use crate::read_loop::{LoopConfig, Reader};
+use crate::router::Router;
 use futures_util::FutureExt;
 use std::collections::VecDeque;
+use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
-
-/// The limits of `ServeOptions::default()`.
-fn default_limits() -> Limits {
-    Limits {
-        max_inflight_rpcs: 1000,
-        max_queued_bytes: 1024 * 1024,
-        overflow: OverflowPolicy::Close,
-        max_topics_per_connection: 1000,
-        max_rpc_timeout: None,
-    }
-}
 
 /// One connection of a built router, fed frames directly.
 pub struct Conn<D: Send + Sync + 'static = ()> {
     conn: Connection<D>,
+    app: Arc<App<D>>,
     config: LoopConfig,
     tasks: JoinSet<()>,
+}
+
+impl<D: Send + Sync + 'static> fmt::Debug for Conn<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Conn")
+            .field("conn", &self.conn)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<D: Send + Sync + 'static> Conn<D> {
     /// Builds the router (default `ServeOptions` limits) and one connection with `data`.
     /// The connection joins no topics and runs no `on_open` hooks.
-    pub fn new(router: Router<D>, data: D) -> Result<Self, Error> {
-        let app = router.build(default_limits())?;
+    pub fn new<S: Send + Sync + 'static>(router: Router<D, S>, data: D) -> Result<Self, Error> {
+        let app = router.build(Limits::default())?;
         Ok(Conn {
-            conn: Connection::new(uuid::Uuid::now_v7(), data, app),
+            conn: Connection::new(uuid::Uuid::now_v7(), data, app.shared.clone()),
+            app,
             config: LoopConfig {
                 max_payload_bytes: 1024 * 1024,
                 heartbeat_interval: Duration::from_secs(30),
@@ -60,7 +63,10 @@ impl<D: Send + Sync + 'static> Conn<D> {
 
     /// Handles one text frame exactly as the read loop does.
     pub fn dispatch(&mut self, text: &str) {
-        on_text(&self.conn, &self.config, text, &mut self.tasks);
+        let mut reader = Reader::new(&self.conn, &self.app, &self.config);
+        std::mem::swap(&mut reader.tasks, &mut self.tasks);
+        reader.dispatch(text, SystemTime::now());
+        std::mem::swap(&mut reader.tasks, &mut self.tasks);
     }
 
     /// Takes every frame queued on the connection's outbound queue (what the writer would send).
@@ -80,6 +86,7 @@ impl<D: Send + Sync + 'static> Conn<D> {
 }
 
 /// The in-memory engine with `n` subscribers of one topic, each with its own outbound queue.
+#[derive(Debug)]
 pub struct Fanout {
     publisher: Publisher,
     queues: Vec<Arc<Outbound>>,
@@ -120,11 +127,10 @@ impl Fanout {
     }
 }
 
-/// Encodes a reply frame as `Ctx::reply` does (`{"type","meta":{"correlationId"},"payload"}`).
+/// Encodes a reply frame as a request's task does (`{"type","meta":{"correlationId"},"payload"}`).
 pub fn encode_reply<M: Message>(response: &M, correlation_id: &str) -> Utf8Bytes {
-    let meta = OutMeta {
-        correlation_id: Some(correlation_id),
-        user: None,
-    };
-    wire::encode_message(response, meta, Layout::Direct).expect("the reply encodes")
+    match response.reply_frame(Some(correlation_id)) {
+        Some(Ok(frame)) => frame,
+        _ => panic!("the reply encodes"),
+    }
 }

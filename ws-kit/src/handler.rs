@@ -1,15 +1,19 @@
-//! Handlers and route tables. `#[handler]` implements [`Handler`]; `routes!` builds a [`Routes`].
+//! Handlers: the [`Handler`] trait that `#[handler]` implements, what a handler returns
+//! ([`Reply`]), and a handler with its route options ([`Route`]: per-message middleware, ordered
+//! dispatch).
 
-use crate::connection;
-use crate::context::{Connection, Ctx};
+use crate::codec::{Codec, ReplyFrame};
+use crate::ctx::Ctx;
 use crate::error::WsError;
 use crate::message::Message;
-use crate::middleware::{Middleware, Next};
-use crate::wire::Envelope;
-use futures_util::future::BoxFuture;
+use crate::middleware::{Chain, Middleware};
+use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::SystemTime;
+
+/// What a handler of `M` returns on success: `()` for an event, the response for a request
+/// (`#[rpc(response = Pong)]` → `Pong`).
+pub type Reply<M> = <M as Codec>::Reply;
 
 /// A message handler. Write an `async fn` with `#[handler]` rather than implementing this.
 ///
@@ -17,199 +21,175 @@ use std::time::SystemTime;
 /// use ws_kit::{handler, Ctx, Message, WsError};
 ///
 /// #[derive(Message)]
+/// #[rpc(response = Pong)]
 /// struct Ping { text: String }
 ///
+/// #[derive(Message)]
+/// struct Pong { reply: String }
+///
 /// #[handler]
-/// async fn ping(ctx: Ctx<Ping>) -> Result<(), WsError> {
-///     println!("{}", ctx.payload.text);
-///     Ok(())
+/// async fn ping(ctx: Ctx<Ping>) -> Result<Pong, WsError> {
+///     Ok(Pong { reply: format!("Got: {}", ctx.payload.text) })
 /// }
 /// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a ws-kit handler",
-    note = "put `#[ws_kit::handler]` on an `async fn(ctx: Ctx<Message, Data>)`"
+    note = "put `#[ws_kit::handler]` on an `async fn(ctx: Ctx<Message, Data, State>)`"
 )]
 pub trait Handler: Send + Sync + 'static {
     /// The message this handler receives.
-    type Message: Message;
+    type Message: Message<Reply: ReplyFrame>;
     /// The per-connection data type.
     type Data: Send + Sync + 'static;
+    /// The router's state type (`()` when the router has none).
+    type State: Send + Sync + 'static;
 
-    /// Runs the handler.
+    /// Runs the handler: `Ok(reply)` for a request (the reply is its terminal frame), `Ok(())`
+    /// for an event; `Err` sends the error.
     fn call(
         &self,
-        ctx: Ctx<Self::Message, Self::Data>,
-    ) -> impl Future<Output = Result<(), WsError>> + Send + 'static;
+        ctx: Ctx<Self::Message, Self::Data, Self::State>,
+    ) -> impl Future<Output = Result<Reply<Self::Message>, WsError>> + Send + 'static;
 
     /// Runs `middleware` before this handler only (after the router's global middleware).
-    fn middleware<Mw: Middleware<Self::Data>>(self, middleware: Mw) -> Layered<Self>
+    fn middleware<Mw: Middleware<Self::Data>>(self, middleware: Mw) -> Route<Self>
     where
         Self: Sized,
     {
-        Layered {
-            handler: Arc::new(self),
-            chain: Arc::new([Arc::new(middleware) as Arc<dyn Middleware<Self::Data>>]),
-        }
+        Route::new(self).middleware(middleware)
+    }
+
+    /// Dispatches this message in order: its handler starts after every earlier handler of the
+    /// connection finished, and later frames wait until it finished (`$ws:abort` and
+    /// `__heartbeat` still act at once). See [`Router::ordered`](crate::Router::ordered).
+    fn ordered(self) -> Route<Self>
+    where
+        Self: Sized,
+    {
+        Route::new(self).ordered()
     }
 }
 
-/// A handler with per-message middleware in front of it.
-pub struct Layered<H: Handler> {
-    handler: Arc<H>,
-    chain: Arc<[Arc<dyn Middleware<H::Data>>]>,
+/// A handler with its route options: per-message middleware, ordered dispatch. Made by
+/// [`Handler::middleware`] and [`Handler::ordered`]; added like a handler (`Router::on`,
+/// `Router::rpc`, `routes![ping.middleware(audit)]`).
+pub struct Route<H: Handler> {
+    pub(crate) handler: H,
+    pub(crate) middleware: Chain<H::Data>,
+    pub(crate) ordered: bool,
 }
 
-impl<H: Handler> Layered<H> {
+impl<H: Handler + fmt::Debug> fmt::Debug for Route<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Route")
+            .field("handler", &self.handler)
+            .field("middleware", &self.middleware.len())
+            .field("ordered", &self.ordered)
+            .finish()
+    }
+}
+
+impl<H: Handler> Route<H> {
+    pub(crate) fn new(handler: H) -> Self {
+        Route {
+            handler,
+            middleware: Arc::new([]),
+            ordered: false,
+        }
+    }
+
     /// Adds another middleware, run after the ones already added.
-    pub fn middleware<Mw: Middleware<H::Data>>(self, middleware: Mw) -> Layered<H> {
-        let mut chain: Vec<_> = self.chain.iter().cloned().collect();
+    pub fn middleware<Mw: Middleware<H::Data>>(mut self, middleware: Mw) -> Route<H> {
+        let mut chain: Vec<_> = self.middleware.iter().cloned().collect();
         chain.push(Arc::new(middleware));
-        Layered {
-            handler: self.handler,
-            chain: chain.into(),
-        }
+        self.middleware = chain.into();
+        self
+    }
+
+    /// Dispatches this message in order (see [`Handler::ordered`]).
+    pub fn ordered(mut self) -> Route<H> {
+        self.ordered = true;
+        self
     }
 }
 
-impl<H: Handler> Handler for Layered<H> {
-    type Message = H::Message;
-    type Data = H::Data;
-
-    fn call(
-        &self,
-        ctx: Ctx<H::Message, H::Data>,
-    ) -> impl Future<Output = Result<(), WsError>> + Send + 'static {
-        let request = ctx.request();
-        let handler = self.handler.clone();
-        let endpoint = Box::pin(async move { handler.call(ctx).await });
-        Next::new(self.chain.clone(), request, endpoint).run()
-    }
-}
-
-/// The one-pass decoder declined a frame: parse it in full instead.
-#[doc(hidden)]
-#[derive(Debug)]
-pub struct Declined;
-
-/// A route, type-erased: decodes a frame for its message type and starts the handler.
-#[doc(hidden)]
-pub trait DynRoute<D>: Send + Sync {
-    fn message_type(&self) -> &'static str;
-    fn dispatch(
-        &self,
-        env: Envelope<'_>,
-        received_at: SystemTime,
-        conn: &Connection<D>,
-    ) -> Option<BoxFuture<'static, ()>>;
-    /// The one-pass path: `Err` when the frame needs the full parse.
-    fn dispatch_text(
-        &self,
-        text: &str,
-        received_at: SystemTime,
-        conn: &Connection<D>,
-    ) -> Result<Option<BoxFuture<'static, ()>>, Declined>;
-}
-
-impl<H: Handler> DynRoute<H::Data> for H {
-    fn message_type(&self) -> &'static str {
-        H::Message::TYPE
-    }
-
-    fn dispatch(
-        &self,
-        env: Envelope<'_>,
-        received_at: SystemTime,
-        conn: &Connection<H::Data>,
-    ) -> Option<BoxFuture<'static, ()>> {
-        connection::dispatch(self, env, received_at, conn)
-    }
-
-    fn dispatch_text(
-        &self,
-        text: &str,
-        received_at: SystemTime,
-        conn: &Connection<H::Data>,
-    ) -> Result<Option<BoxFuture<'static, ()>>, Declined> {
-        connection::dispatch_direct(self, text, received_at, conn)
-    }
-}
-
-/// A table of routes: `find` is one `match` on the type tag (generated by `routes!`).
-#[doc(hidden)]
-pub trait RouteTable<D>: Send + Sync + 'static {
-    fn find(&self, tag: &str) -> Option<&dyn DynRoute<D>>;
-    fn tags(&self) -> Vec<&'static str>;
-}
-
-/// A set of routes built by [`routes!`](crate::routes), added to a router with `Router::routes`.
-pub struct Routes<D> {
-    pub(crate) table: Box<dyn RouteTable<D>>,
-}
-
-impl<D: 'static> Routes<D> {
-    #[doc(hidden)]
-    pub fn from_table(table: impl RouteTable<D>) -> Self {
-        Routes {
-            table: Box::new(table),
-        }
-    }
-}
-
-/// One route added with `Router::on` or `Router::rpc`.
-pub(crate) struct Single<H>(pub H);
-
-impl<H: Handler> RouteTable<H::Data> for Single<H> {
-    fn find(&self, tag: &str) -> Option<&dyn DynRoute<H::Data>> {
-        (tag == H::Message::TYPE).then_some(&self.0 as &dyn DynRoute<H::Data>)
-    }
-    fn tags(&self) -> Vec<&'static str> {
-        vec![H::Message::TYPE]
-    }
-}
-
-/// What a handler may return: `()` or `Result<(), E>` with `E: Into<WsError>`.
+/// A handler, or a handler with route options ([`Route`]): what a router takes.
 #[diagnostic::on_unimplemented(
-    message = "a handler must return `()` or `Result<(), E>` where `E: Into<WsError>`, not `{Self}`",
-    label = "unsupported return type",
-    note = "reply to an RPC with `ctx.reply(..)`; return `Err(..)` to send an error"
+    message = "`{Self}` is not a handler of this router",
+    label = "expected a `#[handler]` taking `Ctx<_, {D}, {S}>`",
+    note = "put `#[ws_kit::handler]` on an `async fn(ctx: Ctx<Message, Data, State>)`; the handlers of one router share its connection data and state types"
 )]
-pub trait IntoHandlerResult {
-    /// Converts the handler's return value.
-    fn into_handler_result(self) -> Result<(), WsError>;
+pub trait IntoRoute<D, S> {
+    /// The handler.
+    type Handler: Handler<Data = D, State = S>;
+    /// The handler with its options.
+    fn into_route(self) -> Route<Self::Handler>;
 }
 
-impl IntoHandlerResult for () {
-    fn into_handler_result(self) -> Result<(), WsError> {
-        Ok(())
+impl<H: Handler> IntoRoute<H::Data, H::State> for H {
+    type Handler = H;
+    fn into_route(self) -> Route<H> {
+        Route::new(self)
     }
 }
 
-impl<E: Into<WsError>> IntoHandlerResult for Result<(), E> {
-    fn into_handler_result(self) -> Result<(), WsError> {
+impl<H: Handler> IntoRoute<H::Data, H::State> for Route<H> {
+    type Handler = H;
+    fn into_route(self) -> Route<H> {
+        self
+    }
+}
+
+/// What a handler may return, for the message's reply type `R`: `Result<R, E>` with
+/// `E: Into<WsError>`, or `()` for an event (whose `R` is `()`). Named by `#[handler]` at the
+/// function's return type.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "this handler must return `Result<{R}, E>` (with `E: Into<WsError>`), not `{Self}`",
+    label = "expected `Result<{R}, WsError>`",
+    note = "a request's handler returns its reply (`Ok(reply)`) or an error; an event's handler returns `()` or `Result<(), E>`"
+)]
+pub trait IntoReply<R> {
+    /// Converts the handler's return value.
+    fn into_reply(self) -> Result<R, WsError>;
+}
+
+impl<R, E: Into<WsError>> IntoReply<R> for Result<R, E> {
+    fn into_reply(self) -> Result<R, WsError> {
         self.map_err(Into::into)
     }
 }
 
-/// Splits a handler's argument type into message and data.
+impl IntoReply<()> for () {
+    fn into_reply(self) -> Result<(), WsError> {
+        Ok(())
+    }
+}
+
+/// Splits a handler's argument type into message, data and state.
+#[doc(hidden)]
 #[diagnostic::on_unimplemented(
-    message = "a handler's argument must be `Ctx<Message, Data>`, not `{Self}`",
-    label = "expected `Ctx<Message, Data>`",
-    note = "write the handler as `async fn name(ctx: Ctx<MyMessage, MyData>)`"
+    message = "a handler's argument must be `Ctx<Message, Data, State>`, not `{Self}`",
+    label = "expected `Ctx<Message, Data, State>`",
+    note = "write the handler as `async fn name(ctx: Ctx<MyMessage>)` (or `Ctx<MyMessage, MyData>`, `Ctx<MyMessage, MyData, MyState>`)"
 )]
 pub trait CtxParts {
     /// The message type.
     type Message: Message;
     /// The connection data type.
     type Data: Send + Sync + 'static;
+    /// The router's state type.
+    type State: Send + Sync + 'static;
     /// The identity: lets the generated call name the argument's type, so a mismatch is reported
     /// there.
-    fn from_ctx(ctx: Ctx<Self::Message, Self::Data>) -> Self;
+    fn from_ctx(ctx: Ctx<Self::Message, Self::Data, Self::State>) -> Self;
 }
 
-impl<M: Message, D: Send + Sync + 'static> CtxParts for Ctx<M, D> {
+impl<M: Message, D: Send + Sync + 'static, S: Send + Sync + 'static> CtxParts for Ctx<M, D, S> {
     type Message = M;
     type Data = D;
-    fn from_ctx(ctx: Ctx<M, D>) -> Self {
+    type State = S;
+    fn from_ctx(ctx: Ctx<M, D, S>) -> Self {
         ctx
     }
 }

@@ -35,7 +35,7 @@ impl ReadClock {
     }
 
     /// The time of the last socket read (now, if there was none).
-    pub fn last_read(&self) -> SystemTime {
+    pub(crate) fn last_read(&self) -> SystemTime {
         match self.nanos.load(Ordering::Relaxed) {
             0 => SystemTime::now(),
             nanos => UNIX_EPOCH + Duration::from_nanos(nanos),
@@ -52,7 +52,7 @@ pub(crate) struct LazyRead<S> {
 }
 
 impl<S> LazyRead<S> {
-    pub fn new(inner: S, clock: Arc<ReadClock>) -> Self {
+    pub(crate) fn new(inner: S, clock: Arc<ReadClock>) -> Self {
         LazyRead {
             inner,
             clock,

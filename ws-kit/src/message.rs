@@ -1,13 +1,12 @@
-//! The `Message` trait that `#[derive(Message)]` implements, and the envelope's `Meta`.
+//! The `Message` trait that `#[derive(Message)]` implements, its two kinds (`RpcMessage`,
+//! `EventMessage`), and the envelope's standard `Meta`.
 
-use crate::error::Issue;
-use serde_json::value::RawValue;
-use std::borrow::Cow;
+use crate::codec::Codec;
 use std::sync::Arc;
 
 /// A message schema: a Rust struct with a wire type tag, strict decoding, validation and encoding.
 ///
-/// Derive it; do not implement it by hand (the `__` items are the derive's and may change).
+/// Derive it; it cannot be implemented by hand (its supertrait is the derive's own plumbing).
 ///
 /// ```
 /// use ws_kit::Message;
@@ -24,10 +23,16 @@ use std::sync::Arc;
 /// Attributes:
 /// - `#[message(type = "JOIN")]` overrides the tag (default: the struct name in SCREAMING_SNAKE_CASE);
 ///   `#[message(rename_all = "snake_case")]` changes the wire field names (default camelCase).
-/// - `#[rpc(response = Reply)]` makes it a request whose reply is `Reply`.
+/// - `#[rpc(response = Reply)]` makes it a request whose handler returns `Result<Reply, _>`.
 /// - On fields: `#[message(rename = "x")]`, `#[message(meta)]` (the field travels in `meta`, not
 ///   `payload`), and `#[validate(...)]` constraints (`length`, `range`, `email`, `url`, `contains`,
 ///   `does_not_contain`, `non_control_character`, `regex`, `custom`).
+///
+/// Field types: strings, numbers, `bool`, `Option<T>`, `Vec<T>`, maps with string keys,
+/// `uuid::Uuid`, `serde_json::Value`, structs that derive [`Payload`](derive@crate::Payload)
+/// (camelCase, strict and validated like a message), and any other type with serde's `Serialize`
+/// and `Deserialize` (an enum, say). An `Option` field may be absent or `null`; its rules apply
+/// only when it holds a value. `length` counts characters (Unicode scalar values), not bytes.
 ///
 /// A reserved tag is a compile error:
 /// ```compile_fail
@@ -40,42 +45,9 @@ use std::sync::Arc;
     label = "not a message",
     note = "add `#[derive(ws_kit::Message)]` to `{Self}`"
 )]
-pub trait Message: Sized + Send + Sync + 'static {
+pub trait Message: Codec + Send + Sync + 'static {
     /// The wire type tag, e.g. `"JOIN_ROOM"`.
     const TYPE: &'static str;
-    #[doc(hidden)]
-    const __IS_RPC: bool;
-    #[doc(hidden)]
-    const __HAS_PAYLOAD: bool;
-    #[doc(hidden)]
-    const __META_KEYS: &'static [&'static str];
-
-    #[doc(hidden)]
-    fn __decode(
-        payload: Option<&RawValue>,
-        meta: &[(Cow<'_, str>, &RawValue)],
-    ) -> Result<Self, Vec<Issue>>;
-
-    /// Decodes the message straight from its payload object (`None`: no payload, or `null`) and
-    /// the raw text of its declared meta keys, for the one-pass fast path. `None` only means
-    /// "take the full path": `__decode` then reports the issues. The default declines every frame.
-    #[doc(hidden)]
-    fn __scan_payload(
-        payload: Option<&mut crate::scan::Scan<'_>>,
-        meta: &[(&str, &str)],
-    ) -> Option<Self> {
-        let _ = (payload, meta);
-        None
-    }
-
-    #[doc(hidden)]
-    fn __validate(&self, issues: &mut Vec<Issue>);
-
-    #[doc(hidden)]
-    fn __serialize_payload<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error>;
-
-    #[doc(hidden)]
-    fn __serialize_meta<M: serde::ser::SerializeMap>(&self, map: &mut M) -> Result<(), M::Error>;
 }
 
 /// A request message: its handler answers with exactly one `Response` (or an error).
@@ -85,7 +57,7 @@ pub trait Message: Sized + Send + Sync + 'static {
     note = "add `#[rpc(response = YourReply)]` to `{Self}`, or register its handler with `.on(..)` as an event"
 )]
 pub trait RpcMessage: Message {
-    /// The reply type; `ctx.reply` and `ctx.progress` accept only this.
+    /// The reply type: what the handler returns, and what `ctx.progress` accepts.
     type Response: Message;
 }
 
@@ -111,13 +83,4 @@ pub struct Meta {
     pub timeout_ms: Option<u64>,
     /// The client's idempotency key.
     pub idempotency_key: Option<Box<str>>,
-}
-
-/// Wraps a message so it serializes as its wire payload object.
-pub(crate) struct PayloadOf<'a, M>(pub &'a M);
-
-impl<M: Message> serde::Serialize for PayloadOf<'_, M> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.0.__serialize_payload(s)
-    }
 }

@@ -1,17 +1,21 @@
 //! Middleware: code that runs after validation and before the handler, able to short-circuit.
 
-use crate::context::Connection;
+use crate::connection::Connection;
 use crate::error::WsError;
 use crate::message::Meta;
 use futures_util::future::BoxFuture;
+use std::fmt;
 use std::future::Future;
 use std::ops::Deref;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-/// What middleware sees of a message: its type, meta and timing, and the connection (by deref).
-/// The typed payload is the handler's alone.
-pub struct Request<D> {
+/// A middleware chain, shared by every message it runs for.
+pub(crate) type Chain<D> = Arc<[Arc<dyn Middleware<D>>]>;
+
+/// An incoming message as middleware sees it: its type, meta and timing, and the connection (by
+/// deref). The typed payload is the handler's alone.
+pub struct Incoming<D> {
     pub(crate) conn: Connection<D>,
     pub(crate) message_type: &'static str,
     pub(crate) meta: Arc<Meta>,
@@ -19,9 +23,9 @@ pub struct Request<D> {
     pub(crate) rpc: bool,
 }
 
-impl<D> Clone for Request<D> {
+impl<D> Clone for Incoming<D> {
     fn clone(&self) -> Self {
-        Request {
+        Incoming {
             conn: self.conn.clone(),
             message_type: self.message_type,
             meta: self.meta.clone(),
@@ -31,7 +35,17 @@ impl<D> Clone for Request<D> {
     }
 }
 
-impl<D> Request<D> {
+impl<D> fmt::Debug for Incoming<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Incoming")
+            .field("message_type", &self.message_type)
+            .field("meta", &self.meta)
+            .field("client_id", &self.conn.inner.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<D> Incoming<D> {
     /// The message's type tag.
     pub fn message_type(&self) -> &'static str {
         self.message_type
@@ -54,7 +68,7 @@ impl<D> Request<D> {
     }
 }
 
-impl<D> Deref for Request<D> {
+impl<D> Deref for Incoming<D> {
     type Target = Connection<D>;
     fn deref(&self) -> &Connection<D> {
         &self.conn
@@ -64,49 +78,61 @@ impl<D> Deref for Request<D> {
 /// The rest of the chain: further middleware, then the handler. Call [`Next::run`] to go on;
 /// return an error instead to stop (the error is sent to the client like a handler's).
 pub struct Next<D> {
-    chain: Arc<[Arc<dyn Middleware<D>>]>,
+    /// The router's middleware, then the route's own.
+    chains: [Chain<D>; 2],
+    chain: usize,
     index: usize,
-    request: Request<D>,
+    incoming: Incoming<D>,
     endpoint: BoxFuture<'static, Result<(), WsError>>,
 }
 
+impl<D> fmt::Debug for Next<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Next")
+            .field("message_type", &self.incoming.message_type)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<D: Send + Sync + 'static> Next<D> {
+    /// The router's middleware, then the route's, then `endpoint` (the handler).
     pub(crate) fn new(
-        chain: Arc<[Arc<dyn Middleware<D>>]>,
-        request: Request<D>,
+        global: Chain<D>,
+        route: Chain<D>,
+        incoming: Incoming<D>,
         endpoint: BoxFuture<'static, Result<(), WsError>>,
     ) -> Self {
         Next {
-            chain,
+            chains: [global, route],
+            chain: 0,
             index: 0,
-            request,
+            incoming,
             endpoint,
         }
     }
 
     /// Runs the rest of the chain and the handler.
-    pub async fn run(self) -> Result<(), WsError> {
-        match self.chain.get(self.index).cloned() {
-            Some(mw) => {
-                let request = self.request.clone();
-                let next = Next {
-                    index: self.index + 1,
-                    ..self
-                };
-                mw.handle(request, next).await
+    pub async fn run(mut self) -> Result<(), WsError> {
+        while self.chain < 2 {
+            if let Some(mw) = self.chains[self.chain].get(self.index).cloned() {
+                let incoming = self.incoming.clone();
+                self.index += 1;
+                return mw.handle(incoming, self).await;
             }
-            None => self.endpoint.await,
+            self.chain += 1;
+            self.index = 0;
         }
+        self.endpoint.await
     }
 }
 
-/// Middleware: an async function of the request and the rest of the chain.
+/// Middleware: an async function of the incoming message and the rest of the chain.
 ///
 /// ```
-/// use ws_kit::{Next, Request, Router, WsError};
+/// use ws_kit::{Incoming, Next, Router, WsError};
 ///
-/// async fn require_login(req: Request<Option<String>>, next: Next<Option<String>>) -> Result<(), WsError> {
-///     if req.data().is_none() {
+/// async fn require_login(msg: Incoming<Option<String>>, next: Next<Option<String>>) -> Result<(), WsError> {
+///     if msg.data().is_none() {
 ///         return Err(WsError::unauthenticated("log in first"));
 ///     }
 ///     next.run().await
@@ -116,24 +142,27 @@ impl<D: Send + Sync + 'static> Next<D> {
 /// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not ws-kit middleware",
-    note = "middleware is an `async fn(req: Request<Data>, next: Next<Data>) -> Result<(), WsError>`"
+    note = "middleware is an `async fn(msg: Incoming<Data>, next: Next<Data>) -> Result<(), WsError>`"
 )]
 pub trait Middleware<D>: Send + Sync + 'static {
     /// Handles one message: call `next.run().await` to continue, or return early.
-    fn handle(&self, request: Request<D>, next: Next<D>)
-    -> BoxFuture<'static, Result<(), WsError>>;
+    fn handle(
+        &self,
+        incoming: Incoming<D>,
+        next: Next<D>,
+    ) -> BoxFuture<'static, Result<(), WsError>>;
 }
 
 impl<D, F, Fut> Middleware<D> for F
 where
-    F: Fn(Request<D>, Next<D>) -> Fut + Send + Sync + 'static,
+    F: Fn(Incoming<D>, Next<D>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), WsError>> + Send + 'static,
 {
     fn handle(
         &self,
-        request: Request<D>,
+        incoming: Incoming<D>,
         next: Next<D>,
     ) -> BoxFuture<'static, Result<(), WsError>> {
-        Box::pin(self(request, next))
+        Box::pin(self(incoming, next))
     }
 }

@@ -23,10 +23,11 @@ pub enum OverflowPolicy {
 /// A close the server decided on: code and reason.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Closing {
-    pub code: u16,
-    pub reason: String,
+    pub(crate) code: u16,
+    pub(crate) reason: String,
 }
 
+/// A connection's outbound queue: frames waiting for the writer, bounded in bytes.
 pub(crate) struct Outbound {
     state: Mutex<State>,
     /// Set with `closing` or `dead`, so the read loop can check it without the lock.
@@ -60,8 +61,20 @@ struct Batch {
     finished: bool,
 }
 
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.lock();
+        f.debug_struct("Outbound")
+            .field("queued", &state.queue.len())
+            .field("bytes", &state.bytes)
+            .field("max_bytes", &self.max_bytes)
+            .field("closing", &state.closing)
+            .finish()
+    }
+}
+
 impl Outbound {
-    pub fn new(max_bytes: usize, policy: OverflowPolicy) -> Self {
+    pub(crate) fn new(max_bytes: usize, policy: OverflowPolicy) -> Self {
         Outbound {
             state: Mutex::default(),
             ended: AtomicBool::new(false),
@@ -78,11 +91,11 @@ impl Outbound {
     }
 
     /// Queues a text frame. Returns false when the connection is closing or the frame was refused.
-    pub fn push_text(&self, frame: Utf8Bytes) -> bool {
+    pub(crate) fn push_text(&self, frame: Utf8Bytes) -> bool {
         self.push(WsMessage::Text(frame))
     }
 
-    pub fn push(&self, msg: WsMessage) -> bool {
+    pub(crate) fn push(&self, msg: WsMessage) -> bool {
         let len = msg.len();
         let mut state = self.lock();
         if state.closing.is_some() || state.dead || state.finished {
@@ -128,7 +141,7 @@ impl Outbound {
 
     /// Asks for the connection to close with `code` after the frames already queued.
     /// The first close wins. Returns false if the connection was already closing.
-    pub fn close(&self, code: u16, reason: impl Into<String>) -> bool {
+    pub(crate) fn close(&self, code: u16, reason: impl Into<String>) -> bool {
         let mut state = self.lock();
         if state.closing.is_some() || state.dead {
             return false;
@@ -145,17 +158,17 @@ impl Outbound {
     }
 
     /// Whether the server decided to close, or the socket failed (no lock taken).
-    pub fn is_closing(&self) -> bool {
+    pub(crate) fn is_closing(&self) -> bool {
         self.ended.load(Ordering::Acquire)
     }
 
     /// The close the server decided on, if any.
-    pub fn closing(&self) -> Option<Closing> {
+    pub(crate) fn closing(&self) -> Option<Closing> {
         self.lock().closing.clone()
     }
 
     /// Resolves when the server decides to close this connection.
-    pub async fn closed_by_server(&self) {
+    pub(crate) async fn closed_by_server(&self) {
         loop {
             {
                 let state = self.lock();
@@ -168,7 +181,7 @@ impl Outbound {
     }
 
     /// The reader is done: the writer flushes what is queued and ends.
-    pub fn finish(&self) {
+    pub(crate) fn finish(&self) {
         self.lock().finished = true;
         self.writer.notify_one();
     }

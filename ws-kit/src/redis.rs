@@ -11,8 +11,8 @@
 //! with backoff and resubscribes every channel it still needs.
 
 use crate::error::{Error, ErrorCode, WsError};
+use crate::publisher::Publisher;
 use crate::pubsub::{Capability, ClientId, LocalTopics, PubSub, PublishResult, Subscriber};
-use crate::router::Publisher;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -141,6 +141,15 @@ struct PublishJob {
 }
 
 const STRIPES: usize = 64;
+
+impl std::fmt::Debug for RedisPubSub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisPubSub")
+            .field("prefix", &self.inner.prefix)
+            .field("connected", &self.is_connected())
+            .finish_non_exhaustive()
+    }
+}
 
 impl RedisPubSub {
     /// Connects with the default options (prefix `ws-kit:`).
@@ -504,7 +513,7 @@ impl PubSub for RedisPubSub {
 /// emitter.send_to_user("u42", &Notice { text: "your export is ready".into() }).await;
 /// # Ok(()) }
 /// ```
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Emitter {
     publisher: Publisher,
 }

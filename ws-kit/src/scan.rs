@@ -424,6 +424,7 @@ impl<T: FastField> FastField for Option<T> {
 /// `&Pick<T>`, needs `T: DeserializeOwned`), then `PickNone` (on `Pick<T>`, declines). The last
 /// one only serves a field that serde cannot decode either: the derive's own serde code reports
 /// that error, once, at the field.
+#[derive(Debug)]
 pub struct Pick<T>(PhantomData<T>);
 
 impl<T> Pick<T> {

@@ -12,21 +12,21 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use ws_kit::{Router, ServeOptions, Server, Service};
 
 /// How long a test waits for a frame that should come.
-pub const WAIT: Duration = Duration::from_secs(5);
+pub(crate) const WAIT: Duration = Duration::from_secs(5);
 
 /// A running server; shut down (gracefully) when dropped.
-pub struct TestServer<D: Send + Sync + 'static> {
-    pub addr: std::net::SocketAddr,
-    pub service: Service<D>,
-    pub task: tokio::task::JoinHandle<Result<(), ws_kit::Error>>,
+pub(crate) struct TestServer<D: Send + Sync + 'static> {
+    pub(crate) addr: std::net::SocketAddr,
+    pub(crate) service: Service<D>,
+    pub(crate) task: tokio::task::JoinHandle<Result<(), ws_kit::Error>>,
 }
 
 impl<D: Send + Sync + 'static> TestServer<D> {
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("ws://{}", self.addr)
     }
 
-    pub async fn client(&self) -> Client {
+    pub(crate) async fn client(&self) -> Client {
         Client::connect(&self.url()).await
     }
 }
@@ -38,7 +38,7 @@ impl<D: Send + Sync + 'static> Drop for TestServer<D> {
 }
 
 /// Starts `router` on a free loopback port.
-pub async fn serve<D: Send + Sync + 'static>(
+pub(crate) async fn serve<D: Send + Sync + 'static>(
     router: Router<D>,
     options: ServeOptions<D>,
 ) -> TestServer<D> {
@@ -56,24 +56,26 @@ pub async fn serve<D: Send + Sync + 'static>(
 }
 
 /// Starts `router` with default options (`D: Default`).
-pub async fn serve_default<D: Default + Send + Sync + 'static>(router: Router<D>) -> TestServer<D> {
+pub(crate) async fn serve_default<D: Default + Send + Sync + 'static>(
+    router: Router<D>,
+) -> TestServer<D> {
     serve(router, ServeOptions::new()).await
 }
 
-pub struct Client {
-    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    pub headers: tokio_tungstenite::tungstenite::http::HeaderMap,
+pub(crate) struct Client {
+    pub(crate) ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub(crate) headers: tokio_tungstenite::tungstenite::http::HeaderMap,
 }
 
 /// What `Client::next_event` saw.
 #[derive(Debug, PartialEq)]
-pub enum Event {
+pub(crate) enum Event {
     Json(Value),
     Closed(Option<u16>, String),
 }
 
 impl Client {
-    pub async fn connect(url: &str) -> Client {
+    pub(crate) async fn connect(url: &str) -> Client {
         let (ws, response) = tokio_tungstenite::connect_async(url)
             .await
             .expect("connect");
@@ -84,7 +86,7 @@ impl Client {
     }
 
     /// Connects with extra request headers; returns the HTTP error on a refused upgrade.
-    pub async fn connect_with(
+    pub(crate) async fn connect_with(
         url: &str,
         headers: &[(&str, &str)],
     ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
@@ -102,17 +104,17 @@ impl Client {
         })
     }
 
-    pub async fn send_text(&mut self, text: &str) {
+    pub(crate) async fn send_text(&mut self, text: &str) {
         self.ws.send(WsMessage::text(text)).await.expect("send");
     }
 
     /// Sends `value` as WS-Kit clients write it: `type` first (`serde_json` would sort it last).
-    pub async fn send(&mut self, value: Value) {
+    pub(crate) async fn send(&mut self, value: Value) {
         self.send_text(&type_first(&value)).await;
     }
 
     /// The next JSON frame or the close; panics after `WAIT`.
-    pub async fn next_event(&mut self) -> Event {
+    pub(crate) async fn next_event(&mut self) -> Event {
         loop {
             let frame = tokio::time::timeout(WAIT, self.ws.next())
                 .await
@@ -135,7 +137,7 @@ impl Client {
     }
 
     /// The next JSON frame; panics on close or after `WAIT`.
-    pub async fn recv(&mut self) -> Value {
+    pub(crate) async fn recv(&mut self) -> Value {
         match self.next_event().await {
             Event::Json(v) => v,
             Event::Closed(code, reason) => {
@@ -145,7 +147,7 @@ impl Client {
     }
 
     /// The next frame whose `type` is `ty`, skipping others.
-    pub async fn recv_type(&mut self, ty: &str) -> Value {
+    pub(crate) async fn recv_type(&mut self, ty: &str) -> Value {
         loop {
             let v = self.recv().await;
             if v["type"] == ty {
@@ -155,7 +157,7 @@ impl Client {
     }
 
     /// Asserts nothing arrives for `within`.
-    pub async fn expect_silence(&mut self, within: Duration) {
+    pub(crate) async fn expect_silence(&mut self, within: Duration) {
         if let Ok(frame) = tokio::time::timeout(within, self.ws.next()).await {
             match frame {
                 Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
@@ -165,7 +167,7 @@ impl Client {
     }
 
     /// Waits for the server's close frame; returns its code.
-    pub async fn expect_close(&mut self) -> Option<u16> {
+    pub(crate) async fn expect_close(&mut self) -> Option<u16> {
         loop {
             match self.next_event().await {
                 Event::Closed(code, _) => return code,
@@ -174,7 +176,7 @@ impl Client {
         }
     }
 
-    pub async fn close(&mut self, code: u16) {
+    pub(crate) async fn close(&mut self, code: u16) {
         let frame = CloseFrame {
             code: code.into(),
             reason: "bye".into(),
@@ -186,7 +188,7 @@ impl Client {
 /// Sends `request` and returns the next frame (tests keep one request in flight at a time).
 /// The JSON text of `value` with a root `type` key written first, as `JSON.stringify` writes a
 /// WS-Kit envelope; the other keys keep `serde_json`'s (sorted) order.
-pub fn type_first(value: &Value) -> String {
+pub(crate) fn type_first(value: &Value) -> String {
     let Some(map) = value.as_object().filter(|m| m.contains_key("type")) else {
         return value.to_string();
     };
@@ -200,7 +202,7 @@ pub fn type_first(value: &Value) -> String {
 
 /// The JSON text of `value` with a root `type` key written last: the server cannot read the type
 /// before parsing the whole frame.
-pub fn type_last(value: &Value) -> String {
+pub(crate) fn type_last(value: &Value) -> String {
     let Some(map) = value.as_object().filter(|m| m.contains_key("type")) else {
         return value.to_string();
     };
@@ -212,7 +214,7 @@ pub fn type_last(value: &Value) -> String {
     text
 }
 
-pub async fn roundtrip(client: &mut Client, request: Value) -> Value {
+pub(crate) async fn roundtrip(client: &mut Client, request: Value) -> Value {
     client.send(request).await;
     client.recv().await
 }
@@ -222,7 +224,7 @@ pub async fn roundtrip(client: &mut Client, request: Value) -> Value {
 
 /// Reads frames for `within`, answering pings (tungstenite does so while it is polled); panics on
 /// any text frame or close. Unlike `expect_silence`, it keeps reading for the whole duration.
-pub async fn stay_open_for(client: &mut Client, within: Duration) {
+pub(crate) async fn stay_open_for(client: &mut Client, within: Duration) {
     let deadline = tokio::time::Instant::now() + within;
     loop {
         match tokio::time::timeout_at(deadline, client.ws.next()).await {
@@ -235,7 +237,7 @@ pub async fn stay_open_for(client: &mut Client, within: Duration) {
 
 /// Sends `request` with `meta.correlationId = cid` and returns the frame carrying that id,
 /// skipping frames for other correlation ids and uncorrelated frames (pub/sub deliveries).
-pub async fn request(client: &mut Client, mut request: Value, cid: &str) -> Value {
+pub(crate) async fn request(client: &mut Client, mut request: Value, cid: &str) -> Value {
     request["meta"]["correlationId"] = Value::from(cid);
     client.send(request).await;
     loop {
@@ -248,7 +250,7 @@ pub async fn request(client: &mut Client, mut request: Value, cid: &str) -> Valu
 
 /// Waits until `check` returns true, re-checking every few milliseconds; panics after `WAIT`.
 /// Only for state no frame announces (e.g. cleanup that runs after the last frame was sent).
-pub async fn eventually<F, Fut>(what: &str, check: F)
+pub(crate) async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -257,7 +259,7 @@ where
 }
 
 /// The HTTP status and body of a refused upgrade; panics if the upgrade succeeded or failed otherwise.
-pub async fn refused(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
+pub(crate) async fn refused(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
     match Client::connect_with(url, headers).await {
         Ok(_) => panic!("upgrade to {url} was accepted; expected an HTTP refusal"),
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
@@ -273,7 +275,7 @@ pub async fn refused(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
 
 /// One frame read by a [`RawClient`].
 #[derive(Debug, Clone, PartialEq)]
-pub enum RawFrame {
+pub(crate) enum RawFrame {
     Text(String),
     Ping,
     Pong,
@@ -284,15 +286,15 @@ pub enum RawFrame {
 
 /// A WebSocket client on a bare TCP socket: it never answers pings and reads only when asked,
 /// so it can play a dead peer (heartbeat) or a slow consumer (outbound queue overflow).
-pub struct RawClient {
-    pub stream: TcpStream,
+pub(crate) struct RawClient {
+    pub(crate) stream: TcpStream,
     buf: Vec<u8>,
 }
 
 impl RawClient {
     /// Connects and upgrades on `/`. `recv_buffer` shrinks the socket's receive buffer (set before
     /// connecting, so the advertised window stays small) to keep the kernel from absorbing much.
-    pub async fn connect(addr: std::net::SocketAddr, recv_buffer: Option<u32>) -> RawClient {
+    pub(crate) async fn connect(addr: std::net::SocketAddr, recv_buffer: Option<u32>) -> RawClient {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");
         if let Some(size) = recv_buffer {
@@ -343,7 +345,7 @@ impl RawClient {
     }
 
     /// The next frame, or None at end of stream; panics after `WAIT`.
-    pub async fn read_frame(&mut self) -> Option<RawFrame> {
+    pub(crate) async fn read_frame(&mut self) -> Option<RawFrame> {
         let deadline = tokio::time::Instant::now() + WAIT;
         if !self.fill(2, deadline).await {
             return None;
@@ -386,7 +388,7 @@ impl RawClient {
     }
 
     /// Sends a masked text frame.
-    pub async fn send_text(&mut self, text: &str) {
+    pub(crate) async fn send_text(&mut self, text: &str) {
         use tokio::io::AsyncWriteExt;
         let mask = [0x12u8, 0x34, 0x56, 0x78];
         let bytes = text.as_bytes();
@@ -412,18 +414,18 @@ impl RawClient {
 }
 
 /// How long one test may run in all under [`bounded`].
-pub const TEST_LIMIT: Duration = Duration::from_secs(30);
+pub(crate) const TEST_LIMIT: Duration = Duration::from_secs(30);
 
 /// Runs a test body on a current-thread runtime of its own thread and fails the test if it has not
 /// finished within [`TEST_LIMIT`]. A server task that never yields starves the runtime it shares
 /// with the test, and then no tokio timeout can fire: this bound still holds (the starved thread is
 /// left behind and ends with the test process).
-pub fn bounded<F: std::future::Future<Output = ()> + Send + 'static>(test: F) {
+pub(crate) fn bounded<F: std::future::Future<Output = ()> + Send + 'static>(test: F) {
     bounded_on(false, test);
 }
 
 /// [`bounded`] on a two-worker multi-thread runtime.
-pub fn bounded_multi_thread<F: std::future::Future<Output = ()> + Send + 'static>(test: F) {
+pub(crate) fn bounded_multi_thread<F: std::future::Future<Output = ()> + Send + 'static>(test: F) {
     bounded_on(true, test);
 }
 
@@ -479,7 +481,7 @@ fn bounded_on<F: std::future::Future<Output = ()> + Send + 'static>(multi_thread
 // Additions for redis.rs.
 
 /// [`eventually`] with a bound of its own (for example a reconnection that takes seconds).
-pub async fn eventually_within<F, Fut>(limit: Duration, what: &str, mut check: F)
+pub(crate) async fn eventually_within<F, Fut>(limit: Duration, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -496,7 +498,7 @@ where
 
 /// [`bounded_multi_thread`] with a bound of its own instead of [`TEST_LIMIT`] (load tests,
 /// reconnection). Same guarantees: the bound holds even if the runtime is starved.
-pub fn bounded_multi_thread_within<F: std::future::Future<Output = ()> + Send + 'static>(
+pub(crate) fn bounded_multi_thread_within<F: std::future::Future<Output = ()> + Send + 'static>(
     limit: Duration,
     test: F,
 ) {
@@ -530,7 +532,7 @@ pub fn bounded_multi_thread_within<F: std::future::Future<Output = ()> + Send + 
 
 impl RawClient {
     /// The socket and the bytes already read from it but not yet parsed, for a reader of one's own.
-    pub fn into_parts(self) -> (TcpStream, Vec<u8>) {
+    pub(crate) fn into_parts(self) -> (TcpStream, Vec<u8>) {
         (self.stream, self.buf)
     }
 }
@@ -540,7 +542,7 @@ impl RawClient {
 
 /// Starts `router` on a given loopback address: a server "restarted" on the port of one that was
 /// shut down. Waits (bounded) for the port while the old listener is going away.
-pub async fn serve_at<D: Send + Sync + 'static>(
+pub(crate) async fn serve_at<D: Send + Sync + 'static>(
     router: Router<D>,
     options: ServeOptions<D>,
     addr: std::net::SocketAddr,
@@ -566,7 +568,7 @@ pub async fn serve_at<D: Send + Sync + 'static>(
 }
 
 /// A loopback address nothing listens on (a port that was free a moment ago).
-pub fn free_addr() -> std::net::SocketAddr {
+pub(crate) fn free_addr() -> std::net::SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("local_addr")
 }

@@ -1,6 +1,6 @@
 // Handlers over per-connection data, with attributes and visibility kept on the handler, and a
 // type alias of `Ctx` as the argument.
-use ws_kit::{Ctx, Message, Router, handler};
+use ws_kit::{Ctx, Message, Router, WsError, handler};
 
 #[derive(Default)]
 struct Session {
@@ -39,10 +39,10 @@ mod handlers {
     }
 
     #[handler]
-    pub(crate) async fn get_count(ctx: SessionCtx<GetCount>) {
+    pub(crate) async fn get_count(ctx: SessionCtx<GetCount>) -> Result<Count, WsError> {
         let count = ctx.data().count;
         let _ = ctx.data().user.is_some();
-        ctx.reply(Count { count });
+        Ok(Count { count })
     }
 }
 

@@ -1,4 +1,4 @@
-// An RPC handler that sends progress frames, then its one reply.
+// An RPC handler that sends progress frames, then returns its one reply.
 use ws_kit::{Ctx, Message, Router, WsError, handler};
 
 #[derive(Message)]
@@ -15,17 +15,16 @@ struct CountdownResult {
 }
 
 #[handler]
-async fn countdown(ctx: Ctx<Countdown>) -> Result<(), WsError> {
+async fn countdown(ctx: Ctx<Countdown>) -> Result<CountdownResult, WsError> {
     for n in (1..=ctx.payload.from).rev() {
         if !ctx.progress(&CountdownResult { n, done: false }) {
-            return Ok(());
+            return Err(WsError::cancelled("nobody listens any more"));
         }
     }
     if ctx.is_finished() {
         return Err(WsError::cancelled("aborted"));
     }
-    ctx.reply(CountdownResult { n: 0, done: true });
-    Ok(())
+    Ok(CountdownResult { n: 0, done: true })
 }
 
 fn main() {

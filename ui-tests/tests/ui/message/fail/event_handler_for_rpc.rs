@@ -1,4 +1,4 @@
-use ws_kit::{Ctx, Message, Router, handler};
+use ws_kit::{Ctx, Message, Router, WsError, handler};
 
 #[derive(Message)]
 #[rpc(response = Pong)]
@@ -12,8 +12,8 @@ struct Pong {
 }
 
 #[handler]
-async fn ping(ctx: Ctx<Ping>) {
-    ctx.reply(Pong { reply: ctx.payload.text.clone() });
+async fn ping(ctx: Ctx<Ping>) -> Result<Pong, WsError> {
+    Ok(Pong { reply: ctx.payload.text.clone() })
 }
 
 fn main() {

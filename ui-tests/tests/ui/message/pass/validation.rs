@@ -56,7 +56,7 @@ fn main() {
         limit: Some(1),
     };
     let mut issues = Vec::new();
-    valid.__validate(&mut issues);
+    ws_kit::__private::Codec::validate(&valid, &mut issues);
     assert_eq!(issues, []);
 
     let invalid = SignUp {
@@ -72,7 +72,7 @@ fn main() {
         limit: Some(0),
     };
     let mut issues = Vec::new();
-    invalid.__validate(&mut issues);
+    ws_kit::__private::Codec::validate(&invalid, &mut issues);
     let found: Vec<(&str, &str)> = issues.iter().map(|i| (i.path.as_str(), i.message.as_str())).collect();
     assert_eq!(
         found,

@@ -63,8 +63,8 @@ pub async fn join_room(ctx: Ctx<JoinRoom>) -> Result<(), WsError> {
 
 /// Answers a ping.
 #[handler]
-pub async fn ping(ctx: Ctx<Ping>) {
-    ctx.reply(Pong { text: ctx.payload.text.clone() });
+pub async fn ping(ctx: Ctx<Ping>) -> Result<Pong, WsError> {
+    Ok(Pong { text: ctx.payload.text.clone() })
 }
 
 // No doc comment: `#[handler]` documents the struct it generates.

@@ -1,6 +1,7 @@
 // A route table of events and RPCs (handlers from other modules too), plus routes with
-// per-message middleware, checked for duplicate type tags when built.
-use ws_kit::{Ctx, Handler, Message, Next, Request, Router, ServeOptions, WsError, handler, routes};
+// per-message middleware (outside `routes!`, `Handler` must be in scope for `.middleware`),
+// checked for duplicate type tags when built.
+use ws_kit::{Ctx, Handler, Incoming, Message, Next, Router, ServeOptions, WsError, handler, routes};
 
 #[derive(Default)]
 struct Session {
@@ -35,8 +36,8 @@ async fn send_message(ctx: Ctx<SendMessage, Session>) {
 }
 
 #[handler]
-async fn ping(ctx: Ctx<Ping, Session>) {
-    ctx.reply(Pong);
+async fn ping(_ctx: Ctx<Ping, Session>) -> Result<Pong, WsError> {
+    Ok(Pong)
 }
 
 #[derive(Message)]
@@ -49,18 +50,18 @@ struct Time {
 }
 
 #[handler]
-async fn get_time(ctx: Ctx<GetTime, Session>) {
-    ctx.reply(Time { unix_ms: 0 });
+async fn get_time(_ctx: Ctx<GetTime, Session>) -> Result<Time, WsError> {
+    Ok(Time { unix_ms: 0 })
 }
 
-async fn require_login(req: Request<Session>, next: Next<Session>) -> Result<(), WsError> {
+async fn require_login(req: Incoming<Session>, next: Next<Session>) -> Result<(), WsError> {
     if req.data().user.is_none() {
         return Err(WsError::unauthenticated("log in first"));
     }
     next.run().await
 }
 
-async fn audit(req: Request<Session>, next: Next<Session>) -> Result<(), WsError> {
+async fn audit(req: Incoming<Session>, next: Next<Session>) -> Result<(), WsError> {
     let _ = req.message_type();
     next.run().await
 }

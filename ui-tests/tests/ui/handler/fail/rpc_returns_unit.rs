@@ -1,3 +1,4 @@
+// A request's handler must return its reply; finishing with `()` would leave it unanswered.
 use ws_kit::{Ctx, Message, handler};
 
 #[derive(Message)]
@@ -11,14 +12,9 @@ struct Pong {
     reply: String,
 }
 
-#[derive(Message)]
-struct Other {
-    reply: String,
-}
-
 #[handler]
 async fn ping(ctx: Ctx<Ping>) {
-    ctx.reply(Other { reply: ctx.payload.text.clone() });
+    let _ = &ctx.payload.text;
 }
 
 fn main() {}

@@ -1,21 +1,26 @@
-//! What handlers and hooks hold: the connection (`Connection`) and one message's context (`Ctx`).
+//! A connection as handlers and hooks hold it: [`Connection`] (id, typed data, outbound queue,
+//! subscriptions, users), over the part every connection of a router shares ([`shared`]) and its
+//! requests in flight ([`rpc`]).
+
+pub(crate) mod rpc;
+pub(crate) mod shared;
+
+pub use shared::TopicAction;
 
 use crate::error::WsError;
-use crate::message::{Message, Meta, RpcMessage};
-use crate::middleware::Request;
+use crate::event::{ErrorEvent, ErrorKind};
+use crate::message::Message;
 use crate::outbound::Outbound;
-use crate::pubsub::{ClientId, PublishOptions, Subscriber, validate_topic};
-use crate::router::{App, ErrorEvent, ErrorKind, PublishFuture, TopicAction, internal};
+use crate::publisher::{PublishFuture, Publisher};
+use crate::pubsub::{ClientId, PublishOptions, Subscriber, internal, validate_topic};
 use crate::wire::{self, Layout, OutMeta};
-use futures_util::task::AtomicWaker;
+use rpc::InflightTable;
 use serde_json::{Map, Value};
-use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
-use std::ops::Deref;
+use shared::Shared;
+use std::collections::HashSet;
+use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::task::Waker;
-use std::time::{Instant, SystemTime};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// One WebSocket connection: its id, typed data, outbound queue and subscriptions.
@@ -33,25 +38,34 @@ impl<D> Clone for Connection<D> {
     }
 }
 
+impl<D> fmt::Debug for Connection<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("client_id", &self.inner.id)
+            .finish_non_exhaustive()
+    }
+}
+
 pub(crate) struct ConnInner<D> {
-    pub id: ClientId,
-    pub data: RwLock<D>,
-    pub out: Arc<Outbound>,
-    pub topics: Mutex<HashSet<Box<str>>>,
+    pub(crate) id: ClientId,
+    pub(crate) data: RwLock<D>,
+    pub(crate) out: Arc<Outbound>,
+    pub(crate) topics: Mutex<HashSet<Box<str>>>,
     /// The framework's own topics for this connection (`#client:..`, `#all`, `#user:..`).
-    pub internal_topics: Mutex<Vec<String>>,
-    pub user_id: Mutex<Option<String>>,
-    pub inflight: Mutex<HashMap<Arc<str>, Arc<RpcSlot>, BuildHasherDefault<FnvHasher>>>,
-    pub app: Arc<App<D>>,
+    pub(crate) internal_topics: Mutex<Vec<String>>,
+    pub(crate) user_id: Mutex<Option<String>>,
+    pub(crate) inflight: Mutex<InflightTable>,
+    /// What every connection of the router shares: engine, limits, hooks, state.
+    pub(crate) shared: Arc<Shared<D>>,
     /// Set when teardown removes the subscriptions; a subscribe racing with it undoes itself.
-    pub closed: AtomicBool,
+    pub(crate) closed: AtomicBool,
 }
 
 impl<D: Send + Sync + 'static> Connection<D> {
-    pub(crate) fn new(id: ClientId, data: D, app: Arc<App<D>>) -> Self {
+    pub(crate) fn new(id: ClientId, data: D, shared: Arc<Shared<D>>) -> Self {
         let out = Arc::new(Outbound::new(
-            app.limits.max_queued_bytes,
-            app.limits.overflow,
+            shared.limits.max_queued_bytes,
+            shared.limits.overflow,
         ));
         Connection {
             inner: Arc::new(ConnInner {
@@ -62,7 +76,7 @@ impl<D: Send + Sync + 'static> Connection<D> {
                 internal_topics: Mutex::default(),
                 user_id: Mutex::default(),
                 inflight: Mutex::default(),
-                app,
+                shared,
                 closed: AtomicBool::new(false),
             }),
         }
@@ -121,14 +135,14 @@ impl<D: Send + Sync + 'static> Connection<D> {
     pub async fn subscribe(&self, topic: &str) -> Result<(), WsError> {
         validate_topic(topic)?;
         self.inner
-            .app
+            .shared
             .authorize(self, topic, TopicAction::Subscribe)?;
         {
             let mut topics = self.inner.topics.lock().unwrap_or_else(|e| e.into_inner());
             if topics.contains(topic) {
                 return Ok(());
             }
-            let limit = self.inner.app.limits.max_topics_per_connection;
+            let limit = self.inner.shared.limits.max_topics_per_connection;
             if topics.len() >= limit {
                 return Err(WsError::resource_exhausted(format!(
                     "at most {limit} topics per connection"
@@ -138,7 +152,7 @@ impl<D: Send + Sync + 'static> Connection<D> {
             topics.insert(topic.into());
         }
         let subscriber = Subscriber::new(self.inner.id, self.inner.out.clone());
-        if let Err(e) = self.inner.app.pubsub.subscribe(topic, subscriber).await {
+        if let Err(e) = self.inner.shared.pubsub.subscribe(topic, subscriber).await {
             self.inner
                 .topics
                 .lock()
@@ -150,7 +164,7 @@ impl<D: Send + Sync + 'static> Connection<D> {
             // Teardown may have drained the topic set before this subscription reached the engine.
             let _ = self
                 .inner
-                .app
+                .shared
                 .pubsub
                 .unsubscribe(topic, self.inner.id)
                 .await;
@@ -170,7 +184,7 @@ impl<D: Send + Sync + 'static> Connection<D> {
             .remove(topic);
         if removed {
             self.inner
-                .app
+                .shared
                 .pubsub
                 .unsubscribe(topic, self.inner.id)
                 .await?;
@@ -185,7 +199,7 @@ impl<D: Send + Sync + 'static> Connection<D> {
         self.join_internal_topic(internal::ALL.to_string()).await?;
         let user_id = self
             .inner
-            .app
+            .shared
             .user_id
             .as_ref()
             .and_then(|f| f(&self.data()));
@@ -197,12 +211,16 @@ impl<D: Send + Sync + 'static> Connection<D> {
 
     async fn join_internal_topic(&self, topic: String) -> Result<(), WsError> {
         let subscriber = Subscriber::new(self.inner.id, self.inner.out.clone());
-        self.inner.app.pubsub.subscribe(&topic, subscriber).await?;
+        self.inner
+            .shared
+            .pubsub
+            .subscribe(&topic, subscriber)
+            .await?;
         if self.inner.closed.load(Ordering::SeqCst) {
             // Teardown already drained this connection's topics.
             let _ = self
                 .inner
-                .app
+                .shared
                 .pubsub
                 .unsubscribe(&topic, self.inner.id)
                 .await;
@@ -234,7 +252,7 @@ impl<D: Send + Sync + 'static> Connection<D> {
                 .unwrap_or_else(|e| e.into_inner())
                 .retain(|t| *t != topic);
             self.inner
-                .app
+                .shared
                 .pubsub
                 .unsubscribe(&topic, self.inner.id)
                 .await?;
@@ -252,8 +270,14 @@ impl<D: Send + Sync + 'static> Connection<D> {
     }
 
     /// A handle to publish, send to users and clients, and broadcast.
-    pub fn publisher(&self) -> crate::router::Publisher {
-        self.inner.app.publisher()
+    pub fn publisher(&self) -> Publisher {
+        self.inner.shared.publisher()
+    }
+
+    /// The router's shared state (see [`Router::with_state`](crate::Router::with_state)), if it
+    /// is a `T`. Handlers read it typed with [`Ctx::state`](crate::Ctx::state).
+    pub fn state<T: 'static>(&self) -> Option<&T> {
+        self.inner.shared.state.downcast_ref::<T>()
     }
 
     /// The topics this connection subscribes to.
@@ -284,24 +308,79 @@ impl<D: Send + Sync + 'static> Connection<D> {
         msg: &M,
         options: PublishOptions,
     ) -> PublishFuture {
-        if let Err(e) = self.inner.app.authorize(self, topic, TopicAction::Publish) {
+        if let Err(e) = self
+            .inner
+            .shared
+            .authorize(self, topic, TopicAction::Publish)
+        {
             return PublishFuture::failed(e);
         }
         let exclude = options.exclude_self.then_some(self.inner.id);
         self.inner
-            .app
+            .shared
             .publisher()
             .publish_with(topic, msg, options.meta.as_ref(), exclude)
     }
 
     /// How many connections subscribe to `topic`, when the pub/sub engine knows.
     pub async fn subscriber_count(&self, topic: &str) -> Option<usize> {
-        self.inner.app.pubsub.subscriber_count(topic).await
+        self.inner.shared.pubsub.subscriber_count(topic).await
     }
 
-    /// Closes the connection with a code and reason, after the frames already queued.
+    /// Closes the connection with a code and reason, after the frames already queued (codes:
+    /// [`close_code`](crate::close_code)).
     pub fn close(&self, code: u16, reason: &str) {
         self.inner.out.close(code, reason);
+    }
+
+    /// `$ws:abort`: the request's terminal becomes `CANCELLED` and its handler is dropped.
+    pub(crate) fn abort(&self, cid: Option<&str>) {
+        let Some(cid) = cid else { return };
+        let slot = self
+            .inner
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(cid)
+            .cloned();
+        if let Some(slot) = slot {
+            let err = WsError::cancelled("Request cancelled by client");
+            if slot.terminal(&self.inner.out, || {
+                wire::encode_error(true, &err, Some(cid))
+            }) {
+                slot.cancel();
+            }
+        }
+    }
+
+    /// Teardown, after the close hooks (which may still publish): every subscription goes, the
+    /// framework's own included, and no request stays in flight.
+    pub(crate) async fn leave_all(&self) {
+        let inner = &self.inner;
+        inner.closed.store(true, Ordering::SeqCst);
+        let topics: Vec<Box<str>> = inner
+            .topics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
+        for topic in topics {
+            let _ = inner.shared.pubsub.unsubscribe(&topic, inner.id).await;
+        }
+        let internal = std::mem::take(
+            &mut *inner
+                .internal_topics
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for topic in internal {
+            let _ = inner.shared.pubsub.unsubscribe(&topic, inner.id).await;
+        }
+        inner
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     pub(crate) fn push(&self, frame: Utf8Bytes) -> bool {
@@ -315,243 +394,12 @@ impl<D: Send + Sync + 'static> Connection<D> {
         correlation_id: Option<&str>,
         error: WsError,
     ) {
-        self.inner.app.report(&ErrorEvent {
+        self.inner.shared.report(&ErrorEvent {
             client_id: self.inner.id,
             kind,
             message_type: ty.map(str::to_string),
             correlation_id: correlation_id.map(str::to_string),
             error,
         });
-    }
-}
-
-/// FNV-1a: a cheap hasher for the per-connection in-flight table, whose keys are short
-/// correlation ids. A client can only collide its own (bounded) table, so SipHash's flood
-/// resistance buys nothing here.
-#[derive(Clone, Copy)]
-pub(crate) struct FnvHasher(u64);
-
-impl Default for FnvHasher {
-    fn default() -> Self {
-        FnvHasher(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Hasher for FnvHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-}
-
-/// The state of one RPC: its terminal is sent at most once, and progress never after it.
-pub(crate) struct RpcSlot {
-    pub correlation_id: Option<Arc<str>>,
-    /// Held while queueing a progress or terminal frame, so no progress follows the terminal.
-    order: Mutex<()>,
-    /// The terminal frame was queued.
-    done: AtomicBool,
-    /// Set by `$ws:abort` (after the abort claimed the terminal).
-    cancelled: AtomicBool,
-    /// The request's task, woken by `cancel`; registered only while the handler waits.
-    waker: AtomicWaker,
-}
-
-impl RpcSlot {
-    pub fn new(correlation_id: Option<Arc<str>>) -> Self {
-        RpcSlot {
-            correlation_id,
-            order: Mutex::new(()),
-            done: AtomicBool::new(false),
-            cancelled: AtomicBool::new(false),
-            waker: AtomicWaker::new(),
-        }
-    }
-
-    /// Marks the request cancelled and wakes its task, which then drops the handler.
-    pub fn cancel(&self) {
-        self.cancelled.store(true, Ordering::Release);
-        self.waker.wake();
-    }
-
-    /// Whether `cancel` was called. Call [`RpcSlot::register`] first when about to wait.
-    pub fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::Acquire)
-    }
-
-    /// Makes `cancel` wake `waker`.
-    pub fn register(&self, waker: &Waker) {
-        self.waker.register(waker);
-    }
-
-    /// Queues `frame` as the terminal unless one was sent. Holding the lock while queueing keeps
-    /// every progress frame before the terminal.
-    pub fn terminal(&self, out: &Outbound, frame: impl FnOnce() -> Utf8Bytes) -> bool {
-        let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
-        if self.done.swap(true, Ordering::AcqRel) {
-            return false;
-        }
-        out.push_text(frame());
-        true
-    }
-
-    /// Queues a progress frame unless the terminal was sent.
-    pub fn progress(&self, out: &Outbound, frame: Utf8Bytes) -> bool {
-        let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
-        !self.done.load(Ordering::Acquire) && out.push_text(frame)
-    }
-
-    /// Whether the terminal frame was queued (no lock taken).
-    pub fn is_done(&self) -> bool {
-        self.done.load(Ordering::Acquire)
-    }
-}
-
-/// The context of one message: its typed payload, meta, timing, and the connection.
-///
-/// Dereferences to [`Connection`] for `send`, `publish`, `subscribe`, `data()` and the rest.
-pub struct Ctx<M, D = ()> {
-    /// The decoded, validated payload.
-    pub payload: M,
-    conn: Connection<D>,
-    meta: Meta,
-    received_at: SystemTime,
-    deadline: Option<Instant>,
-    rpc: Option<Arc<RpcSlot>>,
-}
-
-impl<M, D> Deref for Ctx<M, D> {
-    type Target = Connection<D>;
-    fn deref(&self) -> &Connection<D> {
-        &self.conn
-    }
-}
-
-impl<M: Message, D: Send + Sync + 'static> Ctx<M, D> {
-    pub(crate) fn new(
-        payload: M,
-        conn: Connection<D>,
-        meta: Meta,
-        received_at: SystemTime,
-        deadline: Option<Instant>,
-        rpc: Option<Arc<RpcSlot>>,
-    ) -> Self {
-        Ctx {
-            payload,
-            conn,
-            meta,
-            received_at,
-            deadline,
-            rpc,
-        }
-    }
-
-    /// The message's type tag.
-    pub fn message_type(&self) -> &'static str {
-        M::TYPE
-    }
-
-    /// The envelope's standard meta (client-sent `clientId`/`receivedAt` are stripped).
-    pub fn meta(&self) -> &Meta {
-        &self.meta
-    }
-
-    /// The server clock when the frame arrived: when its bytes were read from the socket (the
-    /// frames of one socket read share the time of that read).
-    pub fn received_at(&self) -> SystemTime {
-        self.received_at
-    }
-
-    /// The RPC deadline (`received_at + meta.timeoutMs`, capped by the server), if any.
-    pub fn deadline(&self) -> Option<Instant> {
-        self.deadline
-    }
-
-    /// The connection this message came from.
-    pub fn connection(&self) -> &Connection<D> {
-        &self.conn
-    }
-
-    /// Sends an error to the client: `RPC_ERROR` (the request's terminal) for an RPC, `ERROR`
-    /// with the correlation id echoed for an event. Returning `Err(..)` from the handler does the same.
-    pub fn error(&self, err: impl Into<WsError>) {
-        let err = err.into();
-        let cid = self.meta.correlation_id.as_deref();
-        match &self.rpc {
-            Some(slot) => {
-                if !slot.terminal(&self.conn.inner.out, || wire::encode_error(true, &err, cid)) {
-                    self.conn
-                        .report(ErrorKind::AfterTerminal, Some(M::TYPE), cid, err);
-                }
-            }
-            None => {
-                self.conn.push(wire::encode_error(false, &err, cid));
-            }
-        }
-    }
-
-    /// What middleware sees of this message.
-    pub(crate) fn request(&self) -> Request<D> {
-        Request {
-            conn: self.conn.clone(),
-            message_type: M::TYPE,
-            meta: Arc::new(self.meta.clone()),
-            received_at: self.received_at,
-            rpc: self.rpc.is_some(),
-        }
-    }
-}
-
-impl<M: RpcMessage, D: Send + Sync + 'static> Ctx<M, D> {
-    /// Sends the reply: the request's one terminal frame. A second terminal is not sent (it is
-    /// reported to `on_error`).
-    pub fn reply(&self, response: M::Response) {
-        let cid = self.meta.correlation_id.as_deref();
-        let Some(slot) = &self.rpc else { return };
-        let meta = OutMeta {
-            correlation_id: cid,
-            user: None,
-        };
-        match wire::encode_message(&response, meta, Layout::Direct) {
-            Ok(frame) => {
-                if !slot.terminal(&self.conn.inner.out, || frame) {
-                    self.conn.report(
-                        ErrorKind::AfterTerminal,
-                        Some(M::TYPE),
-                        cid,
-                        WsError::internal("reply after the request's terminal frame"),
-                    );
-                }
-            }
-            Err(e) => self.error(e),
-        }
-    }
-
-    /// Sends a progress frame (`$ws:rpc-progress`) carrying a response payload. Returns false once
-    /// the terminal was sent (the request finished, was aborted or timed out).
-    pub fn progress(&self, update: &M::Response) -> bool {
-        let Some(slot) = &self.rpc else { return false };
-        let cid = self.meta.correlation_id.as_deref();
-        let meta = OutMeta {
-            correlation_id: cid,
-            user: None,
-        };
-        match wire::encode_message_as("$ws:rpc-progress", update, meta, Layout::Direct) {
-            Ok(frame) => slot.progress(&self.conn.inner.out, frame),
-            Err(e) => {
-                self.conn.report(ErrorKind::Encode, Some(M::TYPE), cid, e);
-                false
-            }
-        }
-    }
-
-    /// Whether the request already has its terminal (replied, failed, aborted or timed out).
-    pub fn is_finished(&self) -> bool {
-        self.rpc.as_ref().is_none_or(|s| s.is_done())
     }
 }

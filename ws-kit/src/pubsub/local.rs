@@ -1,0 +1,107 @@
+//! A process's own subscribers, by topic: what every engine delivers to.
+
+use super::ClientId;
+use crate::outbound::Outbound;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// One connection's subscription: where to deliver frames.
+#[derive(Clone)]
+pub struct Subscriber {
+    id: ClientId,
+    out: Arc<Outbound>,
+}
+
+impl Subscriber {
+    pub(crate) fn new(id: ClientId, out: Arc<Outbound>) -> Self {
+        Subscriber { id, out }
+    }
+
+    /// The subscribing connection.
+    pub fn id(&self) -> ClientId {
+        self.id
+    }
+
+    /// Queues an encoded frame on the connection; false when it is closing.
+    pub fn deliver(&self, frame: &Utf8Bytes) -> bool {
+        self.out.push_text(frame.clone())
+    }
+}
+
+impl std::fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscriber").field("id", &self.id).finish()
+    }
+}
+
+/// A process's own subscribers, by topic: what every engine delivers to.
+///
+/// Engines keep one; the in-memory engine is little more than this. Delivery is synchronous and
+/// shares the frame's bytes.
+#[derive(Debug, Default)]
+pub struct LocalTopics {
+    topics: RwLock<HashMap<Box<str>, Vec<Subscriber>>>,
+}
+
+impl LocalTopics {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a subscriber; returns true if it is the topic's first. The framework subscribes a
+    /// connection to a topic once (subscribe is idempotent above this layer), so no duplicate check.
+    pub fn add(&self, topic: &str, subscriber: Subscriber) -> bool {
+        let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
+        let subs = topics.entry(topic.into()).or_default();
+        subs.push(subscriber);
+        subs.len() == 1
+    }
+
+    /// Removes a connection; returns true if the topic has no subscriber left.
+    pub fn remove(&self, topic: &str, client: ClientId) -> bool {
+        let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
+        match topics.get_mut(topic) {
+            Some(subs) => {
+                // Subscribers have no order among themselves: swap_remove keeps removal cheap on
+                // big topics (every connection is in `#all`).
+                if let Some(i) = subs.iter().position(|s| s.id == client) {
+                    subs.swap_remove(i);
+                }
+                if subs.is_empty() {
+                    topics.remove(topic);
+                    true
+                } else {
+                    false
+                }
+            }
+            None => true,
+        }
+    }
+
+    /// Whether the topic has local subscribers.
+    pub fn contains(&self, topic: &str) -> bool {
+        let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
+        topics.contains_key(topic)
+    }
+
+    /// Local subscribers of a topic.
+    pub fn count(&self, topic: &str) -> usize {
+        let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
+        topics.get(topic).map_or(0, Vec::len)
+    }
+
+    /// Queues `frame` on every local subscriber of `topic` except `exclude`; returns how many
+    /// it reached.
+    pub fn deliver(&self, topic: &str, frame: &Utf8Bytes, exclude: Option<ClientId>) -> usize {
+        let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
+        let Some(subs) = topics.get(topic) else {
+            return 0;
+        };
+        subs.iter()
+            .filter(|s| Some(s.id) != exclude)
+            .filter(|s| s.deliver(frame))
+            .count()
+    }
+}

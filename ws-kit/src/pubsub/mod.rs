@@ -1,0 +1,177 @@
+//! Pub/sub for engine authors: the [`PubSub`] trait, a process's own subscribers
+//! ([`LocalTopics`], [`Subscriber`]), the in-memory engine, topic names and publish results
+//! (PROTOCOL.md section 8). Applications publish through [`Connection`](crate::Connection) and
+//! [`Publisher`](crate::Publisher) and pick an engine with [`Router::pubsub`](crate::Router::pubsub).
+
+mod local;
+mod memory;
+
+pub use local::{LocalTopics, Subscriber};
+pub use memory::MemoryPubSub;
+
+use crate::error::{ErrorCode, WsError};
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use uuid::Uuid;
+
+/// A connection's id: a UUID v7, sent to the client in the `x-client-id` header.
+pub type ClientId = Uuid;
+
+/// Longest topic name, in bytes.
+pub const MAX_TOPIC_LEN: usize = 128;
+
+/// Checks a topic name against `^[A-Za-z0-9:_./-]{1,128}$`.
+pub fn validate_topic(topic: &str) -> Result<(), WsError> {
+    let ok = !topic.is_empty()
+        && topic.len() <= MAX_TOPIC_LEN
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b":_./-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(WsError::new(
+            ErrorCode::InvalidArgument,
+            format!("invalid topic: must match ^[A-Za-z0-9:_./-]{{1,{MAX_TOPIC_LEN}}}$"),
+        )
+        .with_details(serde_json::json!({ "topic": topic })))
+    }
+}
+
+/// How exact `PublishResult::matched` is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Capability {
+    /// `matched` is the exact number of subscribers reached.
+    Exact,
+    /// `matched` is an estimate (across instances).
+    Estimate,
+    /// The engine cannot say how many subscribers it reached.
+    Unknown,
+}
+
+/// The outcome of a publish: `{ok, capability, matched}`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PublishResult {
+    /// Whether the publication was accepted for delivery.
+    pub ok: bool,
+    /// How exact `matched` is.
+    pub capability: Capability,
+    /// Subscribers reached (exact for the in-memory engine).
+    pub matched: Option<usize>,
+    /// Why it failed, when `ok` is false.
+    pub error: Option<WsError>,
+}
+
+impl PublishResult {
+    /// A successful local publish that reached `matched` subscribers.
+    pub fn exact(matched: usize) -> Self {
+        PublishResult {
+            ok: true,
+            capability: Capability::Exact,
+            matched: Some(matched),
+            error: None,
+        }
+    }
+
+    /// A failed publish.
+    pub fn failed(error: WsError) -> Self {
+        PublishResult {
+            ok: false,
+            capability: Capability::Unknown,
+            matched: None,
+            error: Some(error),
+        }
+    }
+}
+
+/// Options of a publish.
+#[derive(Clone, Debug, Default)]
+pub struct PublishOptions {
+    pub(crate) exclude_self: bool,
+    pub(crate) meta: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl PublishOptions {
+    /// Default options: deliver to every subscriber, no meta.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Skip the publishing connection.
+    pub fn exclude_self(mut self) -> Self {
+        self.exclude_self = true;
+        self
+    }
+
+    /// Meta to put on the delivered frames (`type` and `correlationId` are never taken from it).
+    pub fn meta(mut self, meta: serde_json::Map<String, serde_json::Value>) -> Self {
+        self.meta = Some(meta);
+        self
+    }
+}
+
+/// A pub/sub engine: the in-memory one by default, Redis across instances.
+///
+/// Frames arrive encoded once; an engine shares the bytes between subscribers. The
+/// per-connection bookkeeping (idempotent subscribe, topic limits, cleanup on close) is done by
+/// the framework, so an engine sees each (topic, connection) subscription once.
+pub trait PubSub: Send + Sync + 'static {
+    /// Adds a subscriber to a topic.
+    fn subscribe<'a>(
+        &'a self,
+        topic: &'a str,
+        subscriber: Subscriber,
+    ) -> BoxFuture<'a, Result<(), WsError>>;
+    /// Removes a connection from a topic.
+    fn unsubscribe<'a>(
+        &'a self,
+        topic: &'a str,
+        client: ClientId,
+    ) -> BoxFuture<'a, Result<(), WsError>>;
+    /// Delivers an encoded frame to a topic's subscribers, skipping `exclude`.
+    ///
+    /// The publication must be handed on (delivered, or queued in order) during this call, not
+    /// when the future is polled: callers rely on calls being delivered in call order.
+    fn publish(
+        &self,
+        topic: &str,
+        frame: Utf8Bytes,
+        exclude: Option<ClientId>,
+    ) -> BoxFuture<'static, PublishResult>;
+    /// How many connections subscribe to a topic, when the engine knows.
+    fn subscriber_count<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Option<usize>>;
+}
+
+/// Names of the framework's own topics. They start with `#`, which user topics cannot contain.
+pub(crate) mod internal {
+    use super::ClientId;
+
+    /// Every connection.
+    pub(crate) const ALL: &str = "#all";
+
+    /// One connection.
+    pub(crate) fn client(id: ClientId) -> String {
+        format!("#client:{id}")
+    }
+
+    /// Every session of a user.
+    pub(crate) fn user(id: &str) -> String {
+        format!("#user:{id}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names() {
+        assert!(validate_topic("room:1/a_b.c-d").is_ok());
+        assert!(validate_topic("").is_err());
+        assert!(validate_topic("has space").is_err());
+        assert!(validate_topic(&"x".repeat(129)).is_err());
+        assert!(validate_topic(&"x".repeat(128)).is_ok());
+    }
+}

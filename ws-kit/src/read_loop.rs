@@ -1,0 +1,443 @@
+//! One connection's life: `on_open`, the read loop (each frame to its route; control frames;
+//! heartbeat; ordered dispatch), then `on_close` and teardown.
+
+use crate::app::App;
+use crate::connection::Connection;
+use crate::error::WsError;
+use crate::event::{CloseInfo, ErrorKind};
+use crate::lazy_read::ReadClock;
+use crate::outbound::write_loop;
+use crate::task::{self, panic_message};
+use crate::wire;
+use futures_util::{FutureExt, Sink, Stream, StreamExt};
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::error::CapacityError;
+use tokio_tungstenite::tungstenite::{Error as WsTransportError, Message as WsMessage, Utf8Bytes};
+
+/// Connection settings the read loop needs.
+#[derive(Clone, Debug)]
+pub(crate) struct LoopConfig {
+    pub(crate) max_payload_bytes: usize,
+    pub(crate) heartbeat_interval: Duration,
+    pub(crate) heartbeat_timeout: Duration,
+    pub(crate) close_grace: Duration,
+    /// The time of the transport's last socket read, when it has one (see `LazyRead`).
+    pub(crate) read_clock: Option<Arc<ReadClock>>,
+}
+
+pub(crate) fn now_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Runs a connection to its end: `on_open`, the read loop, then `on_close` and cleanup.
+pub(crate) async fn run<D, S>(
+    socket: S,
+    conn: Connection<D>,
+    app: Arc<App<D>>,
+    config: LoopConfig,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    D: Send + Sync + 'static,
+    S: Stream<Item = Result<WsMessage, WsTransportError>>
+        + Sink<WsMessage>
+        + Unpin
+        + Send
+        + 'static,
+{
+    let (sink, mut stream) = socket.split();
+    let out = conn.inner.out.clone();
+    let writer = tokio::spawn(write_loop(sink, out.clone()));
+
+    let mut opened = true;
+    if let Err(e) = conn.join_internal().await {
+        conn.report(ErrorKind::Open, None, None, e);
+        out.close(crate::close_code::ERROR, "Internal error");
+        opened = false;
+    }
+    for hook in app.on_open.iter().filter(|_| opened) {
+        match AssertUnwindSafe(hook(conn.clone())).catch_unwind().await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let (code, reason) = e
+                    .close_frame()
+                    .cloned()
+                    .unwrap_or((crate::close_code::ERROR, e.message().to_string().into()));
+                conn.report(ErrorKind::Open, None, None, e);
+                out.close(code, reason);
+                opened = false;
+                break;
+            }
+            Err(panic) => {
+                conn.report(
+                    ErrorKind::HookPanic,
+                    None,
+                    None,
+                    WsError::internal(panic_message(&*panic)),
+                );
+                out.close(crate::close_code::ERROR, "Internal error");
+                opened = false;
+                break;
+            }
+        }
+    }
+
+    let mut reader = Reader {
+        conn: &conn,
+        app: &app,
+        config: &config,
+        tasks: JoinSet::new(),
+        held: VecDeque::new(),
+        held_bytes: 0,
+        ordered_running: false,
+    };
+    // Liveness is checked at each ping tick: a frame only sets `active`, so the hot path reads
+    // no clock. A connection is closed between `timeout` and `timeout + interval` after its last
+    // frame, never earlier.
+    let mut last_seen = tokio::time::Instant::now();
+    let mut active = false;
+    let ping = tokio::time::sleep(config.heartbeat_interval);
+    tokio::pin!(ping);
+    let mut client_close: Option<CloseInfo> = None;
+    // Created once, not once per frame.
+    let closed_by_server = out.closed_by_server();
+    tokio::pin!(closed_by_server);
+    let shutdown_started = shutdown.changed();
+    tokio::pin!(shutdown_started);
+
+    // A connection whose `on_open` failed is never read from.
+    if opened {
+        loop {
+            // Ordered dispatch holds frames; past its budget the socket waits.
+            let reading = reader.held_bytes <= reader.held_budget();
+            tokio::select! {
+                biased;
+                () = &mut closed_by_server => break,
+                _ = &mut shutdown_started => {
+                    out.close(crate::close_code::AWAY, "Server shutting down");
+                    break;
+                }
+                frame = stream.next(), if reading => {
+                    active = true;
+                    // Frames already read are handled in a row, without re-polling the other
+                    // branches for each one; a server close still stops the run at once.
+                    let mut frame = frame;
+                    let mut budget = FRAMES_PER_WAKE;
+                    let ended = loop {
+                        if let Some(ended) = reader.on_frame(frame) {
+                            break Some(ended);
+                        }
+                        budget -= 1;
+                        if budget == 0 || out.is_closing() || reader.held_bytes > reader.held_budget() {
+                            break None;
+                        }
+                        match std::future::poll_fn(|cx| Poll::Ready(stream.poll_next_unpin(cx))).await {
+                            Poll::Ready(next) => frame = next,
+                            Poll::Pending => break None,
+                        }
+                    };
+                    match ended {
+                        None => {}
+                        Some(Ended::Server) => break,
+                        Some(Ended::Client(info)) => {
+                            client_close = Some(info);
+                            break;
+                        }
+                    }
+                }
+                () = &mut ping => {
+                    let now = tokio::time::Instant::now();
+                    // Held frames mean the peer is talking; the server is the one not reading.
+                    if std::mem::take(&mut active) || !reader.held.is_empty() {
+                        last_seen = now;
+                    } else if now - last_seen >= config.heartbeat_timeout {
+                        out.close(crate::close_code::HEARTBEAT_TIMEOUT, "Heartbeat timeout");
+                        break;
+                    }
+                    out.push(WsMessage::Ping(Default::default()));
+                    ping.as_mut().reset(now + config.heartbeat_interval);
+                }
+                Some(_) = reader.tasks.join_next(), if !reader.tasks.is_empty() => {
+                    reader.release_held();
+                }
+            }
+        }
+    }
+
+    // In-flight handlers end with the connection.
+    let Reader { mut tasks, .. } = reader;
+    tasks.abort_all();
+
+    let info = match (client_close, out.closing()) {
+        (Some(info), _) => info,
+        (None, Some(closing)) => {
+            // The server closed: give the client a moment to answer the close frame.
+            let _ = tokio::time::timeout(config.close_grace, async {
+                while let Some(Ok(frame)) = stream.next().await {
+                    if matches!(frame, WsMessage::Close(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+            CloseInfo {
+                code: closing.code,
+                reason: closing.reason,
+            }
+        }
+        (None, None) => CloseInfo::abnormal(),
+    };
+
+    for hook in &app.on_close {
+        if let Err(panic) = AssertUnwindSafe(hook(conn.clone(), info.clone()))
+            .catch_unwind()
+            .await
+        {
+            conn.report(
+                ErrorKind::HookPanic,
+                None,
+                None,
+                WsError::internal(panic_message(&*panic)),
+            );
+        }
+    }
+    conn.leave_all().await;
+    out.finish();
+    let _ = tokio::time::timeout(config.close_grace, writer).await;
+}
+
+/// How many frames the read loop handles in a row before it looks at its other events again.
+const FRAMES_PER_WAKE: usize = 64;
+
+/// Why the read loop stops.
+enum Ended {
+    /// The server closed (the close is queued on the outbound queue).
+    Server,
+    /// The client closed, or the transport ended.
+    Client(CloseInfo),
+}
+
+/// How a frame is dispatched, when ordered dispatch is in use.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Order {
+    /// `__heartbeat`, `$ws:abort`: acted on at once, never held.
+    Control,
+    /// Runs alone: after every earlier handler finished, before any later one starts.
+    Ordered,
+    /// Dispatched as soon as it is its turn.
+    Free,
+}
+
+/// The read side of one connection: dispatches frames, holds them while ordered dispatch waits,
+/// and owns the tasks of handlers that wait.
+pub(crate) struct Reader<'a, D> {
+    pub(crate) conn: &'a Connection<D>,
+    pub(crate) app: &'a App<D>,
+    pub(crate) config: &'a LoopConfig,
+    pub(crate) tasks: JoinSet<()>,
+    /// Frames read but not dispatched yet (ordered dispatch), with their arrival times.
+    held: VecDeque<(Utf8Bytes, SystemTime)>,
+    held_bytes: usize,
+    /// An ordered frame's handler is among `tasks`: nothing else starts until they are done.
+    ordered_running: bool,
+}
+
+impl<'a, D: Send + Sync + 'static> Reader<'a, D> {
+    /// A reader without a socket (the benchmarks feed it frames).
+    #[cfg(feature = "bench")]
+    pub(crate) fn new(conn: &'a Connection<D>, app: &'a App<D>, config: &'a LoopConfig) -> Self {
+        Reader {
+            conn,
+            app,
+            config,
+            tasks: JoinSet::new(),
+            held: VecDeque::new(),
+            held_bytes: 0,
+            ordered_running: false,
+        }
+    }
+
+    /// How many bytes of frames ordered dispatch may hold before the socket waits.
+    fn held_budget(&self) -> usize {
+        self.config.max_payload_bytes.max(64 * 1024)
+    }
+
+    /// Handles one item of the socket stream; `Some` when the connection ends with it.
+    fn on_frame(&mut self, frame: Option<Result<WsMessage, WsTransportError>>) -> Option<Ended> {
+        let conn = self.conn;
+        match frame {
+            Some(Ok(WsMessage::Text(text))) => self.on_text(text),
+            Some(Ok(WsMessage::Binary(bytes))) => match Utf8Bytes::try_from(bytes) {
+                Ok(text) => self.on_text(text),
+                Err(_) => invalid_frame(conn, "binary frame is not UTF-8 JSON".into()),
+            },
+            Some(Ok(WsMessage::Close(frame))) => {
+                return Some(Ended::Client(CloseInfo::from_frame(frame.as_ref())));
+            }
+            Some(Ok(_)) => {} // ping, pong, raw frames: liveness only
+            Some(Err(WsTransportError::Capacity(CapacityError::MessageTooLong {
+                size,
+                max_size,
+            }))) => {
+                conn.report(
+                    ErrorKind::PayloadTooLarge,
+                    None,
+                    None,
+                    WsError::resource_exhausted(format!(
+                        "frame of {size} bytes exceeds {max_size}"
+                    )),
+                );
+                conn.inner
+                    .out
+                    .close(crate::close_code::SIZE, "Message too big");
+                return Some(Ended::Server);
+            }
+            Some(Err(_)) | None => return Some(Ended::Client(CloseInfo::abnormal())),
+        }
+        None
+    }
+
+    /// A text frame: dispatched now, or held for ordered dispatch.
+    fn on_text(&mut self, text: Utf8Bytes) {
+        // When the frame's bytes came off the socket.
+        let received_at = self
+            .config
+            .read_clock
+            .as_ref()
+            .map_or_else(SystemTime::now, |clock| clock.last_read());
+        if !self.app.any_ordered {
+            return self.dispatch(&text, received_at);
+        }
+        match self.order_of(&text) {
+            Order::Control => self.dispatch(&text, received_at),
+            order if self.must_wait(order) => {
+                self.held_bytes += text.len();
+                self.held.push_back((text, received_at));
+            }
+            order => self.dispatch_in_order(&text, received_at, order),
+        }
+    }
+
+    /// Whether a frame must be held: frames before it are held, an ordered handler runs, or it is
+    /// ordered and earlier handlers still run.
+    fn must_wait(&self, order: Order) -> bool {
+        !self.held.is_empty()
+            || (self.ordered_running && !self.tasks.is_empty())
+            || (order == Order::Ordered && !self.tasks.is_empty())
+    }
+
+    fn dispatch_in_order(&mut self, text: &str, received_at: SystemTime, order: Order) {
+        let before = self.tasks.len();
+        self.dispatch(text, received_at);
+        self.ordered_running = order == Order::Ordered && self.tasks.len() > before;
+    }
+
+    /// A handler finished: dispatches the held frames whose turn it is.
+    fn release_held(&mut self) {
+        if self.tasks.is_empty() {
+            self.ordered_running = false;
+        }
+        while let Some((text, _)) = self.held.front() {
+            let order = self.order_of(text);
+            if (self.ordered_running && !self.tasks.is_empty())
+                || (order == Order::Ordered && !self.tasks.is_empty())
+            {
+                break;
+            }
+            let Some((text, received_at)) = self.held.pop_front() else {
+                break;
+            };
+            self.held_bytes -= text.len();
+            self.dispatch_in_order(&text, received_at, order);
+        }
+    }
+
+    /// How a frame is dispatched: by its route, or the router's setting.
+    fn order_of(&self, text: &str) -> Order {
+        let env;
+        let ty = match wire::peek_type(text) {
+            Some(ty) => ty,
+            None => match wire::parse_envelope(text) {
+                Ok(parsed) => {
+                    env = parsed;
+                    &*env.ty
+                }
+                Err(_) => return Order::Free,
+            },
+        };
+        match ty {
+            "__heartbeat" | "$ws:abort" => Order::Control,
+            _ if self.app.ordered => Order::Ordered,
+            ty if self.app.find(ty).is_some_and(|r| r.ordered()) => Order::Ordered,
+            _ => Order::Free,
+        }
+    }
+
+    /// Handles one text frame: envelope, reserved types, routing.
+    pub(crate) fn dispatch(&mut self, text: &str, received_at: SystemTime) {
+        let conn = self.conn;
+        let max = self.config.max_payload_bytes;
+        if text.len() > max {
+            // Only reachable in `Reject` mode: the transport closes with 1009 otherwise.
+            let err = WsError::resource_exhausted(format!("frame exceeds {max} bytes"))
+                .with_details(serde_json::json!({ "size": text.len(), "limit": max }));
+            conn.push(wire::encode_error(false, &err, None));
+            conn.report(ErrorKind::PayloadTooLarge, None, None, err);
+            return;
+        }
+        let global = &self.app.middleware;
+        // The fast path: a frame that opens with its type tag and names a route is decoded in one
+        // pass. It declines anything unusual, which then takes the full path below.
+        if let Some(route) = wire::peek_type(text).and_then(|ty| self.app.find(ty))
+            && let Ok(task) = route.dispatch_text(text, received_at, conn, global)
+        {
+            if let Some(task) = task {
+                task::start(task, &mut self.tasks);
+            }
+            return;
+        }
+        let env = match wire::parse_envelope(text) {
+            Ok(env) => env,
+            Err(message) => return invalid_frame(conn, format!("invalid frame: {message}")),
+        };
+        let cid = env.meta.correlation_id.as_deref();
+        match &*env.ty {
+            "__heartbeat" => {
+                conn.push(wire::heartbeat_ack(now_ms(received_at)));
+                return;
+            }
+            "$ws:abort" => {
+                conn.abort(cid);
+                return;
+            }
+            ty if wire::is_reserved(ty) => {
+                let err = WsError::invalid_argument(format!("type `{ty}` is reserved"));
+                conn.push(wire::encode_error(false, &err, cid));
+                conn.report(ErrorKind::ReservedType, Some(ty), cid, err);
+                return;
+            }
+            _ => {}
+        }
+        let Some(route) = self.app.find(&env.ty) else {
+            let err = WsError::unimplemented(format!("no handler for type `{}`", env.ty));
+            conn.push(wire::encode_error(cid.is_some(), &err, cid));
+            conn.report(ErrorKind::UnknownType, Some(&env.ty), cid, err);
+            return;
+        };
+        if let Some(task) = route.dispatch(env, received_at, conn, global) {
+            task::start(task, &mut self.tasks);
+        }
+    }
+}
+
+fn invalid_frame<D: Send + Sync + 'static>(conn: &Connection<D>, message: String) {
+    let err = WsError::invalid_argument(message);
+    conn.push(wire::encode_error(false, &err, None));
+    conn.report(ErrorKind::InvalidFrame, None, None, err);
+}

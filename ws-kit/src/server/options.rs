@@ -1,0 +1,217 @@
+//! [`ServeOptions`]: where to listen, how to authenticate, and the limits of every connection.
+
+use super::handshake::{AuthFn, IntoAuth, UpgradeRequest};
+use crate::connection::shared::Limits;
+use crate::outbound::OverflowPolicy;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How an inbound frame over `max_payload_bytes` is treated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PayloadLimit {
+    /// Close the connection with 1009 (Message Too Big). The default.
+    #[default]
+    Close,
+    /// Reply `RESOURCE_EXHAUSTED` and keep the connection (up to 4× the limit; larger still closes).
+    Reject,
+}
+
+/// Server options. Defaults follow PROTOCOL.md.
+pub struct ServeOptions<D> {
+    pub(super) host: String,
+    pub(super) port: u16,
+    pub(super) path: Option<String>,
+    pub(super) authenticate: AuthFn<D>,
+    pub(super) allowed_origins: Option<Vec<String>>,
+    pub(super) subprotocols: Vec<String>,
+    pub(super) max_payload_bytes: usize,
+    pub(super) payload_limit: PayloadLimit,
+    pub(super) max_inflight_rpcs: usize,
+    pub(super) max_queued_bytes: usize,
+    pub(super) overflow: OverflowPolicy,
+    pub(super) max_topics_per_connection: usize,
+    pub(super) max_rpc_timeout: Option<Duration>,
+    pub(super) heartbeat_interval: Duration,
+    pub(super) heartbeat_timeout: Duration,
+    pub(super) read_buffer_size: usize,
+    pub(super) shutdown_timeout: Duration,
+}
+
+impl<D> std::fmt::Debug for ServeOptions<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeOptions")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("path", &self.path)
+            .field("allowed_origins", &self.allowed_origins)
+            .field("subprotocols", &self.subprotocols)
+            .field("max_payload_bytes", &self.max_payload_bytes)
+            .field("payload_limit", &self.payload_limit)
+            .field("max_inflight_rpcs", &self.max_inflight_rpcs)
+            .field("max_queued_bytes", &self.max_queued_bytes)
+            .field("overflow", &self.overflow)
+            .field("max_topics_per_connection", &self.max_topics_per_connection)
+            .field("max_rpc_timeout", &self.max_rpc_timeout)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("heartbeat_timeout", &self.heartbeat_timeout)
+            .field("read_buffer_size", &self.read_buffer_size)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<D: Default + Send + Sync + 'static> Default for ServeOptions<D> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<D: Default + Send + Sync + 'static> ServeOptions<D> {
+    /// Defaults: `127.0.0.1:3000`, any path, every upgrade accepted with `D::default()` data.
+    pub fn new() -> Self {
+        Self::with_authenticate(|_| Some(D::default()))
+    }
+}
+
+impl<D: Send + Sync + 'static> ServeOptions<D> {
+    /// Options whose upgrades go through `authenticate`, which sees the HTTP request (headers,
+    /// query such as `?access_token=`, offered subprotocols) and returns the connection data,
+    /// `None` (401 `Unauthorized`), or a [`Rejection`].
+    pub fn with_authenticate<F, R>(authenticate: F) -> Self
+    where
+        F: Fn(&UpgradeRequest) -> R + Send + Sync + 'static,
+        R: IntoAuth<D>,
+    {
+        ServeOptions {
+            host: "127.0.0.1".into(),
+            port: 3000,
+            path: None,
+            authenticate: Arc::new(move |req| authenticate(req).into_auth()),
+            allowed_origins: None,
+            subprotocols: Vec::new(),
+            max_payload_bytes: 1024 * 1024,
+            payload_limit: PayloadLimit::Close,
+            max_inflight_rpcs: 1000,
+            max_queued_bytes: 1024 * 1024,
+            overflow: OverflowPolicy::Close,
+            max_topics_per_connection: 1000,
+            max_rpc_timeout: None,
+            heartbeat_interval: Duration::from_secs(30),
+            heartbeat_timeout: Duration::from_secs(90),
+            read_buffer_size: 256,
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Replaces the authentication hook (see [`ServeOptions::with_authenticate`]).
+    pub fn authenticate<F, R>(mut self, authenticate: F) -> Self
+    where
+        F: Fn(&UpgradeRequest) -> R + Send + Sync + 'static,
+        R: IntoAuth<D>,
+    {
+        self.authenticate = Arc::new(move |req| authenticate(req).into_auth());
+        self
+    }
+
+    /// The interface to bind (default `127.0.0.1`).
+    pub fn host(mut self, host: impl Into<String>) -> Self {
+        self.host = host.into();
+        self
+    }
+
+    /// The port to bind (default 3000; 0 picks a free one).
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// Accept upgrades only on this path (default: any path); others get 404.
+    pub fn path(mut self, path: impl Into<String>) -> Self {
+        self.path = Some(path.into());
+        self
+    }
+
+    /// Accept only these `Origin`s; others get 403. Default: any origin.
+    pub fn allowed_origins<I: IntoIterator<Item = S>, S: Into<String>>(
+        mut self,
+        origins: I,
+    ) -> Self {
+        self.allowed_origins = Some(origins.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Subprotocols the app speaks. The server selects the first protocol the client offered that
+    /// is on this list; with none configured it echoes the client's first offer.
+    pub fn subprotocols<I: IntoIterator<Item = S>, S: Into<String>>(
+        mut self,
+        protocols: I,
+    ) -> Self {
+        self.subprotocols = protocols.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Largest inbound frame (default 1 MiB) and what happens past it.
+    pub fn max_payload_bytes(mut self, bytes: usize, mode: PayloadLimit) -> Self {
+        self.max_payload_bytes = bytes;
+        self.payload_limit = mode;
+        self
+    }
+
+    /// RPCs in flight per connection (default 1000); more get `RESOURCE_EXHAUSTED`.
+    pub fn max_inflight_rpcs(mut self, n: usize) -> Self {
+        self.max_inflight_rpcs = n;
+        self
+    }
+
+    /// Bytes queued for one connection (default 1 MiB) and what happens past it.
+    pub fn max_queued_bytes(mut self, bytes: usize, policy: OverflowPolicy) -> Self {
+        self.max_queued_bytes = bytes;
+        self.overflow = policy;
+        self
+    }
+
+    /// Topics per connection (default 1000).
+    pub fn max_topics_per_connection(mut self, n: usize) -> Self {
+        self.max_topics_per_connection = n;
+        self
+    }
+
+    /// The server's own cap on RPC deadlines (default: none; `meta.timeoutMs` alone decides).
+    pub fn max_rpc_timeout(mut self, timeout: Duration) -> Self {
+        self.max_rpc_timeout = Some(timeout);
+        self
+    }
+
+    /// WebSocket pings every `interval` (default 30 s); a connection silent for `timeout`
+    /// (default 90 s) is closed with 4002.
+    pub fn heartbeat(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.heartbeat_interval = interval;
+        self.heartbeat_timeout = timeout;
+        self
+    }
+
+    /// tungstenite's read buffer per connection (default 256 bytes; tungstenite's own default is
+    /// 128 KiB). Socket reads are 8 KiB regardless: an adapter underneath reads in large chunks and
+    /// keeps unread bytes only while there are some, so idle connections hold almost nothing.
+    pub fn read_buffer_size(mut self, bytes: usize) -> Self {
+        self.read_buffer_size = bytes;
+        self
+    }
+
+    /// How long graceful shutdown waits for connections to close (default 5 s).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    pub(super) fn limits(&self) -> Limits {
+        Limits {
+            max_inflight_rpcs: self.max_inflight_rpcs,
+            max_queued_bytes: self.max_queued_bytes,
+            overflow: self.overflow,
+            max_topics_per_connection: self.max_topics_per_connection,
+            max_rpc_timeout: self.max_rpc_timeout,
+        }
+    }
+}
