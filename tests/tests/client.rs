@@ -1,4 +1,4 @@
-//! The Rust client (`ws_kit::client`, PROTOCOL.md section 9) against real servers on loopback:
+//! The Rust client (`ws_kit::client`, docs/protocol.md section 9) against real servers on loopback:
 //! ws-kit servers for behaviour, and raw WebSocket / TCP servers the test controls for exact frames,
 //! abrupt drops, dead peers and connection attempts.
 #![cfg(feature = "client")]
@@ -437,7 +437,7 @@ fn typed_send_on_messages_and_request() {
 }
 
 /// Errors are typed by code; `retryable` and `retry_after` come from the frame, else from the code
-/// (PROTOCOL.md section 4); `ERROR` frames for events go to `on_error`.
+/// (docs/protocol.md section 4); `ERROR` frames for events go to `on_error`.
 #[test]
 fn errors_are_typed_with_inferred_retry_hints() {
     bounded_multi_thread(async {

@@ -1,9 +1,10 @@
 //! The testing harness (`ws_kit::testing`): fake connections take the socket's path, so the
-//! PROTOCOL.md rules pinned over real sockets in `protocol.rs`, `rpc.rs`, `pubsub.rs` and
+//! docs/protocol.md rules pinned over real sockets in `protocol.rs`, `rpc.rs`, `pubsub.rs` and
 //! `server.rs` hold here too — and time-based rules run in virtual time.
 #![cfg(feature = "testing")]
 
 use serde_json::{Value, json};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use ws_kit::testing::TestServer;
@@ -233,7 +234,7 @@ fn issue_paths(err: &WsError) -> Vec<String> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Envelope, validation, routing (PROTOCOL.md 2–4)
+// Envelope, validation, routing (docs/protocol.md 2–4)
 // ---------------------------------------------------------------------------------------------
 
 /// §4: validation failures are `INVALID_ARGUMENT` with `details.issues[].path` — `ERROR` for an
@@ -377,7 +378,7 @@ async fn payload_limit_closes_1009_or_rejects() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// RPC (PROTOCOL.md 5)
+// RPC (docs/protocol.md 5)
 // ---------------------------------------------------------------------------------------------
 
 /// §3/§5: the reply is `{"type","meta":{"correlationId"},"payload"}`, in that key order.
@@ -730,7 +731,7 @@ async fn shutdown_closes_with_1001() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Pub/sub (PROTOCOL.md 8)
+// Pub/sub (docs/protocol.md 8)
 // ---------------------------------------------------------------------------------------------
 
 /// A publication is recorded (topic, frame, excluded sender) and still delivered to the other
@@ -788,7 +789,7 @@ async fn publications_are_recorded_and_delivered() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Heartbeat (PROTOCOL.md 7) under a paused clock
+// Heartbeat (docs/protocol.md 7) under a paused clock
 // ---------------------------------------------------------------------------------------------
 
 /// A client that answers pings (the fake client does by default, like a browser) stays open
@@ -868,4 +869,58 @@ async fn heartbeat_closes_a_silent_client_with_4002_in_virtual_time() {
         "{:?}",
         real.elapsed()
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared state
+// ---------------------------------------------------------------------------------------------
+
+/// The application's state (`Router::with_state`): typed in handlers (`ctx.state()`), and
+/// reachable from hooks and middleware through the connection (`conn.state::<T>()`).
+#[tokio::test]
+async fn router_state_reaches_handlers_hooks_and_middleware() {
+    #[derive(Default)]
+    struct Counter {
+        hits: std::sync::atomic::AtomicU32,
+    }
+
+    #[derive(Message)]
+    #[rpc(response = Hits)]
+    struct Hit;
+
+    #[derive(Message, Debug)]
+    struct Hits {
+        n: u32,
+    }
+
+    #[handler]
+    async fn hit(ctx: Ctx<Hit, (), Arc<Counter>>) -> Result<Hits, WsError> {
+        let n = ctx.state().hits.fetch_add(1, Ordering::SeqCst) + 1;
+        Ok(Hits { n })
+    }
+
+    async fn count_too(msg: Incoming<()>, next: Next<()>) -> Result<(), WsError> {
+        let counter = msg.state::<Arc<Counter>>().expect("the router's state");
+        counter.hits.fetch_add(10, Ordering::SeqCst);
+        next.run().await
+    }
+
+    let counter = Arc::new(Counter::default());
+    let router = Router::with_state(counter.clone())
+        .routes(routes![hit.middleware(count_too)])
+        .on_open(|conn| {
+            let seen = conn.state::<Arc<Counter>>().is_some() && conn.state::<String>().is_none();
+            async move {
+                if seen {
+                    Ok(())
+                } else {
+                    Err(WsError::internal("no state in on_open"))
+                }
+            }
+        });
+    let server = TestServer::new(router);
+    let conn = server.connect(()).await;
+    assert_eq!(conn.request(&Hit).await.unwrap().n, 11);
+    assert_eq!(conn.request(&Hit).await.unwrap().n, 22);
+    assert_eq!(counter.hits.load(Ordering::SeqCst), 22);
 }

@@ -1,4 +1,4 @@
-//! PROTOCOL.md sections 1–4 and 6 over real sockets: transport, envelope strictness, frame shapes,
+//! docs/protocol.md sections 1–4 and 6 over real sockets: transport, envelope strictness, frame shapes,
 //! automatic errors, reserved types. RPC semantics (section 5, 2a) are in `rpc.rs`.
 
 mod support;

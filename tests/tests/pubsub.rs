@@ -1,4 +1,4 @@
-//! Pub/sub with the in-memory engine over real sockets: PROTOCOL.md section 8.
+//! Pub/sub with the in-memory engine over real sockets: docs/protocol.md section 8.
 
 mod support;
 

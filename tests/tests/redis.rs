@@ -1,4 +1,4 @@
-//! The Redis pub/sub engine against a real Redis: PROTOCOL.md section 8, "Across instances".
+//! The Redis pub/sub engine against a real Redis: docs/protocol.md section 8, "Across instances".
 //!
 //! Every test needs `REDIS_URL` (`.ci/run` sets it). Without it, each prints
 //! `skipped: REDIS_URL not set` and returns. Locally:

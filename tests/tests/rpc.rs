@@ -1,4 +1,4 @@
-//! PROTOCOL.md section 5 (RPC) and 2a (dispatch order and concurrency) over real sockets.
+//! docs/protocol.md section 5 (RPC) and 2a (dispatch order and concurrency) over real sockets.
 
 mod support;
 
@@ -245,6 +245,13 @@ impl Harness {
 }
 
 async fn start(configure: impl FnOnce(ServeOptions<Probe>) -> ServeOptions<Probe>) -> Harness {
+    start_with(|r| r, configure).await
+}
+
+async fn start_with(
+    customize: impl FnOnce(Router<Probe>) -> Router<Probe>,
+    configure: impl FnOnce(ServeOptions<Probe>) -> ServeOptions<Probe>,
+) -> Harness {
     let (events_tx, events) = mpsc::unbounded_channel();
     let (errors_tx, errors) = mpsc::unbounded_channel();
     let gate = Arc::new(Semaphore::new(0));
@@ -264,6 +271,7 @@ async fn start(configure: impl FnOnce(ServeOptions<Probe>) -> ServeOptions<Probe
         .on_error(move |e: &ErrorEvent| {
             let _ = errors_tx.send(e.clone());
         });
+    let router = customize(router);
     let options = configure(ServeOptions::with_authenticate(move |_| {
         Some(probe.clone())
     }));
@@ -755,6 +763,42 @@ async fn waiting_handlers_do_not_block_later_messages() {
     assert_eq!(
         client.recv().await,
         json!({"type": "SLOW_REPLY", "meta": {"correlationId": "t1"}, "payload": {"id": "t"}})
+    );
+    close_cleanly(client).await;
+}
+
+/// Ordered dispatch (`Router::ordered`, ws-kit's opt-in beside §2a): a frame's handler starts
+/// only after the previous one finished, while `$ws:abort` and `__heartbeat` still act at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_router_runs_one_handler_at_a_time_but_control_frames_at_once() {
+    let mut h = start_with(Router::ordered, |o| o).await;
+    let mut client = h.client().await;
+    client.send(rpc("SLOW", json!({"id": "a"}), "s1")).await;
+    h.expect_event("started:a").await;
+    // Held behind the waiting SLOW: neither starts nor answers.
+    client.send(rpc("SLOW", json!({"id": "b"}), "s2")).await;
+    client
+        .send(rpc("ECHO", json!({"text": "held"}), "e1"))
+        .await;
+    // Control frames are not held.
+    assert_eq!(
+        roundtrip(&mut client, json!({"type": "__heartbeat"})).await["type"],
+        "__heartbeat_ack"
+    );
+    h.no_more_events();
+    // Aborting the running request lets the held frames go, in order.
+    client.send(abort("s1")).await;
+    assert_rpc_error(&client.recv().await, "s1", "CANCELLED");
+    h.expect_events(&["dropped:a", "started:b"]).await;
+    client.expect_silence(SILENCE).await;
+    h.gate.add_permits(1);
+    assert_eq!(
+        client.recv().await,
+        json!({"type": "SLOW_REPLY", "meta": {"correlationId": "s2"}, "payload": {"id": "b"}})
+    );
+    assert_eq!(
+        client.recv().await,
+        json!({"type": "ECHO_REPLY", "meta": {"correlationId": "e1"}, "payload": {"text": "held"}})
     );
     close_cleanly(client).await;
 }

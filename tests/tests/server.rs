@@ -1,4 +1,4 @@
-//! Server behaviour over real sockets: PROTOCOL.md section 7 and `ServeOptions`.
+//! Server behaviour over real sockets: docs/protocol.md section 7 and `ServeOptions`.
 //!
 //! Upgrade-time authentication, the client id, subprotocols, Origin and path filters, heartbeat,
 //! lifecycle hooks, graceful shutdown, slow consumers, route merging and middleware.
@@ -298,7 +298,7 @@ fn subprotocol_selects_a_supported_offer() {
     });
 }
 
-/// PROTOCOL.md 7: "the server selects the first offered protocol that the app supports": the
+/// docs/protocol.md 7: "the server selects the first offered protocol that the app supports": the
 /// client's order decides, not the order the app listed them in.
 #[test]
 fn subprotocol_first_offered_wins() {

@@ -1,5 +1,5 @@
 //! WebSocket close codes the server sends or reports, by name (RFC 6455 section 7.4 and ws-kit's
-//! own 4000-range codes, PROTOCOL.md section 7).
+//! own 4000-range codes, docs/protocol.md section 7).
 //!
 //! ```
 //! use ws_kit::{close_code, WsError};

@@ -168,7 +168,13 @@ fn launch<H: Handler>(
         (true, Some(hint), Some(max)) => Some(hint.min(max)),
         (true, hint, max) => hint.or(max),
     };
-    let deadline = budget.map(|budget| tokio::time::Instant::now().into_std() + budget);
+    // `received_at + budget`, on the monotonic clock: the time since the frame was read counts.
+    let deadline = budget.map(|budget| {
+        let since_read = SystemTime::now()
+            .duration_since(received_at)
+            .unwrap_or_default();
+        tokio::time::Instant::now().into_std() + budget.saturating_sub(since_read)
+    });
 
     let ctx = Ctx::new(
         message,

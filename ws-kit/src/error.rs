@@ -81,7 +81,7 @@ impl ErrorCode {
         }
     }
 
-    /// The default message for this code (PROTOCOL.md section 4).
+    /// The default message for this code (docs/protocol.md section 4).
     pub fn description(&self) -> &'static str {
         match self {
             ErrorCode::Unauthenticated => "Not authenticated",

@@ -150,7 +150,7 @@ impl<D: Send + Sync + 'static, S: Send + Sync + 'static> Router<D, S> {
     /// frame's handler finished. `$ws:abort` and `__heartbeat` still act at once; frames that
     /// wait are read and held (up to the payload limit's worth of bytes, then the socket waits).
     ///
-    /// By default (PROTOCOL.md 2a) each handler runs until it first waits before the next frame
+    /// By default (docs/protocol.md 2a) each handler runs until it first waits before the next frame
     /// is dispatched, and handlers that wait run concurrently: a `JOIN` whose handler awaits may
     /// still be subscribing when the next frame's handler publishes. Use this, or
     /// [`Handler::ordered`] for chosen messages, when one message must see the effects of the one

@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 pub(crate) type Task = BoxFuture<'static, ()>;
 
 /// Starts a handler: runs it until it first waits, so what it does before waiting keeps arrival
-/// order (PROTOCOL.md 2a); only a handler that waits becomes a task of its own.
+/// order (docs/protocol.md 2a); only a handler that waits becomes a task of its own.
 pub(crate) fn start(task: Task, tasks: &mut JoinSet<()>) {
     let mut task = task;
     let mut cx = Context::from_waker(Waker::noop());

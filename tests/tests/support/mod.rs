@@ -38,8 +38,8 @@ impl<D: Send + Sync + 'static> Drop for TestServer<D> {
 }
 
 /// Starts `router` on a free loopback port.
-pub(crate) async fn serve<D: Send + Sync + 'static>(
-    router: Router<D>,
+pub(crate) async fn serve<D: Send + Sync + 'static, S: Send + Sync + 'static>(
+    router: Router<D, S>,
     options: ServeOptions<D>,
 ) -> TestServer<D> {
     let server = Server::bind(router, options.host("127.0.0.1").port(0))

@@ -60,7 +60,7 @@ pub(super) struct Config {
 }
 
 impl ClientBuilder {
-    /// A builder for `url` (`ws://host:port/path`), with the defaults of PROTOCOL.md section 9.
+    /// A builder for `url` (`ws://host:port/path`), with the defaults of docs/protocol.md section 9.
     pub fn new(url: impl Into<String>) -> Self {
         ClientBuilder {
             config: Config {
@@ -163,7 +163,7 @@ impl ClientBuilder {
     }
 
     /// How many requests may wait for replies at once (1000); more fail with
-    /// [`RequestError::TooManyPending`].
+    /// [`RequestError::TooManyPending`](super::RequestError::TooManyPending).
     pub fn max_pending(mut self, max: usize) -> Self {
         self.config.max_pending = max;
         self

@@ -55,7 +55,7 @@ impl<T> Call<T> {
     }
 
     /// Asks the server to cancel the request. If it was written, `$ws:abort` goes out and the call
-    /// then ends with the server's answer (normally [`ErrorCode::Cancelled`]); if it was still
+    /// then ends with the server's answer (normally [`ErrorCode::Cancelled`](crate::ErrorCode::Cancelled)); if it was still
     /// queued, it is removed and the call ends with [`RequestError::Aborted`].
     pub fn abort(&mut self) {
         if self.done || self.aborted {

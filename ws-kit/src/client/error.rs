@@ -24,10 +24,10 @@ pub enum ClientError {
     Connect(tungstenite::Error),
     /// The client is closed.
     Closed,
-    /// Not connected, and the offline queue is full ([`QueuePolicy::DropNewest`]): the frame was
-    /// dropped. Also the error of a queued request pushed out by [`QueuePolicy::DropOldest`].
+    /// Not connected, and the offline queue is full ([`QueuePolicy::DropNewest`](super::QueuePolicy::DropNewest)): the frame was
+    /// dropped. Also the error of a queued request pushed out by [`QueuePolicy::DropOldest`](super::QueuePolicy::DropOldest).
     QueueFull,
-    /// Not connected, and the offline queue is off ([`QueuePolicy::Off`]).
+    /// Not connected, and the offline queue is off ([`QueuePolicy::Off`](super::QueuePolicy::Off)).
     Offline,
     /// The message could not be encoded as JSON.
     Encode(String),
@@ -70,9 +70,9 @@ pub enum RequestError {
     /// The connection dropped after the request was written: the server may or may not have
     /// acted on it.
     ConnectionClosed,
-    /// Too many requests wait for replies ([`ClientBuilder::max_pending`]).
+    /// Too many requests wait for replies ([`ClientBuilder::max_pending`](super::ClientBuilder::max_pending)).
     TooManyPending,
-    /// Aborted ([`Call::abort`]) before it was written: the server never saw it.
+    /// Aborted ([`Call::abort`](super::Call::abort)) before it was written: the server never saw it.
     Aborted,
     /// The reply (or a progress update) did not decode as the response type.
     Decode(String),
@@ -116,7 +116,7 @@ impl std::error::Error for RequestError {
     }
 }
 
-/// An error frame from the server (`RPC_ERROR` or `ERROR`), PROTOCOL.md section 4.
+/// An error frame from the server (`RPC_ERROR` or `ERROR`), docs/protocol.md section 4.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServerError {
     code: ErrorCode,

@@ -1,5 +1,5 @@
 //! The Rust client (feature `client`): the server's own `#[derive(Message)]` structs over one
-//! resilient WebSocket connection (PROTOCOL.md section 9).
+//! resilient WebSocket connection (docs/protocol.md section 9).
 //!
 //! ```no_run
 //! use ws_kit::Message;
@@ -100,7 +100,7 @@ pub struct Client {
     in_hook: bool,
 }
 
-/// The state of the connection (PROTOCOL.md section 9).
+/// The state of the connection (docs/protocol.md section 9).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum State {

@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// One WebSocket connection: its id, typed data, outbound queue and subscriptions.
 ///
-/// Cheap to clone (a reference count). Handlers reach it through [`Ctx`], which dereferences to it.
+/// Cheap to clone (a reference count). Handlers reach it through [`Ctx`](crate::Ctx), which dereferences to it.
 pub struct Connection<D = ()> {
     pub(crate) inner: Arc<ConnInner<D>>,
 }

@@ -38,7 +38,7 @@ pub(crate) struct Limits {
 }
 
 impl Default for Limits {
-    /// The defaults of `ServeOptions` (PROTOCOL.md).
+    /// The defaults of `ServeOptions` (docs/protocol.md).
     fn default() -> Self {
         Limits {
             max_inflight_rpcs: 1000,

@@ -1,6 +1,6 @@
 //! Pub/sub for engine authors: the [`PubSub`] trait, a process's own subscribers
 //! ([`LocalTopics`], [`Subscriber`]), the in-memory engine, topic names and publish results
-//! (PROTOCOL.md section 8). Applications publish through [`Connection`](crate::Connection) and
+//! (docs/protocol.md section 8). Applications publish through [`Connection`](crate::Connection) and
 //! [`Publisher`](crate::Publisher) and pick an engine with [`Router::pubsub`](crate::Router::pubsub).
 
 mod local;

@@ -17,7 +17,7 @@ pub enum PayloadLimit {
     Reject,
 }
 
-/// Server options. Defaults follow PROTOCOL.md.
+/// Server options. Defaults follow docs/protocol.md.
 pub struct ServeOptions<D> {
     pub(super) host: String,
     pub(super) port: u16,
@@ -77,7 +77,7 @@ impl<D: Default + Send + Sync + 'static> ServeOptions<D> {
 impl<D: Send + Sync + 'static> ServeOptions<D> {
     /// Options whose upgrades go through `authenticate`, which sees the HTTP request (headers,
     /// query such as `?access_token=`, offered subprotocols) and returns the connection data,
-    /// `None` (401 `Unauthorized`), or a [`Rejection`].
+    /// `None` (401 `Unauthorized`), or a [`Rejection`](super::Rejection).
     pub fn with_authenticate<F, R>(authenticate: F) -> Self
     where
         F: Fn(&UpgradeRequest) -> R + Send + Sync + 'static,

@@ -139,7 +139,7 @@ impl<D: Send + Sync + 'static> TestServer<D> {
     /// # Panics
     ///
     /// If two routes handle one type tag (what [`Router::into_service`] reports as an error).
-    pub fn new(router: Router<D>) -> Self {
+    pub fn new<S: Send + Sync + 'static>(router: Router<D, S>) -> Self {
         Self::with_options(router, ServeOptions::with_authenticate(|_| None::<D>))
     }
 
@@ -152,7 +152,10 @@ impl<D: Send + Sync + 'static> TestServer<D> {
     /// # Panics
     ///
     /// If two routes handle one type tag (what [`Router::into_service`] reports as an error).
-    pub fn with_options(router: Router<D>, options: ServeOptions<D>) -> Self {
+    pub fn with_options<S: Send + Sync + 'static>(
+        router: Router<D, S>,
+        options: ServeOptions<D>,
+    ) -> Self {
         let shared = Arc::new(ServerShared {
             publications: Log::new(),
             errors: Log::new(),

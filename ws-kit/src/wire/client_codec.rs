@@ -139,6 +139,7 @@ pub(crate) fn abort_frame(correlation_id: &str) -> String {
 }
 
 /// `{"type":"__heartbeat","meta":{"timestamp":..}}`.
+#[cfg(feature = "client")]
 pub(crate) fn heartbeat_frame(now_ms: u64) -> String {
     format!("{{\"type\":\"__heartbeat\",\"meta\":{{\"timestamp\":{now_ms}}}}}")
 }
@@ -182,7 +183,7 @@ fn issues_text(issues: Vec<Issue>) -> String {
 }
 
 /// Decodes the payload of an `ERROR` / `RPC_ERROR` frame. A missing `message` is the code's
-/// description (PROTOCOL.md section 4); `details` other than an object are dropped.
+/// description (docs/protocol.md section 4); `details` other than an object are dropped.
 pub(crate) fn decode_error(frame: &ServerFrame<'_>) -> Result<WsError, String> {
     #[derive(serde::Deserialize)]
     struct Payload {

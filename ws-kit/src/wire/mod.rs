@@ -1,4 +1,4 @@
-//! The wire format (PROTOCOL.md sections 2–4): what the server reads ([`envelope`] for the full
+//! The wire format (docs/protocol.md sections 2–4): what the server reads ([`envelope`] for the full
 //! path, [`direct`] for the one-pass fast path), what it writes ([`encode`]), and what a client
 //! writes and reads ([`client_codec`], shared by the Rust client and the testing harness).
 
@@ -26,7 +26,7 @@ pub(crate) fn strip_position(e: &serde_json::Error) -> String {
     }
 }
 
-/// Whether a client may not send this type (PROTOCOL.md section 6).
+/// Whether a client may not send this type (docs/protocol.md section 6).
 pub(crate) fn is_reserved(ty: &str) -> bool {
     ty.starts_with('$') || ty.starts_with("__") || ty == "ERROR" || ty == "RPC_ERROR"
 }
