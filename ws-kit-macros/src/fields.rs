@@ -165,6 +165,38 @@ pub(crate) fn deserialize_impl(target: &TokenStream, name: &str, fields: &[&Fiel
                 __deserializer: __D,
             ) -> ::core::result::Result<Self, __D::Error> {
                 const __FIELDS: &[&str] = &[#(#wires),*];
+                // The index of a field name; any other key is serde's `unknown field` error
+                // (strict decoding). A `match`, which the compiler turns into length checks.
+                struct __Field;
+                impl<'de> #serde::de::DeserializeSeed<'de> for __Field {
+                    type Value = usize;
+                    #[inline]
+                    fn deserialize<__D: #serde::Deserializer<'de>>(
+                        self,
+                        __deserializer: __D,
+                    ) -> ::core::result::Result<usize, __D::Error> {
+                        #serde::Deserializer::deserialize_identifier(__deserializer, self)
+                    }
+                }
+                impl<'de> #serde::de::Visitor<'de> for __Field {
+                    type Value = usize;
+                    fn expecting(
+                        &self,
+                        __f: &mut ::core::fmt::Formatter<'_>,
+                    ) -> ::core::fmt::Result {
+                        __f.write_str("a field name")
+                    }
+                    #[inline]
+                    fn visit_str<__E: #serde::de::Error>(
+                        self,
+                        __key: &str,
+                    ) -> ::core::result::Result<usize, __E> {
+                        match __key {
+                            #( #wires => ::core::result::Result::Ok(#indexes), )*
+                            _ => ::core::result::Result::Err(__E::unknown_field(__key, __FIELDS)),
+                        }
+                    }
+                }
                 struct __Visitor;
                 #[automatically_derived]
                 impl<'de> #serde::de::Visitor<'de> for __Visitor {
@@ -186,7 +218,7 @@ pub(crate) fn deserialize_impl(target: &TokenStream, name: &str, fields: &[&Fiel
                         use #ws::{PickNoRead as _, PickRead as _};
                         #( let mut #slots: ::core::option::Option<#tys> = ::core::option::Option::None; )*
                         while let ::core::option::Option::Some(__i) =
-                            #serde::de::MapAccess::next_key_seed(&mut __map, #ws::FieldIndex(__FIELDS))?
+                            #serde::de::MapAccess::next_key_seed(&mut __map, __Field)?
                         {
                             match __i {
                                 #(

@@ -6,7 +6,6 @@
 //! handler run to its first wait, and whatever it queues on the connection's outbound queue.
 //! Call it inside a Tokio runtime context (`Runtime::enter`): an RPC builds its deadline timer.
 
-use crate::app::App;
 use crate::codec::ReplyFrame;
 use crate::connection::Connection;
 use crate::connection::shared::Limits;
@@ -28,9 +27,7 @@ use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 /// One connection of a built router, fed frames directly.
 pub struct Conn<D: Send + Sync + 'static = ()> {
     conn: Connection<D>,
-    app: Arc<App<D>>,
-    config: LoopConfig,
-    tasks: JoinSet<()>,
+    reader: Reader<D>,
 }
 
 impl<D: Send + Sync + 'static> fmt::Debug for Conn<D> {
@@ -46,27 +43,24 @@ impl<D: Send + Sync + 'static> Conn<D> {
     /// The connection joins no topics and runs no `on_open` hooks.
     pub fn new<S: Send + Sync + 'static>(router: Router<D, S>, data: D) -> Result<Self, Error> {
         let app = router.build(Limits::default())?;
+        let conn = Connection::new(uuid::Uuid::now_v7(), data, app.shared.clone());
+        let config = LoopConfig {
+            max_payload_bytes: 1024 * 1024,
+            heartbeat_interval: Duration::from_secs(30),
+            heartbeat_timeout: Duration::from_secs(90),
+            close_grace: Duration::from_secs(1),
+            // No socket: every frame reads the clock, as a frame alone in its read would.
+            read_clock: None,
+        };
         Ok(Conn {
-            conn: Connection::new(uuid::Uuid::now_v7(), data, app.shared.clone()),
-            app,
-            config: LoopConfig {
-                max_payload_bytes: 1024 * 1024,
-                heartbeat_interval: Duration::from_secs(30),
-                heartbeat_timeout: Duration::from_secs(90),
-                close_grace: Duration::from_secs(1),
-                // No socket: every frame reads the clock, as a frame alone in its read would.
-                read_clock: None,
-            },
-            tasks: JoinSet::new(),
+            reader: Reader::new(conn.clone(), app, config, JoinSet::new()),
+            conn,
         })
     }
 
     /// Handles one text frame exactly as the read loop does.
     pub fn dispatch(&mut self, text: &str) {
-        let mut reader = Reader::new(&self.conn, &self.app, &self.config);
-        std::mem::swap(&mut reader.tasks, &mut self.tasks);
-        reader.dispatch(text, SystemTime::now());
-        std::mem::swap(&mut reader.tasks, &mut self.tasks);
+        self.reader.dispatch(text, SystemTime::now());
     }
 
     /// Takes every frame queued on the connection's outbound queue (what the writer would send).
@@ -76,7 +70,7 @@ impl<D: Send + Sync + 'static> Conn<D> {
 
     /// Handlers that waited and became tasks (0 when every handler ran to completion inline).
     pub fn pending_tasks(&self) -> usize {
-        self.tasks.len()
+        self.reader.tasks.len()
     }
 
     /// The connection, as handlers see it.

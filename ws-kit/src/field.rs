@@ -9,12 +9,11 @@ use crate::error::Issue;
 use crate::scan::Pick;
 use crate::wire::strip_position;
 use serde::Serialize;
-use serde::de::{self, DeserializeOwned, DeserializeSeed, Deserializer, MapAccess, Visitor};
+use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeStruct};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 use std::marker::PhantomData;
 
 /// What the type of a message's (or payload's) field must be: readable and writable as JSON.
@@ -250,34 +249,6 @@ pub trait PickFlat<T> {
 impl<T> PickFlat<T> for Pick<T> {
     #[inline]
     fn validate_nested(&self, _: &T, _: &str, _: &str, _: &mut Vec<Issue>) {}
-}
-
-/// Reads a key of a struct's map as the index of one of its field names; any other key is
-/// serde's `unknown field` error (strict decoding).
-#[derive(Clone, Copy, Debug)]
-pub struct FieldIndex(pub &'static [&'static str]);
-
-impl<'de> DeserializeSeed<'de> for FieldIndex {
-    type Value = usize;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
-        d.deserialize_identifier(self)
-    }
-}
-
-impl<'de> Visitor<'de> for FieldIndex {
-    type Value = usize;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a field name")
-    }
-
-    fn visit_str<E: de::Error>(self, key: &str) -> Result<usize, E> {
-        self.0
-            .iter()
-            .position(|field| *field == key)
-            .ok_or_else(|| E::unknown_field(key, self.0))
-    }
 }
 
 /// A deserializer for an absent key: an `Option` reads it as `None`, anything else fails with

@@ -3,8 +3,7 @@
 
 pub use crate::codec::{Codec, ReplyFrame};
 pub use crate::field::{
-    FieldIndex, Nested, PickFlat, PickNested, PickNoRead, PickNoWrite, PickRead, PickWrite,
-    assert_field,
+    Nested, PickFlat, PickNested, PickNoRead, PickNoWrite, PickRead, PickWrite, assert_field,
 };
 pub use crate::handler::{CtxParts, IntoReply};
 pub use crate::scan::{FastField, Pick, PickFast, PickNone, PickSerde, Scan};

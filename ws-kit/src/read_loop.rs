@@ -88,21 +88,16 @@ pub(crate) async fn run<D, S>(
         }
     }
 
-    let mut reader = Reader {
-        conn: &conn,
-        app: &app,
-        config: &config,
-        tasks: JoinSet::new(),
-        held: VecDeque::new(),
-        held_bytes: 0,
-        ordered_running: false,
-    };
+    let close_grace = config.close_grace;
+    let (heartbeat_interval, heartbeat_timeout) =
+        (config.heartbeat_interval, config.heartbeat_timeout);
+    let mut reader = Reader::new(conn.clone(), app.clone(), config, JoinSet::new());
     // Liveness is checked at each ping tick: a frame only sets `active`, so the hot path reads
     // no clock. A connection is closed between `timeout` and `timeout + interval` after its last
     // frame, never earlier.
     let mut last_seen = tokio::time::Instant::now();
     let mut active = false;
-    let ping = tokio::time::sleep(config.heartbeat_interval);
+    let ping = tokio::time::sleep(heartbeat_interval);
     tokio::pin!(ping);
     let mut client_close: Option<CloseInfo> = None;
     // Created once, not once per frame.
@@ -156,12 +151,12 @@ pub(crate) async fn run<D, S>(
                     // Held frames mean the peer is talking; the server is the one not reading.
                     if std::mem::take(&mut active) || !reader.held.is_empty() {
                         last_seen = now;
-                    } else if now - last_seen >= config.heartbeat_timeout {
+                    } else if now - last_seen >= heartbeat_timeout {
                         out.close(crate::close_code::HEARTBEAT_TIMEOUT, "Heartbeat timeout");
                         break;
                     }
                     out.push(WsMessage::Ping(Default::default()));
-                    ping.as_mut().reset(now + config.heartbeat_interval);
+                    ping.as_mut().reset(now + heartbeat_interval);
                 }
                 Some(_) = reader.tasks.join_next(), if !reader.tasks.is_empty() => {
                     reader.release_held();
@@ -178,7 +173,7 @@ pub(crate) async fn run<D, S>(
         (Some(info), _) => info,
         (None, Some(closing)) => {
             // The server closed: give the client a moment to answer the close frame.
-            let _ = tokio::time::timeout(config.close_grace, async {
+            let _ = tokio::time::timeout(close_grace, async {
                 while let Some(Ok(frame)) = stream.next().await {
                     if matches!(frame, WsMessage::Close(_)) {
                         break;
@@ -209,7 +204,7 @@ pub(crate) async fn run<D, S>(
     }
     conn.leave_all().await;
     out.finish();
-    let _ = tokio::time::timeout(config.close_grace, writer).await;
+    let _ = tokio::time::timeout(close_grace, writer).await;
 }
 
 /// How many frames the read loop handles in a row before it looks at its other events again.
@@ -236,10 +231,10 @@ enum Order {
 
 /// The read side of one connection: dispatches frames, holds them while ordered dispatch waits,
 /// and owns the tasks of handlers that wait.
-pub(crate) struct Reader<'a, D> {
-    pub(crate) conn: &'a Connection<D>,
-    pub(crate) app: &'a App<D>,
-    pub(crate) config: &'a LoopConfig,
+pub(crate) struct Reader<D> {
+    conn: Connection<D>,
+    app: Arc<App<D>>,
+    config: LoopConfig,
     pub(crate) tasks: JoinSet<()>,
     /// Frames read but not dispatched yet (ordered dispatch), with their arrival times.
     held: VecDeque<(Utf8Bytes, SystemTime)>,
@@ -248,15 +243,19 @@ pub(crate) struct Reader<'a, D> {
     ordered_running: bool,
 }
 
-impl<'a, D: Send + Sync + 'static> Reader<'a, D> {
-    /// A reader without a socket (the benchmarks feed it frames).
-    #[cfg(feature = "bench")]
-    pub(crate) fn new(conn: &'a Connection<D>, app: &'a App<D>, config: &'a LoopConfig) -> Self {
+impl<D: Send + Sync + 'static> Reader<D> {
+    /// The reader of `conn` (the benchmarks make one without a socket and feed it frames).
+    pub(crate) fn new(
+        conn: Connection<D>,
+        app: Arc<App<D>>,
+        config: LoopConfig,
+        tasks: JoinSet<()>,
+    ) -> Self {
         Reader {
             conn,
             app,
             config,
-            tasks: JoinSet::new(),
+            tasks,
             held: VecDeque::new(),
             held_bytes: 0,
             ordered_running: false,
@@ -270,7 +269,7 @@ impl<'a, D: Send + Sync + 'static> Reader<'a, D> {
 
     /// Handles one item of the socket stream; `Some` when the connection ends with it.
     fn on_frame(&mut self, frame: Option<Result<WsMessage, WsTransportError>>) -> Option<Ended> {
-        let conn = self.conn;
+        let conn = &self.conn;
         match frame {
             Some(Ok(WsMessage::Text(text))) => self.on_text(text),
             Some(Ok(WsMessage::Binary(bytes))) => match Utf8Bytes::try_from(bytes) {
@@ -381,7 +380,7 @@ impl<'a, D: Send + Sync + 'static> Reader<'a, D> {
 
     /// Handles one text frame: envelope, reserved types, routing.
     pub(crate) fn dispatch(&mut self, text: &str, received_at: SystemTime) {
-        let conn = self.conn;
+        let conn = &self.conn;
         let max = self.config.max_payload_bytes;
         if text.len() > max {
             // Only reachable in `Reject` mode: the transport closes with 1009 otherwise.

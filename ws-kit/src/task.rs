@@ -36,6 +36,7 @@ pub(crate) fn start(task: Task, tasks: &mut JoinSet<()>) {
 /// allocation, which holds the handler's future in place. `work` ends with the handler's reply
 /// (a request's response), or `()` (an event, or a request whose reply the middleware chain's
 /// end already sent).
+#[inline]
 pub(crate) fn wrap<D, F, R>(
     work: F,
     conn: Connection<D>,
