@@ -13,6 +13,7 @@ use futures_util::{FutureExt, Sink, Stream, StreamExt};
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
@@ -37,12 +38,17 @@ pub(crate) fn now_ms(t: SystemTime) -> u64 {
 }
 
 /// Runs a connection to its end: `on_open`, the read loop, then `on_close` and cleanup.
+///
+/// `reader` carries the connection, its router and its settings: one copy of each in this
+/// future's state, which every idle connection holds.
+///
+/// A connection that comes in once shutdown has started is dropped at once. While it runs it is
+/// counted in `open`.
 pub(crate) async fn run<D, S>(
     socket: S,
-    conn: Connection<D>,
-    app: Arc<App<D>>,
-    config: LoopConfig,
+    mut reader: Reader<D>,
     mut shutdown: watch::Receiver<bool>,
+    open: Arc<AtomicUsize>,
 ) where
     D: Send + Sync + 'static,
     S: Stream<Item = Result<WsMessage, WsTransportError>>
@@ -51,11 +57,16 @@ pub(crate) async fn run<D, S>(
         + Send
         + 'static,
 {
+    if *shutdown.borrow() {
+        return;
+    }
+    let _open = Counted::new(open);
     let (sink, mut stream) = socket.split();
-    let out = conn.inner.out.clone();
+    let out = reader.conn.inner.out.clone();
     let writer = tokio::spawn(write_loop(sink, out.clone()));
 
     let mut opened = true;
+    let (conn, app) = (&reader.conn, &reader.app);
     if let Err(e) = conn.join_internal().await {
         conn.report(ErrorKind::Open, None, None, e);
         out.close(crate::close_code::ERROR, "Internal error");
@@ -88,16 +99,12 @@ pub(crate) async fn run<D, S>(
         }
     }
 
-    let close_grace = config.close_grace;
-    let (heartbeat_interval, heartbeat_timeout) =
-        (config.heartbeat_interval, config.heartbeat_timeout);
-    let mut reader = Reader::new(conn.clone(), app.clone(), config, JoinSet::new());
     // Liveness is checked at each ping tick: a frame only sets `active`, so the hot path reads
     // no clock. A connection is closed between `timeout` and `timeout + interval` after its last
     // frame, never earlier.
     let mut last_seen = tokio::time::Instant::now();
     let mut active = false;
-    let ping = tokio::time::sleep(heartbeat_interval);
+    let ping = tokio::time::sleep(reader.config.heartbeat_interval);
     tokio::pin!(ping);
     let mut client_close: Option<CloseInfo> = None;
     // Created once, not once per frame.
@@ -110,7 +117,7 @@ pub(crate) async fn run<D, S>(
     if opened {
         loop {
             // Ordered dispatch holds frames; past its budget the socket waits.
-            let reading = reader.held_bytes <= reader.held_budget();
+            let reading = !reader.over_held_budget();
             tokio::select! {
                 biased;
                 () = &mut closed_by_server => break,
@@ -129,7 +136,7 @@ pub(crate) async fn run<D, S>(
                             break Some(ended);
                         }
                         budget -= 1;
-                        if budget == 0 || out.is_closing() || reader.held_bytes > reader.held_budget() {
+                        if budget == 0 || out.is_closing() || reader.over_held_budget() {
                             break None;
                         }
                         match std::future::poll_fn(|cx| Poll::Ready(stream.poll_next_unpin(cx))).await {
@@ -149,14 +156,14 @@ pub(crate) async fn run<D, S>(
                 () = &mut ping => {
                     let now = tokio::time::Instant::now();
                     // Held frames mean the peer is talking; the server is the one not reading.
-                    if std::mem::take(&mut active) || !reader.held.is_empty() {
+                    if std::mem::take(&mut active) || reader.holds_frames() {
                         last_seen = now;
-                    } else if now - last_seen >= heartbeat_timeout {
+                    } else if now - last_seen >= reader.config.heartbeat_timeout {
                         out.close(crate::close_code::HEARTBEAT_TIMEOUT, "Heartbeat timeout");
                         break;
                     }
                     out.push(WsMessage::Ping(Default::default()));
-                    ping.as_mut().reset(now + heartbeat_interval);
+                    ping.as_mut().reset(now + reader.config.heartbeat_interval);
                 }
                 Some(_) = reader.tasks.join_next(), if !reader.tasks.is_empty() => {
                     reader.release_held();
@@ -165,9 +172,10 @@ pub(crate) async fn run<D, S>(
         }
     }
 
-    // In-flight handlers end with the connection.
-    let Reader { mut tasks, .. } = reader;
-    tasks.abort_all();
+    // In-flight handlers end with the connection. (The reader's parts are used in place, not
+    // moved out: a moved value keeps its old slot in this future's state.)
+    reader.tasks.abort_all();
+    let (conn, app, close_grace) = (&reader.conn, &reader.app, reader.config.close_grace);
 
     let info = match (client_close, out.closing()) {
         (Some(info), _) => info,
@@ -207,6 +215,22 @@ pub(crate) async fn run<D, S>(
     let _ = tokio::time::timeout(close_grace, writer).await;
 }
 
+/// Counts a running connection while it lives.
+struct Counted(Arc<AtomicUsize>);
+
+impl Counted {
+    fn new(count: Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Counted(count)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// How many frames the read loop handles in a row before it looks at its other events again.
 const FRAMES_PER_WAKE: usize = 64;
 
@@ -237,10 +261,17 @@ pub(crate) struct Reader<D> {
     config: LoopConfig,
     pub(crate) tasks: JoinSet<()>,
     /// Frames read but not dispatched yet (ordered dispatch), with their arrival times.
-    held: VecDeque<(Utf8Bytes, SystemTime)>,
-    held_bytes: usize,
+    /// Ordered dispatch's state; allocated the first time a frame is held.
+    held: Option<Box<Held>>,
     /// An ordered frame's handler is among `tasks`: nothing else starts until they are done.
     ordered_running: bool,
+}
+
+/// Frames read but not dispatched yet (ordered dispatch), with their arrival times.
+#[derive(Default)]
+struct Held {
+    frames: VecDeque<(Utf8Bytes, SystemTime)>,
+    bytes: usize,
 }
 
 impl<D: Send + Sync + 'static> Reader<D> {
@@ -256,15 +287,22 @@ impl<D: Send + Sync + 'static> Reader<D> {
             app,
             config,
             tasks,
-            held: VecDeque::new(),
-            held_bytes: 0,
+            held: None,
             ordered_running: false,
         }
     }
 
-    /// How many bytes of frames ordered dispatch may hold before the socket waits.
-    fn held_budget(&self) -> usize {
-        self.config.max_payload_bytes.max(64 * 1024)
+    /// Whether ordered dispatch holds more bytes of frames than it may (the payload limit, at
+    /// least 64 KiB): the socket then waits.
+    fn over_held_budget(&self) -> bool {
+        self.held
+            .as_ref()
+            .is_some_and(|h| h.bytes > self.config.max_payload_bytes.max(64 * 1024))
+    }
+
+    /// Whether frames wait for their turn.
+    fn holds_frames(&self) -> bool {
+        self.held.as_ref().is_some_and(|h| !h.frames.is_empty())
     }
 
     /// Handles one item of the socket stream; `Some` when the connection ends with it.
@@ -316,8 +354,9 @@ impl<D: Send + Sync + 'static> Reader<D> {
         match self.order_of(&text) {
             Order::Control => self.dispatch(&text, received_at),
             order if self.must_wait(order) => {
-                self.held_bytes += text.len();
-                self.held.push_back((text, received_at));
+                let held = self.held.get_or_insert_with(Box::default);
+                held.bytes += text.len();
+                held.frames.push_back((text, received_at));
             }
             order => self.dispatch_in_order(&text, received_at, order),
         }
@@ -326,7 +365,7 @@ impl<D: Send + Sync + 'static> Reader<D> {
     /// Whether a frame must be held: frames before it are held, an ordered handler runs, or it is
     /// ordered and earlier handlers still run.
     fn must_wait(&self, order: Order) -> bool {
-        !self.held.is_empty()
+        self.holds_frames()
             || (self.ordered_running && !self.tasks.is_empty())
             || (order == Order::Ordered && !self.tasks.is_empty())
     }
@@ -342,18 +381,25 @@ impl<D: Send + Sync + 'static> Reader<D> {
         if self.tasks.is_empty() {
             self.ordered_running = false;
         }
-        while let Some((text, _)) = self.held.front() {
+        while let Some((text, _)) = self.held.as_ref().and_then(|h| h.frames.front()) {
             let order = self.order_of(text);
             if (self.ordered_running && !self.tasks.is_empty())
                 || (order == Order::Ordered && !self.tasks.is_empty())
             {
                 break;
             }
-            let Some((text, received_at)) = self.held.pop_front() else {
+            let Some(held) = self.held.as_mut() else {
                 break;
             };
-            self.held_bytes -= text.len();
+            let Some((text, received_at)) = held.frames.pop_front() else {
+                break;
+            };
+            held.bytes -= text.len();
             self.dispatch_in_order(&text, received_at, order);
+        }
+        if !self.holds_frames() {
+            // Nothing waits: give the queue's memory back.
+            self.held = None;
         }
     }
 

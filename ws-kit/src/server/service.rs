@@ -7,7 +7,7 @@ use crate::app::App;
 use crate::connection::Connection;
 use crate::error::Error;
 use crate::publisher::Publisher;
-use crate::read_loop::{self, LoopConfig};
+use crate::read_loop::{self, LoopConfig, Reader};
 use crate::router::Router;
 use std::fmt;
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -46,7 +47,8 @@ struct ServiceInner<D> {
     app: Arc<App<D>>,
     options: ServeOptions<D>,
     shutdown: watch::Sender<bool>,
-    connections: AtomicUsize,
+    /// Open connections (counted by their read loops).
+    connections: Arc<AtomicUsize>,
 }
 
 impl<D: Send + Sync + 'static, S: Send + Sync + 'static> Router<D, S> {
@@ -59,7 +61,7 @@ impl<D: Send + Sync + 'static, S: Send + Sync + 'static> Router<D, S> {
                 app,
                 options,
                 shutdown,
-                connections: AtomicUsize::new(0),
+                connections: Arc::default(),
             }),
         })
     }
@@ -181,16 +183,10 @@ impl<D: Send + Sync + 'static> Service<D> {
             read_clock,
         };
         let shutdown = self.inner.shutdown.subscribe();
-        let inner = self.inner.clone();
-        let run_conn = conn.clone();
-        let run = async move {
-            if *shutdown.borrow() {
-                return;
-            }
-            inner.connections.fetch_add(1, Ordering::Relaxed);
-            read_loop::run(socket, run_conn, app, loop_config, shutdown).await;
-            inner.connections.fetch_sub(1, Ordering::Relaxed);
-        };
+        let reader = Reader::new(conn.clone(), app, loop_config, JoinSet::new());
+        // `run` itself, not a block around it: every capture of a block would keep a slot in the
+        // future's state, which every idle connection holds.
+        let run = read_loop::run(socket, reader, shutdown, self.inner.connections.clone());
         (conn, run)
     }
 }
