@@ -6,11 +6,13 @@
 //! ws-kit-bench load fanout --url ws://127.0.0.1:P [--subs 1000] [--pubs 1] [--rate 2000|max] [--window 64] [--secs 5]
 //! ws-kit-bench load idle   --url ws://127.0.0.1:P [--conns 10000] [--hold 10]
 //! ws-kit-bench compare [--quick]
+//! ws-kit-bench fuzz [--secs 10] [--inputs N] [--seed 1]
 //! ```
 //!
 //! `load` prints one JSON line (the result) and one human line starting with `#`.
 
 mod compare;
+mod fuzz;
 mod load;
 mod servers;
 
@@ -48,7 +50,7 @@ impl Flags {
     }
 }
 
-const USAGE: &str = "usage: ws-kit-bench server ws-kit|baseline [--port P] | load rpc|fanout|idle [--url ws://127.0.0.1:P ...] | compare [--quick]";
+const USAGE: &str = "usage: ws-kit-bench server ws-kit|baseline [--port P] | load rpc|fanout|idle [--url ws://127.0.0.1:P ...] | compare [--quick] | fuzz [--secs S] [--inputs N] [--seed X]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -70,6 +72,14 @@ fn main() -> ExitCode {
             run_load(&mode, &flags)
         }
         Some("compare") => compare::run(args.iter().any(|a| a == "--quick")),
+        Some("fuzz") => {
+            let flags = Flags::parse(&args[1..]);
+            fuzz::run(
+                flags.get("secs", 10.0),
+                flags.get("inputs", u64::MAX),
+                flags.get("seed", 1),
+            )
+        }
         _ => {
             eprintln!("{USAGE}");
             ExitCode::FAILURE

@@ -55,7 +55,10 @@ pub(crate) async fn bind(
 )> {
     match kind {
         Kind::WsKit => {
-            let server = Server::bind(wskit_router(), ServeOptions::new().port(port))
+            // No connection limit of ws-kit's own: the baseline has none, and the idle run opens
+            // as many sockets as the open-files limit allows (the default keeps a tenth back).
+            let options = ServeOptions::new().port(port).max_connections(usize::MAX);
+            let server = Server::bind(wskit_router(), options)
                 .await
                 .map_err(std::io::Error::other)?;
             let addr = server.local_addr();

@@ -716,13 +716,27 @@ fn broadcast_reaches_every_connection_once() {
             &a.service.publisher().broadcast(&msg("end")).await,
             "broadcast end",
         );
+        // Each publisher's broadcasts keep their order everywhere (A's "from A" before its
+        // "end"); across publishers there is no order to keep: an instance delivers its own
+        // publications to its own connections at once, and B's through Redis.
         for (name, client) in &mut clients {
-            expect_frames(
-                client,
-                name,
-                &[notice("from A"), notice("from B"), notice("end")],
-            )
-            .await;
+            let mut texts = Vec::new();
+            for _ in 0..3 {
+                let frame = client.recv().await;
+                assert_eq!(frame["type"], "NOTICE", "{name}: {frame}");
+                texts.push(
+                    frame["payload"]["text"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                );
+            }
+            let at = |t: &str| texts.iter().position(|x| x == t);
+            assert!(at("from B").is_some(), "{name}: {texts:?}");
+            assert!(
+                at("from A") < at("end") && at("from A").is_some(),
+                "{name}: {texts:?}"
+            );
         }
         for (_, client) in &mut clients {
             client.expect_silence(Duration::from_millis(50)).await;
@@ -1114,9 +1128,10 @@ async fn proxied(url: &str) -> (Proxy, String) {
 }
 
 /// While Redis is unreachable a publish fails within the publish timeout with a retryable
-/// `UNAVAILABLE` (never a silent success, never a panic). Once Redis is back, without restarting
-/// anything, the instances reconnect and resubscribe: a publication on A reaches the member on B
-/// again, each exactly once, and Redis shows the same channels as before the outage.
+/// `UNAVAILABLE` (never a silent success, never a panic), and reaches only the publishing
+/// instance's own members. Once Redis is back, without restarting anything, the instances
+/// reconnect and resubscribe: a publication on A reaches the member on B again, each exactly
+/// once, and Redis shows the same channels as before the outage.
 #[test]
 fn redis_outage_fails_publishes_then_recovers() {
     let Some(url) = redis_url() else { return };
@@ -1215,10 +1230,12 @@ fn redis_outage_fails_publishes_then_recovers() {
             back.elapsed()
         );
 
-        // From here on, exactly once and in order on both instances; nothing from the outage.
+        // From here on, exactly once and in order on both instances. Of the outage, only A's own
+        // member has the publications (delivered on A, where they were made), each once, first.
         assert_ok(&publisher.publish("room", &msg("after")).await, "publish");
         for (who, client) in [("on A", &mut on_a), ("on B", &mut on_b)] {
             let mut last_probe = 0;
+            let mut lost = 0;
             loop {
                 let frame = client.recv().await;
                 let text = frame["payload"]["text"]
@@ -1229,12 +1246,19 @@ fn redis_outage_fails_publishes_then_recovers() {
                 if text == "after" {
                     break;
                 }
+                if text == "lost" && who == "on A" && last_probe == 0 {
+                    lost += 1;
+                    continue;
+                }
                 let n: u32 = text
                     .strip_prefix("probe ")
                     .and_then(|n| n.parse().ok())
                     .unwrap_or_else(|| panic!("{who} got {frame} after the outage"));
                 assert!(n > last_probe, "{who}: probe {n} after probe {last_probe}");
                 last_probe = n;
+            }
+            if who == "on A" {
+                assert_eq!(lost, failures, "on A: every publish of the outage, once");
             }
             client.expect_silence(Duration::from_millis(100)).await;
         }
@@ -1347,6 +1371,450 @@ fn topic_left_during_outage_stays_unsubscribed() {
                 break;
             }
             assert_eq!(frame, notice("main"), "a late probe is fine, nothing else");
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// A Redis of the test's own, killed and frozen.
+
+/// A `redis-server` on a free loopback port, started by the test and stopped by its PID: killed
+/// (SIGKILL) and restarted on the same port, or frozen (SIGSTOP) and thawed (SIGCONT). Dropping it
+/// kills it, frozen or not.
+struct OwnRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    /// Starts one, or says the test is skipped when `redis-server` is not installed.
+    fn start() -> Option<OwnRedis> {
+        let found = std::process::Command::new("redis-server")
+            .arg("--version")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            use std::io::Write;
+            let test = std::thread::current().name().unwrap_or("redis").to_string();
+            let _ = writeln!(
+                std::io::stderr(),
+                "{test}: skipped: redis-server not found (apt-get install redis-server)"
+            );
+            return None;
+        }
+        let port = support::free_addr().port();
+        let mut redis = OwnRedis { port, child: None };
+        redis.restart();
+        Some(redis)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again) on its port and waits until it answers PING.
+    fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--port", &self.port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                use std::io::{Read, Write};
+                let mut reply = [0u8; 7];
+                if conn.write_all(b"PING\r\n").is_ok()
+                    && conn.read_exact(&mut reply).is_ok()
+                    && &reply == b"+PONG\r\n"
+                {
+                    return;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server on port {} did not answer within {WAIT:?}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, and waits until the process is gone.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("redis-server is running").id();
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
+    fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    fn thaw(&self) {
+        self.signal("-CONT");
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Sends `PUBLISH {topic, text}` and returns, in arrival order, the frames up to and including
+/// its reply, with the time the reply took.
+async fn publish_via(client: &mut Client, topic: &str, text: &str) -> (Vec<Value>, Duration) {
+    let started = Instant::now();
+    client
+        .send(
+            json!({"type": "PUBLISH", "payload": {"topic": topic, "text": text},
+                     "meta": {"correlationId": "pub"}}),
+        )
+        .await;
+    let mut frames = Vec::new();
+    loop {
+        let frame = client.recv().await;
+        let done = frame["meta"]["correlationId"] == "pub";
+        frames.push(frame);
+        if done {
+            return (frames, started.elapsed());
+        }
+    }
+}
+
+fn published(ok: bool, error: Option<&str>) -> Value {
+    json!({"type": "PUBLISHED", "meta": {"correlationId": "pub"}, "payload": {"ok": ok, "error": error}})
+}
+
+/// Reads one client's frames until `notice(last)`: every other frame must be a notice whose text
+/// is in `allowed`, each at most once. Returns the texts seen, in order.
+async fn notices_until(
+    client: &mut Client,
+    who: &str,
+    allowed: &[&str],
+    last: &str,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let frame = recv_skipping_probes(client).await;
+        assert_eq!(frame["type"], "NOTICE", "{who}: {frame}");
+        let text = frame["payload"]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if text == last {
+            return seen;
+        }
+        assert!(
+            allowed.contains(&text.as_str()),
+            "{who}: unexpected {frame}"
+        );
+        assert!(!seen.contains(&text), "{who}: {text:?} twice");
+        seen.push(text);
+    }
+}
+
+/// The next frame that is not a late `probe N` (a probe can arrive after the one that ended
+/// `probe_until_delivered`).
+async fn recv_skipping_probes(client: &mut Client) -> Value {
+    loop {
+        let frame = client.recv().await;
+        let text = frame["payload"]["text"].as_str().unwrap_or_default();
+        if !(frame["type"] == "NOTICE" && text.starts_with("probe ")) {
+            return frame;
+        }
+    }
+}
+
+/// Publishes `probe N` on `publisher` until one reaches `target`; returns how many it took.
+async fn probe_until_delivered(
+    publisher: &ws_kit::Publisher,
+    topic: &str,
+    target: &mut Client,
+) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut probes = 0;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no probe reached the member within 20 s ({probes} probes)"
+        );
+        probes += 1;
+        let result = publisher
+            .publish(topic, &msg(&format!("probe {probes}")))
+            .await;
+        if result.ok {
+            if let Ok(frame) = tokio::time::timeout(Duration::from_millis(300), target.recv()).await
+            {
+                let text = frame["payload"]["text"].as_str().unwrap_or_default();
+                assert!(text.starts_with("probe "), "{frame}");
+                return probes;
+            }
+        } else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Two instances on `url` and `prefix` (their engines' options `tune`d, Redis pinged every 100 ms),
+/// `a1` and `a2` on A and `b1` on B in "room", and one publication from `a1` that all three got
+/// (Redis carries traffic between the instances).
+struct Room {
+    a: TestServer<()>,
+    b: TestServer<()>,
+    /// The engines of A and B, to ask whether they see Redis.
+    handles: (RedisPubSub, RedisPubSub),
+    a1: Client,
+    a2: Client,
+    b1: Client,
+}
+
+impl Room {
+    async fn open(url: &str, prefix: &str, tune: impl Fn(RedisOptions) -> RedisOptions) -> Room {
+        let options = || {
+            tune(RedisOptions::new(url).prefix(prefix)).health_interval(Duration::from_millis(100))
+        };
+        let engine_a = options().connect().await.expect("connect A");
+        let engine_b = options().connect().await.expect("connect B");
+        let handles = (engine_a.clone(), engine_b.clone());
+        let (a, b) = (instance(engine_a).await, instance(engine_b).await);
+        let (mut a1, mut a2, mut b1) = (a.client().await, a.client().await, b.client().await);
+        for member in [&mut a1, &mut a2, &mut b1] {
+            joined(member, "room").await;
+        }
+        let (frames, _) = publish_via(&mut a1, "room", "before").await;
+        assert_eq!(frames, [notice("before"), published(true, None)]);
+        expect_frames(&mut a2, "a2", &[notice("before")]).await;
+        expect_frames(&mut b1, "b1", &[notice("before")]).await;
+        Room {
+            a,
+            b,
+            handles,
+            a1,
+            a2,
+            b1,
+        }
+    }
+}
+
+/// Two instances on a Redis of the test's own, `a1` and `a2` on A and `b1` on B in "room". Then
+/// Redis is killed (SIGKILL). While it is dead, A's members go on getting A's publications
+/// (the publisher's own echo included) and a publish says within the publish timeout that it
+/// reached only this instance (`ok: false`, `UNAVAILABLE`); B opens a new connection, which
+/// joins "room" and a topic new to B and logs in as a user; its replies come at once. Redis is
+/// restarted (empty) on the same port: without restarting the instances, a publication on A
+/// reaches the member that joined during the outage, the user it logged in as, and every member
+/// exactly once; Redis counts all four members again.
+#[test]
+fn killed_redis_keeps_local_traffic_going() {
+    let Some(mut redis) = OwnRedis::start() else {
+        return;
+    };
+    bounded_multi_thread_within(Duration::from_secs(90), async move {
+        const PUBLISH_TIMEOUT: Duration = Duration::from_millis(500);
+        let (url, prefix) = (redis.url(), unique_prefix());
+        let tune = |options: RedisOptions| options.publish_timeout(PUBLISH_TIMEOUT);
+        let Room {
+            a,
+            b,
+            handles: (handle_a, handle_b),
+            mut a1,
+            mut a2,
+            mut b1,
+        } = Room::open(&url, &prefix, tune).await;
+
+        redis.kill();
+        // A publish made before an instance notices fails within the publish timeout too; wait
+        // for both to notice so the rest happens in a known state.
+        eventually("both instances to notice the outage", || async {
+            !handle_a.is_connected() && !handle_b.is_connected()
+        })
+        .await;
+
+        let (frames, took) = publish_via(&mut a1, "room", "outage").await;
+        assert_eq!(
+            frames,
+            [notice("outage"), published(false, Some("UNAVAILABLE"))],
+            "the publisher gets its own publication, then a result that says Redis was missed"
+        );
+        assert!(took < PUBLISH_TIMEOUT, "the failed publish took {took:?}");
+        expect_frames(&mut a2, "a2", &[notice("outage")]).await;
+        let publisher = a.service.publisher();
+        let result = publisher.publish("room", &msg("outage 2")).await;
+        let error = result.error.expect("a publish during the outage fails");
+        assert_eq!(error.code().as_str(), "UNAVAILABLE", "{error:?}");
+        assert_eq!(error.retryable(), Some(true), "{error:?}");
+        expect_frames(&mut a1, "a1", &[notice("outage 2")]).await;
+        expect_frames(&mut a2, "a2", &[notice("outage 2")]).await;
+
+        // A new connection, a join, a join of a topic B has no channel for, a login: all
+        // answered promptly (the read loop's PING only after the connection's setup).
+        let opened = Instant::now();
+        let mut b2 = b.client().await;
+        ready(&mut b2).await;
+        joined(&mut b2, "room").await;
+        joined(&mut b2, "fresh").await;
+        logged_in(&mut b2, "outage-user").await;
+        let took = opened.elapsed();
+        assert!(
+            took < Duration::from_secs(2),
+            "connecting, joining twice and logging in took {took:?} while Redis was down"
+        );
+        let (frames, _) = publish_via(&mut b1, "room", "on B").await;
+        assert_eq!(
+            frames,
+            [notice("on B"), published(false, Some("UNAVAILABLE"))]
+        );
+        expect_frames(&mut b2, "b2", &[notice("on B")]).await;
+        b1.expect_silence(Duration::from_millis(200)).await;
+
+        redis.restart();
+        eventually_within(
+            Duration::from_secs(15),
+            "both instances to reconnect",
+            || async { handle_a.is_connected() && handle_b.is_connected() },
+        )
+        .await;
+        let probes = probe_until_delivered(&publisher, "fresh", &mut b2).await;
+        eprintln!(
+            "after the restart, delivery to a topic joined during the outage took {probes} probes"
+        );
+        let emitter = Emitter::connect_with(RedisOptions::new(&url).prefix(&prefix))
+            .await
+            .expect("connect the emitter");
+        assert_ok(
+            &emitter
+                .send_to_user("outage-user", &msg("to the user"))
+                .await,
+            "send_to_user",
+        );
+        assert_eq!(
+            recv_skipping_probes(&mut b2).await,
+            direct_notice("to the user")
+        );
+
+        assert_ok(&publisher.publish("room", &msg("after")).await, "publish");
+        for (who, client) in [
+            ("a1", &mut a1),
+            ("a2", &mut a2),
+            ("b1", &mut b1),
+            ("b2", &mut b2),
+        ] {
+            let seen = notices_until(client, who, &[], "after").await;
+            assert!(seen.is_empty(), "{who}: {seen:?}");
+            client.expect_silence(Duration::from_millis(100)).await;
+        }
+        eventually(
+            "Redis to count the four members of \"room\" again",
+            || async { publisher.subscriber_count("room").await == Some(4) },
+        )
+        .await;
+    });
+}
+
+/// The same two instances, with Redis frozen (SIGSTOP) instead: the connection stays open but
+/// nothing answers. A publication on A reaches A's members at once, long before the publish
+/// gives up on Redis with `UNAVAILABLE`; a PING on another connection is answered at once; B
+/// opens a new connection and joins a topic new to B within the join timeout. Thawed (SIGCONT),
+/// the frozen commands run late: B may get the frozen publication once, A never twice; the topic
+/// joined during the freeze is subscribed, and delivery is exactly-once again.
+#[test]
+fn frozen_redis_never_stalls_local_traffic() {
+    let Some(redis) = OwnRedis::start() else {
+        return;
+    };
+    bounded_multi_thread_within(Duration::from_secs(90), async move {
+        const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
+        const JOIN_TIMEOUT: Duration = Duration::from_millis(500);
+        let (url, prefix) = (redis.url(), unique_prefix());
+        let tune = |options: RedisOptions| {
+            options
+                .publish_timeout(PUBLISH_TIMEOUT)
+                .join_timeout(JOIN_TIMEOUT)
+        };
+        let Room {
+            a,
+            b,
+            handles: (handle_a, handle_b),
+            mut a1,
+            mut a2,
+            mut b1,
+        } = Room::open(&url, &prefix, tune).await;
+
+        redis.freeze();
+        let frozen = Instant::now();
+        a1.send(
+            json!({"type": "PUBLISH", "payload": {"topic": "room", "text": "frozen"},
+                       "meta": {"correlationId": "pub"}}),
+        )
+        .await;
+        assert_eq!(a1.recv().await, notice("frozen"));
+        assert_eq!(a2.recv().await, notice("frozen"));
+        let local = frozen.elapsed();
+        let pong = request(&mut a2, json!({"type": "PING"}), "ping").await;
+        assert_eq!(pong["type"], "PONG");
+        let answered = frozen.elapsed();
+        assert!(
+            answered < PUBLISH_TIMEOUT / 2,
+            "local delivery ({local:?}) and a PING ({answered:?}) waited for the frozen Redis"
+        );
+        let reply = a1.recv().await;
+        let took = frozen.elapsed();
+        assert_eq!(reply, published(false, Some("UNAVAILABLE")));
+        assert!(
+            took < PUBLISH_TIMEOUT + Duration::from_millis(500),
+            "the publish took {took:?} to give up (publish timeout {PUBLISH_TIMEOUT:?})"
+        );
+        eprintln!(
+            "frozen Redis: local delivery {local:?}, PING {answered:?}, publish gave up after {took:?}"
+        );
+
+        let opened = Instant::now();
+        let mut b2 = b.client().await;
+        ready(&mut b2).await;
+        joined(&mut b2, "fresh").await;
+        let took = opened.elapsed();
+        assert!(
+            took < 3 * JOIN_TIMEOUT + Duration::from_millis(500),
+            "a connection and a join took {took:?} while Redis was frozen (join timeout {JOIN_TIMEOUT:?})"
+        );
+        assert!(
+            !handle_a.is_connected() && !handle_b.is_connected(),
+            "the instances did not notice the freeze"
+        );
+
+        redis.thaw();
+        eventually_within(
+            Duration::from_secs(15),
+            "both instances to see Redis again",
+            || async { handle_a.is_connected() && handle_b.is_connected() },
+        )
+        .await;
+        let publisher = a.service.publisher();
+        probe_until_delivered(&publisher, "fresh", &mut b2).await;
+        assert_ok(&publisher.publish("room", &msg("after")).await, "publish");
+        let seen_b1 = notices_until(&mut b1, "b1", &["frozen"], "after").await;
+        eprintln!("b1 after the thaw, before \"after\": {seen_b1:?}");
+        for (who, client) in [("a1", &mut a1), ("a2", &mut a2)] {
+            let seen = notices_until(client, who, &[], "after").await;
+            assert!(seen.is_empty(), "{who}: {seen:?}");
+        }
+        for client in [&mut a1, &mut a2, &mut b1] {
+            client.expect_silence(Duration::from_millis(100)).await;
         }
     });
 }

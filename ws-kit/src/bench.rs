@@ -10,7 +10,7 @@ use crate::codec::ReplyFrame;
 use crate::connection::Connection;
 use crate::connection::shared::Limits;
 use crate::error::Error;
-use crate::message::Message;
+use crate::message::{Message, Meta};
 use crate::outbound::{Outbound, OverflowPolicy};
 use crate::publisher::Publisher;
 use crate::pubsub::{MemoryPubSub, PubSub, PublishResult, Subscriber};
@@ -127,4 +127,26 @@ pub fn encode_reply<M: Message>(response: &M, correlation_id: &str) -> Utf8Bytes
         Some(Ok(frame)) => frame,
         _ => panic!("the reply encodes"),
     }
+}
+
+/// A decoded message with its standard meta.
+pub type Decoded<M> = (M, Meta);
+
+/// How the one-pass decoder and the full path read `text` as message `M` (with its standard
+/// meta), each `None` where it does not accept the frame. The fast path's promise: whenever it
+/// accepts, the full path accepts alike. The fuzzer checks it on any input.
+pub fn decode_both<M: Message>(text: &str) -> (Option<Decoded<M>>, Option<Decoded<M>>) {
+    // The router reads the tag first (`peek_type`) and runs the one-pass decoder only for frames
+    // of this type.
+    let fast = (crate::wire::peek_type(text) == Some(M::TYPE))
+        .then(|| crate::wire::decode_direct::<M>(text))
+        .flatten();
+    let full = crate::wire::parse_envelope(text).ok().and_then(|env| {
+        if !env.issues.is_empty() || env.ty != M::TYPE {
+            return None;
+        }
+        let message = M::decode(env.payload, &env.meta_extra).ok()?;
+        Some((message, env.meta))
+    });
+    (fast, full)
 }

@@ -146,14 +146,69 @@ pub struct Issue {
     pub message: String,
 }
 
+/// Longest path an [`Issue`] keeps, in bytes (longer ones are cut and end in `…`).
+pub const MAX_ISSUE_PATH: usize = 128;
+/// Longest message an [`Issue`] keeps, in bytes; within it, a quoted part (`` `key` ``) keeps at
+/// most [`MAX_QUOTED`] bytes.
+pub const MAX_ISSUE_MESSAGE: usize = 200;
+/// Longest piece of client input (a key, a type tag, a topic) an error echoes, in bytes.
+pub const MAX_QUOTED: usize = 48;
+/// Most issues an `INVALID_ARGUMENT` reply lists; its message counts them all. With the limits
+/// above, an error reply caused by any input stays under 8 KiB.
+pub const MAX_ISSUES: usize = 10;
+
 impl Issue {
-    /// An issue at `path`.
+    /// An issue at `path`. Both are clipped (to [`MAX_ISSUE_PATH`] and [`MAX_ISSUE_MESSAGE`]
+    /// bytes, quoted parts to [`MAX_QUOTED`]; control characters become `\u{FFFD}`), so an error
+    /// reply stays small whatever the input that caused it.
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        let path = path.into();
+        let message = message.into();
         Issue {
-            path: path.into(),
-            message: message.into(),
+            path: clip(&path, MAX_ISSUE_PATH).into_owned(),
+            message: clip(&clip_quoted(&message), MAX_ISSUE_MESSAGE).into_owned(),
         }
     }
+}
+
+/// `s`, cut to at most `max` bytes (at a character boundary) with `…` at the end when it was
+/// longer, and control characters (which JSON would escape to six bytes each) replaced by
+/// `\u{FFFD}`.
+pub(crate) fn clip(s: &str, max: usize) -> Cow<'_, str> {
+    if s.len() <= max && !s.chars().any(char::is_control) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(max.min(s.len()) + 3);
+    for c in s.chars() {
+        let c = if c.is_control() { '\u{fffd}' } else { c };
+        if out.len() + c.len_utf8() > max {
+            out.push('…');
+            break;
+        }
+        out.push(c);
+    }
+    Cow::Owned(out)
+}
+
+/// `s` with every backquoted part (serde quotes keys so: ``unknown field `x` ``) clipped to
+/// [`MAX_QUOTED`] bytes.
+fn clip_quoted(s: &str) -> Cow<'_, str> {
+    if !s.contains('`') {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len().min(1024));
+    for (i, part) in s.split('`').enumerate() {
+        if i > 0 {
+            out.push('`');
+        }
+        // Odd parts are inside backquotes.
+        if i % 2 == 1 {
+            out.push_str(&clip(part, MAX_QUOTED));
+        } else {
+            out.push_str(part);
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// An error sent to the client as an `ERROR` or `RPC_ERROR` frame.
@@ -264,7 +319,9 @@ impl WsError {
     }
 
     /// `INVALID_ARGUMENT` with `details.issues`.
-    pub fn validation(issues: Vec<Issue>) -> Self {
+    ///
+    /// At most [`MAX_ISSUES`] issues are listed; the message says how many there were.
+    pub fn validation(mut issues: Vec<Issue>) -> Self {
         let message = match issues.first() {
             Some(first) if issues.len() == 1 => format!("{}: {}", first.path, first.message),
             Some(first) => format!(
@@ -275,6 +332,7 @@ impl WsError {
             ),
             None => "Invalid message".to_string(),
         };
+        issues.truncate(MAX_ISSUES);
         WsError::new(ErrorCode::InvalidArgument, message)
             .with_details(serde_json::json!({ "issues": issues }))
     }
@@ -369,6 +427,11 @@ pub enum Error {
     Io(std::io::Error),
     /// The WebSocket handshake or transport failed.
     WebSocket(tokio_tungstenite::tungstenite::Error),
+    /// The upgrade request was malformed or of another protocol version; the client got this
+    /// HTTP status (400, 426).
+    Refused(u16),
+    /// The client did not finish its upgrade within the handshake timeout.
+    HandshakeTimeout,
     /// Connecting to Redis failed.
     #[cfg(feature = "redis")]
     Redis(redis::RedisError),
@@ -380,6 +443,8 @@ impl fmt::Display for Error {
             Error::DuplicateType(tag) => write!(f, "two handlers are registered for type `{tag}`"),
             Error::Io(e) => write!(f, "i/o error: {e}"),
             Error::WebSocket(e) => write!(f, "websocket error: {e}"),
+            Error::Refused(status) => write!(f, "upgrade refused with HTTP {status}"),
+            Error::HandshakeTimeout => f.write_str("the WebSocket handshake timed out"),
             #[cfg(feature = "redis")]
             Error::Redis(e) => write!(f, "redis error: {e}"),
         }
@@ -393,7 +458,7 @@ impl std::error::Error for Error {
             Error::WebSocket(e) => Some(e),
             #[cfg(feature = "redis")]
             Error::Redis(e) => Some(e),
-            Error::DuplicateType(_) => None,
+            Error::DuplicateType(_) | Error::Refused(_) | Error::HandshakeTimeout => None,
         }
     }
 }
@@ -401,5 +466,44 @@ impl std::error::Error for Error {
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
         Error::Io(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issues_are_clipped_so_replies_stay_small() {
+        assert_eq!(clip("short", 10), "short");
+        assert_eq!(clip("abcdef", 4), "abcd…");
+        assert_eq!(clip("ééé", 5), "éé…");
+        assert_eq!(clip("a\u{1}b", 10), "a\u{fffd}b");
+        let key = "k".repeat(10_000);
+        let issue = Issue::new(
+            format!("payload.{key}"),
+            format!("unknown field `{key}`, expected `a` or `b`"),
+        );
+        assert!(
+            issue.path.len() <= MAX_ISSUE_PATH + 3,
+            "{}",
+            issue.path.len()
+        );
+        assert!(
+            issue.message.ends_with("…`, expected `a` or `b`"),
+            "{}",
+            issue.message
+        );
+        assert!(issue.message.len() <= MAX_ISSUE_MESSAGE + 3);
+        let err = WsError::validation(vec![issue; 50]);
+        assert_eq!(
+            err.details().unwrap()["issues"].as_array().unwrap().len(),
+            MAX_ISSUES
+        );
+        assert!(
+            err.message().ends_with("(and 49 more)"),
+            "{}",
+            err.message()
+        );
     }
 }

@@ -39,6 +39,14 @@ pub enum ErrorKind {
     Open,
     /// A lifecycle hook panicked.
     HookPanic,
+    /// The peer broke the WebSocket protocol (closed with 1002), or sent a text message that is
+    /// not UTF-8 (1007).
+    ProtocolViolation,
+    /// The peer flooded the connection with control frames (closed with 1008).
+    Flood,
+    /// The connection's unfinished message would have taken the service over its inbound budget
+    /// (closed with 1013).
+    InboundBudget,
 }
 
 /// A server-side failure, given to `on_error` hooks.

@@ -48,7 +48,9 @@ mod wire;
 
 pub use connection::{Connection, TopicAction};
 pub use ctx::Ctx;
-pub use error::{Error, ErrorCode, Issue, WsError};
+pub use error::{
+    Error, ErrorCode, Issue, MAX_ISSUE_MESSAGE, MAX_ISSUE_PATH, MAX_ISSUES, MAX_QUOTED, WsError,
+};
 pub use event::{CloseInfo, ErrorEvent, ErrorKind};
 pub use handler::{Handler, IntoRoute, Reply, Route};
 pub use message::{EventMessage, Message, Meta, RpcMessage};

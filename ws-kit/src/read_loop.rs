@@ -2,10 +2,11 @@
 //! heartbeat; ordered dispatch), then `on_close` and teardown.
 
 use crate::app::App;
+use crate::close_code;
 use crate::connection::Connection;
-use crate::error::WsError;
+use crate::error::{MAX_ISSUE_MESSAGE, MAX_QUOTED, WsError, clip};
 use crate::event::{CloseInfo, ErrorKind};
-use crate::lazy_read::ReadClock;
+use crate::lazy_read::{BudgetExhausted, ReadState};
 use crate::outbound::write_loop;
 use crate::task::{self, panic_message};
 use crate::wire;
@@ -29,7 +30,7 @@ pub(crate) struct LoopConfig {
     pub(crate) heartbeat_timeout: Duration,
     pub(crate) close_grace: Duration,
     /// The time of the transport's last socket read, when it has one (see `LazyRead`).
-    pub(crate) read_clock: Option<Arc<ReadClock>>,
+    pub(crate) read_clock: Option<Arc<ReadState>>,
 }
 
 pub(crate) fn now_ms(t: SystemTime) -> u64 {
@@ -69,7 +70,7 @@ pub(crate) async fn run<D, S>(
     let (conn, app) = (&reader.conn, &reader.app);
     if let Err(e) = conn.join_internal().await {
         conn.report(ErrorKind::Open, None, None, e);
-        out.close(crate::close_code::ERROR, "Internal error");
+        out.close(close_code::ERROR, "Internal error");
         opened = false;
     }
     for hook in app.on_open.iter().filter(|_| opened) {
@@ -79,7 +80,7 @@ pub(crate) async fn run<D, S>(
                 let (code, reason) = e
                     .close_frame()
                     .cloned()
-                    .unwrap_or((crate::close_code::ERROR, e.message().to_string().into()));
+                    .unwrap_or((close_code::ERROR, e.message().to_string().into()));
                 conn.report(ErrorKind::Open, None, None, e);
                 out.close(code, reason);
                 opened = false;
@@ -92,7 +93,7 @@ pub(crate) async fn run<D, S>(
                     None,
                     WsError::internal(panic_message(&*panic)),
                 );
-                out.close(crate::close_code::ERROR, "Internal error");
+                out.close(close_code::ERROR, "Internal error");
                 opened = false;
                 break;
             }
@@ -122,7 +123,7 @@ pub(crate) async fn run<D, S>(
                 biased;
                 () = &mut closed_by_server => break,
                 _ = &mut shutdown_started => {
-                    out.close(crate::close_code::AWAY, "Server shutting down");
+                    out.close(close_code::AWAY, "Server shutting down");
                     break;
                 }
                 frame = stream.next(), if reading => {
@@ -155,11 +156,12 @@ pub(crate) async fn run<D, S>(
                 }
                 () = &mut ping => {
                     let now = tokio::time::Instant::now();
+                    reader.pings = 0;
                     // Held frames mean the peer is talking; the server is the one not reading.
                     if std::mem::take(&mut active) || reader.holds_frames() {
                         last_seen = now;
                     } else if now - last_seen >= reader.config.heartbeat_timeout {
-                        out.close(crate::close_code::HEARTBEAT_TIMEOUT, "Heartbeat timeout");
+                        out.close(close_code::HEARTBEAT_TIMEOUT, "Heartbeat timeout");
                         break;
                     }
                     out.push(WsMessage::Ping(Default::default()));
@@ -231,6 +233,9 @@ impl Drop for Counted {
     }
 }
 
+/// Pings a peer may send per heartbeat interval; one more closes the connection (1008).
+const MAX_PINGS_PER_INTERVAL: u32 = 100;
+
 /// How many frames the read loop handles in a row before it looks at its other events again.
 const FRAMES_PER_WAKE: usize = 64;
 
@@ -265,6 +270,8 @@ pub(crate) struct Reader<D> {
     held: Option<Box<Held>>,
     /// An ordered frame's handler is among `tasks`: nothing else starts until they are done.
     ordered_running: bool,
+    /// Pings since the last heartbeat tick.
+    pings: u32,
 }
 
 /// Frames read but not dispatched yet (ordered dispatch), with their arrival times.
@@ -289,6 +296,7 @@ impl<D: Send + Sync + 'static> Reader<D> {
             tasks,
             held: None,
             ordered_running: false,
+            pings: 0,
         }
     }
 
@@ -307,37 +315,92 @@ impl<D: Send + Sync + 'static> Reader<D> {
 
     /// Handles one item of the socket stream; `Some` when the connection ends with it.
     fn on_frame(&mut self, frame: Option<Result<WsMessage, WsTransportError>>) -> Option<Ended> {
-        let conn = &self.conn;
+        if let Some(Ok(WsMessage::Text(_) | WsMessage::Binary(_) | WsMessage::Close(_))) = &frame {
+            // The message is complete: its bytes no longer count against the inbound budget.
+            if let Some(state) = &self.config.read_clock {
+                state.message_done();
+            }
+        }
         match frame {
             Some(Ok(WsMessage::Text(text))) => self.on_text(text),
             Some(Ok(WsMessage::Binary(bytes))) => match Utf8Bytes::try_from(bytes) {
                 Ok(text) => self.on_text(text),
-                Err(_) => invalid_frame(conn, "binary frame is not UTF-8 JSON".into()),
+                Err(_) => invalid_frame(&self.conn, "binary frame is not UTF-8 JSON".into()),
             },
             Some(Ok(WsMessage::Close(frame))) => {
                 return Some(Ended::Client(CloseInfo::from_frame(frame.as_ref())));
             }
-            Some(Ok(_)) => {} // ping, pong, raw frames: liveness only
+            Some(Ok(WsMessage::Ping(_))) => {
+                // tungstenite answers each ping; a peer that pings without reading would make
+                // the answers pile up (bounded by the write buffer), so a flood ends here.
+                self.pings += 1;
+                if self.pings > MAX_PINGS_PER_INTERVAL {
+                    return self.close(
+                        ErrorKind::Flood,
+                        close_code::POLICY,
+                        "Too many pings",
+                        format!("more than {MAX_PINGS_PER_INTERVAL} pings in a heartbeat interval"),
+                    );
+                }
+            }
+            Some(Ok(_)) => {} // pongs, raw frames: liveness only
             Some(Err(WsTransportError::Capacity(CapacityError::MessageTooLong {
                 size,
                 max_size,
             }))) => {
-                conn.report(
+                return self.close(
                     ErrorKind::PayloadTooLarge,
-                    None,
-                    None,
-                    WsError::resource_exhausted(format!(
-                        "frame of {size} bytes exceeds {max_size}"
-                    )),
+                    close_code::SIZE,
+                    "Message too big",
+                    format!("frame of {size} bytes exceeds {max_size}"),
                 );
-                conn.inner
-                    .out
-                    .close(crate::close_code::SIZE, "Message too big");
-                return Some(Ended::Server);
+            }
+            // RFC 6455: a frame that breaks the protocol (unmasked, reserved bits or opcodes, a
+            // fragmented or oversized control frame, a continuation of nothing) ends the
+            // connection with 1002, invalid UTF-8 in a text message with 1007; the frame is
+            // dropped.
+            Some(Err(WsTransportError::Protocol(e))) => {
+                return self.close(
+                    ErrorKind::ProtocolViolation,
+                    close_code::PROTOCOL,
+                    "Protocol error",
+                    e.to_string(),
+                );
+            }
+            Some(Err(WsTransportError::Utf8(_))) => {
+                return self.close(
+                    ErrorKind::ProtocolViolation,
+                    close_code::INVALID,
+                    "Invalid UTF-8",
+                    "text message is not valid UTF-8".into(),
+                );
+            }
+            Some(Err(WsTransportError::Io(e))) if BudgetExhausted::is(&e) => {
+                // What it held goes back at once, for the connections that go on.
+                if let Some(state) = &self.config.read_clock {
+                    state.message_done();
+                }
+                return self.close(
+                    ErrorKind::InboundBudget,
+                    close_code::AGAIN,
+                    "Server busy",
+                    e.to_string(),
+                );
             }
             Some(Err(_)) | None => return Some(Ended::Client(CloseInfo::abnormal())),
         }
         None
+    }
+
+    /// Reports `message` and closes the connection with `code` and `reason`.
+    fn close(&self, kind: ErrorKind, code: u16, reason: &str, message: String) -> Option<Ended> {
+        let err = match kind {
+            ErrorKind::ProtocolViolation => WsError::invalid_argument(message),
+            _ => WsError::resource_exhausted(message),
+        };
+        self.conn.report(kind, None, None, err);
+        self.conn.inner.out.close(code, reason);
+        Some(Ended::Server)
     }
 
     /// A text frame: dispatched now, or held for ordered dispatch.
@@ -462,7 +525,10 @@ impl<D: Send + Sync + 'static> Reader<D> {
                 return;
             }
             ty if wire::is_reserved(ty) => {
-                let err = WsError::invalid_argument(format!("type `{ty}` is reserved"));
+                let err = WsError::invalid_argument(format!(
+                    "type `{}` is reserved",
+                    clip(ty, MAX_QUOTED)
+                ));
                 conn.push(wire::encode_error(false, &err, cid));
                 conn.report(ErrorKind::ReservedType, Some(ty), cid, err);
                 return;
@@ -470,7 +536,10 @@ impl<D: Send + Sync + 'static> Reader<D> {
             _ => {}
         }
         let Some(route) = self.app.find(&env.ty) else {
-            let err = WsError::unimplemented(format!("no handler for type `{}`", env.ty));
+            let err = WsError::unimplemented(format!(
+                "no handler for type `{}`",
+                clip(&env.ty, MAX_QUOTED)
+            ));
             conn.push(wire::encode_error(cid.is_some(), &err, cid));
             conn.report(ErrorKind::UnknownType, Some(&env.ty), cid, err);
             return;
@@ -482,7 +551,8 @@ impl<D: Send + Sync + 'static> Reader<D> {
 }
 
 fn invalid_frame<D: Send + Sync + 'static>(conn: &Connection<D>, message: String) {
-    let err = WsError::invalid_argument(message);
+    // serde_json's messages may quote the input: keep the reply small whatever it was.
+    let err = WsError::invalid_argument(clip(&message, MAX_ISSUE_MESSAGE).into_owned());
     conn.push(wire::encode_error(false, &err, None));
     conn.report(ErrorKind::InvalidFrame, None, None, err);
 }

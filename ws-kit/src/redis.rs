@@ -1,10 +1,16 @@
 //! Pub/sub across instances on Redis (feature `redis`): [`RedisPubSub`] and [`Emitter`].
 //!
 //! One Redis channel per topic, named `prefix + topic`. An instance SUBSCRIBEs a channel while it
-//! has local subscribers and UNSUBSCRIBEs when the last one leaves. A publication goes to Redis
-//! only; every instance (the publisher's included) delivers it to its own subscribers when Redis
-//! pushes it back, so each subscriber gets it exactly once. Users, single connections and
-//! broadcast are channels too (`prefix#user:<id>`, `prefix#client:<id>`, `prefix#all`).
+//! has local subscribers and UNSUBSCRIBEs when the last one leaves. A publication is delivered to
+//! the publishing instance's own subscribers at once, during the `publish` call, and goes through
+//! Redis to the other instances; each drops the echo of its own publications (they carry their
+//! instance's id), so each subscriber gets a publication exactly once. Users, single connections
+//! and broadcast are channels too (`prefix#user:<id>`, `prefix#client:<id>`, `prefix#all`).
+//!
+//! Local traffic never depends on Redis: while Redis is down or frozen, an instance keeps
+//! delivering its own publications, accepting connections and joins (reconciled with Redis when
+//! it is back), and a publish says within a bounded time that it could not reach the other
+//! instances (`ok: false`, `UNAVAILABLE`, retryable).
 //!
 //! The connection is a `redis` `ConnectionManager` speaking RESP3: pushes arrive on the same
 //! connection as commands and are delivered inline, in order; on a connection loss it reconnects
@@ -28,35 +34,41 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 /// The default channel prefix.
 pub const DEFAULT_PREFIX: &str = "ws-kit:";
 
-/// A publication on the wire between instances: the excluded client id (or nothing), a newline,
-/// then the frame exactly as clients receive it.
-fn encode_envelope(frame: &Utf8Bytes, exclude: Option<ClientId>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(frame.len() + 37);
+/// How many publications may wait for Redis; one more fails at once (`UNAVAILABLE`).
+const PUBLISH_QUEUE: usize = 8192;
+
+/// The length of a hyphenated UUID.
+const ID_LEN: usize = 36;
+
+/// A publication on the wire between instances: the publishing instance's id, a space, the
+/// excluded client id (or nothing), a newline, then the frame exactly as clients receive it.
+fn encode_envelope(origin: ClientId, frame: &Utf8Bytes, exclude: Option<ClientId>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(frame.len() + 2 * ID_LEN + 2);
+    let mut buffer = uuid::Uuid::encode_buffer();
+    out.extend_from_slice(origin.hyphenated().encode_lower(&mut buffer).as_bytes());
+    out.push(b' ');
     if let Some(id) = exclude {
-        out.extend_from_slice(
-            id.hyphenated()
-                .encode_lower(&mut uuid::Uuid::encode_buffer())
-                .as_bytes(),
-        );
+        out.extend_from_slice(id.hyphenated().encode_lower(&mut buffer).as_bytes());
     }
     out.push(b'\n');
     out.extend_from_slice(frame.as_bytes());
     out
 }
 
-fn decode_envelope(payload: Vec<u8>) -> Option<(Option<ClientId>, Utf8Bytes)> {
+/// A publication from Redis: its origin, the excluded client, the frame.
+type Envelope = (ClientId, Option<ClientId>, Utf8Bytes);
+
+fn decode_envelope(payload: Vec<u8>) -> Option<Envelope> {
     let newline = payload.iter().position(|&b| b == b'\n')?;
-    let exclude = match newline {
-        0 => None,
-        _ => Some(
-            std::str::from_utf8(&payload[..newline])
-                .ok()?
-                .parse()
-                .ok()?,
-        ),
+    let head = std::str::from_utf8(&payload[..newline]).ok()?;
+    let (origin, exclude) = head.split_once(' ')?;
+    let origin = origin.parse().ok()?;
+    let exclude = match exclude {
+        "" => None,
+        id => Some(id.parse().ok()?),
     };
     let frame = Utf8Bytes::try_from(Bytes::from(payload).slice(newline + 1..)).ok()?;
-    Some((exclude, frame))
+    Some((origin, exclude, frame))
 }
 
 /// Options of a [`RedisPubSub`] (or [`Emitter`]) before it connects.
@@ -65,6 +77,7 @@ pub struct RedisOptions {
     url: String,
     prefix: String,
     publish_timeout: Duration,
+    join_timeout: Duration,
     health_interval: Duration,
 }
 
@@ -75,6 +88,7 @@ impl RedisOptions {
             url: url.into(),
             prefix: DEFAULT_PREFIX.to_string(),
             publish_timeout: Duration::from_secs(2),
+            join_timeout: Duration::from_secs(1),
             health_interval: Duration::from_secs(1),
         }
     }
@@ -88,6 +102,14 @@ impl RedisOptions {
     /// How long a publish waits for Redis before it reports `UNAVAILABLE` (default 2 s).
     pub fn publish_timeout(mut self, timeout: Duration) -> Self {
         self.publish_timeout = timeout;
+        self
+    }
+
+    /// How long a join waits for its topic's channel to be subscribed in Redis (default 1 s).
+    /// Past it, or at once while Redis is known to be down, the join takes effect locally and
+    /// the channel is subscribed when Redis is back.
+    pub fn join_timeout(mut self, timeout: Duration) -> Self {
+        self.join_timeout = timeout;
         self
     }
 
@@ -118,6 +140,8 @@ pub struct RedisPubSub {
 }
 
 struct Inner {
+    /// This instance: its publications carry it, and it drops their echo from Redis.
+    instance: ClientId,
     prefix: String,
     local: Arc<LocalTopics>,
     conn: ConnectionManager,
@@ -126,12 +150,17 @@ struct Inner {
     /// Serializes channel changes per topic (by hash), so joins and leaves of one topic see each
     /// other's SUBSCRIBE/UNSUBSCRIBE while other topics proceed in parallel.
     stripes: Vec<tokio::sync::Mutex<()>>,
-    /// Publications in call order, sent by `publish_loop` as ordered pipelines.
-    jobs: mpsc::UnboundedSender<PublishJob>,
+    /// Publications in call order, sent by `publish_loop` as ordered pipelines. Bounded: while
+    /// Redis is frozen a full queue fails new publishes at once.
+    jobs: mpsc::Sender<PublishJob>,
     /// Member-set removals that failed (Redis was down); retried after reconnecting.
     pending_removals: Mutex<Vec<(String, String)>>,
     publish_timeout: Duration,
+    join_timeout: Duration,
     connected: Arc<AtomicBool>,
+    /// A join or leave gave up waiting for Redis while it still looked connected (slow or just
+    /// frozen): the next healthy ping reconciles.
+    out_of_step: AtomicBool,
 }
 
 struct PublishJob {
@@ -173,12 +202,13 @@ impl RedisPubSub {
 
         let local = Arc::new(LocalTopics::new());
         let connected = Arc::new(AtomicBool::new(true));
+        let instance = uuid::Uuid::now_v7();
         let push_local = local.clone();
         let push_connected = connected.clone();
         let prefix = options.prefix.clone();
         let on_push = move |push: PushInfo| -> Result<(), ()> {
             match push.kind {
-                PushKind::Message => deliver(&push_local, &prefix, push.data),
+                PushKind::Message => deliver(&push_local, &prefix, instance, push.data),
                 PushKind::Disconnection if push_connected.swap(false, Ordering::SeqCst) => {
                     tracing::warn!("redis pub/sub connection lost; reconnecting");
                 }
@@ -196,8 +226,9 @@ impl RedisPubSub {
         let conn = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(Error::Redis)?;
-        let (jobs, job_queue) = mpsc::unbounded_channel();
+        let (jobs, job_queue) = mpsc::channel(PUBLISH_QUEUE);
         let inner = Arc::new(Inner {
+            instance,
             prefix: options.prefix,
             local,
             conn: conn.clone(),
@@ -206,7 +237,9 @@ impl RedisPubSub {
             jobs,
             pending_removals: Mutex::default(),
             publish_timeout: options.publish_timeout,
+            join_timeout: options.join_timeout,
             connected,
+            out_of_step: AtomicBool::new(false),
         });
         tokio::spawn(publish_loop(job_queue, conn, options.publish_timeout));
         tokio::spawn(health(Arc::downgrade(&inner), options.health_interval));
@@ -274,9 +307,12 @@ impl Inner {
         }
     }
 
-    /// After Redis comes back: channels and member sets to match the local subscribers again
-    /// (a leave during the outage may have left a channel that the reconnect resubscribed).
+    /// After Redis comes back: channels and member sets to match the local subscribers again. A
+    /// join during the outage took effect locally only (its channel is subscribed now); a leave
+    /// may have left a channel that the reconnect resubscribed; member-set additions may have
+    /// been lost.
     async fn reconcile(&self) {
+        let wanted = self.local.topics();
         let stale: Vec<String> = {
             let subscribed = self.subscribed.lock().unwrap_or_else(|e| e.into_inner());
             subscribed
@@ -285,8 +321,24 @@ impl Inner {
                 .cloned()
                 .collect()
         };
-        for topic in stale {
-            let _ = self.sync_channel(&topic).await;
+        for topic in wanted
+            .iter()
+            .map(|t| &**t)
+            .chain(stale.iter().map(String::as_str))
+        {
+            let _ = self.sync_channel(topic).await;
+        }
+        let mut conn = self.conn.clone();
+        for topic in wanted.iter().filter(|t| !t.starts_with('#')) {
+            let members: Vec<String> = self
+                .local
+                .members(topic)
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            if !members.is_empty() {
+                let _: Result<i64, _> = conn.sadd(self.members_key(topic), members).await;
+            }
         }
         let removals = std::mem::take(
             &mut *self
@@ -326,7 +378,7 @@ fn unavailable(message: &'static str) -> WsError {
 /// Sends publications in the order they were made: whatever is queued goes out as one pipeline,
 /// and the next pipeline only after it. Under load that is one round trip per batch.
 async fn publish_loop(
-    mut queue: mpsc::UnboundedReceiver<PublishJob>,
+    mut queue: mpsc::Receiver<PublishJob>,
     mut conn: ConnectionManager,
     timeout: Duration,
 ) {
@@ -352,8 +404,9 @@ async fn publish_loop(
     }
 }
 
-/// Delivers one pushed message to this instance's subscribers.
-fn deliver(local: &LocalTopics, prefix: &str, data: Vec<Value>) {
+/// Delivers one pushed message to this instance's subscribers, unless this instance published
+/// it (its subscribers got it when it was published).
+fn deliver(local: &LocalTopics, prefix: &str, instance: ClientId, data: Vec<Value>) {
     let mut data = data.into_iter();
     let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
         (data.next(), data.next())
@@ -367,7 +420,8 @@ fn deliver(local: &LocalTopics, prefix: &str, data: Vec<Value>) {
         return;
     };
     match decode_envelope(payload) {
-        Some((exclude, frame)) => {
+        Some((origin, _, _)) if origin == instance => {}
+        Some((_, exclude, frame)) => {
             local.deliver(topic, &frame, exclude);
         }
         None => tracing::warn!(topic, "dropped a malformed publication from redis"),
@@ -393,6 +447,10 @@ async fn health(inner: Weak<Inner>, interval: Duration) {
         match (was, ok) {
             (false, true) => {
                 tracing::info!("redis pub/sub connection restored");
+                inner.out_of_step.store(false, Ordering::SeqCst);
+                inner.reconcile().await;
+            }
+            (true, true) if inner.out_of_step.swap(false, Ordering::SeqCst) => {
                 inner.reconcile().await;
             }
             (true, false) => tracing::warn!("redis unreachable; retrying"),
@@ -401,7 +459,64 @@ async fn health(inner: Weak<Inner>, interval: Duration) {
     }
 }
 
+impl Inner {
+    /// Brings Redis in line with a join (`joined`) or a leave of `member`: the topic's channel
+    /// (subscribed while there are local subscribers) and its member set. Waits at most the join
+    /// timeout, and not at all while Redis is known to be down; what is left undone is put right
+    /// when Redis is back (`reconcile`).
+    async fn settle(&self, topic: &str, member: ClientId, joined: bool) {
+        if !self.connected.load(Ordering::SeqCst) {
+            if !joined && !topic.starts_with('#') {
+                self.defer_removal(topic, member);
+            }
+            return;
+        }
+        let work = async {
+            if joined != self.is_subscribed(topic) {
+                self.sync_channel(topic).await?;
+            }
+            if !topic.starts_with('#') {
+                let mut conn = self.conn.clone();
+                let key = self.members_key(topic);
+                let member = member.to_string();
+                let done: redis::RedisResult<i64> = if joined {
+                    conn.sadd(key, member).await
+                } else {
+                    conn.srem(key, member).await
+                };
+                done.map_err(|e| self.unavailable(e))?;
+            }
+            Ok::<(), WsError>(())
+        };
+        if !matches!(
+            tokio::time::timeout(self.join_timeout, work).await,
+            Ok(Ok(()))
+        ) {
+            tracing::debug!(
+                topic,
+                joined,
+                "redis not in step; put right when it is back"
+            );
+            self.out_of_step.store(true, Ordering::SeqCst);
+            if !joined && !topic.starts_with('#') {
+                self.defer_removal(topic, member);
+            }
+        }
+    }
+
+    fn defer_removal(&self, topic: &str, member: ClientId) {
+        self.pending_removals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((self.members_key(topic), member.to_string()));
+    }
+}
+
 impl PubSub for RedisPubSub {
+    /// Takes effect locally at once. The topic's channel is subscribed (and the member counted)
+    /// before this returns when Redis answers within the join timeout; otherwise (Redis down or
+    /// frozen) the join is local until Redis is back, when it is put right. Never fails for a
+    /// Redis outage.
     fn subscribe<'a>(
         &'a self,
         topic: &'a str,
@@ -410,22 +525,14 @@ impl PubSub for RedisPubSub {
         let id = subscriber.id();
         self.inner.local.add(topic, subscriber);
         Box::pin(async move {
-            if let Err(e) = self.inner.sync_channel(topic).await {
-                self.inner.local.remove(topic, id);
-                return Err(e);
-            }
-            if !topic.starts_with('#') {
-                let mut conn = self.inner.conn.clone();
-                let _: Result<i64, _> = conn
-                    .sadd(self.inner.members_key(topic), id.to_string())
-                    .await;
-            }
+            self.inner.settle(topic, id, true).await;
             Ok(())
         })
     }
 
     /// Never fails for a Redis outage: the leave takes effect locally at once (no more
-    /// deliveries), and the channel and member set are put right when Redis is back.
+    /// deliveries); the channel and member set follow within the join timeout, or when Redis is
+    /// back.
     fn unsubscribe<'a>(
         &'a self,
         topic: &'a str,
@@ -433,50 +540,46 @@ impl PubSub for RedisPubSub {
     ) -> BoxFuture<'a, Result<(), WsError>> {
         self.inner.local.remove(topic, client);
         Box::pin(async move {
-            if !topic.starts_with('#') {
-                let mut conn = self.inner.conn.clone();
-                let key = self.inner.members_key(topic);
-                if conn
-                    .srem::<_, _, i64>(&key, client.to_string())
-                    .await
-                    .is_err()
-                {
-                    let mut pending = self
-                        .inner
-                        .pending_removals
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner());
-                    pending.push((key, client.to_string()));
-                }
-            }
-            if self.inner.sync_channel(topic).await.is_err() {
-                tracing::debug!(topic, "unsubscribe deferred until redis is back");
-            }
+            self.inner.settle(topic, client, false).await;
             Ok(())
         })
     }
 
+    /// Delivers to this instance's subscribers during the call, then hands the publication to
+    /// Redis for the others. The result is `ok` once Redis took it; while Redis is down, frozen
+    /// or behind, `ok: false` with a retryable `UNAVAILABLE` within the publish timeout (the local
+    /// subscribers have it either way). At once when Redis is known to be down or the queue to it
+    /// is full: then the other instances never get it. After a timeout the outcome is unknown: a
+    /// frozen Redis that wakes up runs the PUBLISH it was sent, so other instances may still get
+    /// the publication, once.
     fn publish(
         &self,
         topic: &str,
         frame: Utf8Bytes,
         exclude: Option<ClientId>,
     ) -> BoxFuture<'static, PublishResult> {
+        self.inner.local.deliver(topic, &frame, exclude);
+        if !self.inner.connected.load(Ordering::SeqCst) {
+            return Box::pin(std::future::ready(PublishResult::failed(unavailable(
+                "pub/sub backend unavailable; delivered on this instance only",
+            ))));
+        }
         // Queued now, at call time: handlers call this in the order their frames arrived, so the
         // publish loop sends publications in that order.
         let (done, result) = oneshot::channel();
         let job = PublishJob {
             channel: self.inner.channel(topic),
-            payload: encode_envelope(&frame, exclude),
+            payload: encode_envelope(self.inner.instance, &frame, exclude),
             done,
         };
-        let queued = self.inner.jobs.send(job).is_ok();
+        if self.inner.jobs.try_send(job).is_err() {
+            return Box::pin(std::future::ready(PublishResult::failed(unavailable(
+                "pub/sub backend behind; delivered on this instance only",
+            ))));
+        }
         let timeout = self.inner.publish_timeout + Duration::from_millis(100);
         let inner = self.inner.clone();
         Box::pin(async move {
-            if !queued {
-                return PublishResult::failed(unavailable("pub/sub engine stopped"));
-            }
             match tokio::time::timeout(timeout, result).await {
                 Ok(Ok(Ok(()))) => PublishResult {
                     ok: true,
@@ -494,11 +597,22 @@ impl PubSub for RedisPubSub {
     }
 
     /// Counts the topic's members across instances (a Redis set per topic). An estimate: an
-    /// instance that crashes leaves its members behind until they are removed by hand.
+    /// instance that crashes leaves its members behind until they are removed by hand. `None`
+    /// while Redis is unreachable.
     fn subscriber_count<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Option<usize>> {
         let mut conn = self.inner.conn.clone();
         let key = self.inner.members_key(topic);
-        Box::pin(async move { conn.scard::<_, usize>(key).await.ok() })
+        let (connected, timeout) = (
+            self.inner.connected.load(Ordering::SeqCst),
+            self.inner.publish_timeout,
+        );
+        Box::pin(async move {
+            if !connected {
+                return None;
+            }
+            let count = conn.scard::<_, usize>(key);
+            tokio::time::timeout(timeout, count).await.ok()?.ok()
+        })
     }
 }
 
@@ -547,16 +661,20 @@ mod tests {
     #[test]
     fn envelope_round_trip() {
         let frame = Utf8Bytes::from_static("{\"type\":\"X\",\"payload\":{\"a\":\"é\"}}");
-        let id = uuid::Uuid::now_v7();
+        let (origin, id) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
         assert_eq!(
-            decode_envelope(encode_envelope(&frame, Some(id))),
-            Some((Some(id), frame.clone()))
+            decode_envelope(encode_envelope(origin, &frame, Some(id))),
+            Some((origin, Some(id), frame.clone()))
         );
         assert_eq!(
-            decode_envelope(encode_envelope(&frame, None)),
-            Some((None, frame))
+            decode_envelope(encode_envelope(origin, &frame, None)),
+            Some((origin, None, frame))
         );
         assert_eq!(decode_envelope(b"no newline".to_vec()), None);
-        assert_eq!(decode_envelope(b"not-a-uuid\n{}".to_vec()), None);
+        assert_eq!(decode_envelope(b"not-a-uuid \n{}".to_vec()), None);
+        assert_eq!(
+            decode_envelope(format!("{origin}\n{{}}").into_bytes()),
+            None
+        );
     }
 }

@@ -85,6 +85,28 @@ impl Client {
         }
     }
 
+    /// Connects from the loopback address `source` (127.0.0.2, say): another remote address as
+    /// far as the server can tell.
+    pub(crate) async fn connect_from(url: &str, source: std::net::IpAddr) -> Client {
+        let target: std::net::SocketAddr = url
+            .trim_start_matches("ws://")
+            .trim_end_matches('/')
+            .parse()
+            .expect("a ws://ip:port URL");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(std::net::SocketAddr::new(source, 0))
+            .expect("bind the source address");
+        let stream = socket.connect(target).await.expect("connect");
+        let (ws, response) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+            .await
+            .expect("upgrade");
+        Client {
+            ws,
+            headers: response.headers().clone(),
+        }
+    }
+
     /// Connects with extra request headers; returns the HTTP error on a refused upgrade.
     pub(crate) async fn connect_with(
         url: &str,
@@ -531,6 +553,27 @@ pub(crate) fn bounded_multi_thread_within<F: std::future::Future<Output = ()> + 
 }
 
 impl RawClient {
+    /// Sends bytes as they are (a frame built by the test, broken on purpose or not).
+    pub(crate) async fn send_bytes(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        tokio::time::timeout(WAIT, self.stream.write_all(bytes))
+            .await
+            .expect("write timed out")
+            .expect("write");
+    }
+
+    /// Reads frames until the close; its code (None for a close without a code, or the end of
+    /// the stream without a close frame). Other frames are skipped.
+    pub(crate) async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            match self.read_frame().await {
+                Some(RawFrame::Close(code, _)) => return code,
+                Some(_) => continue,
+                None => return None,
+            }
+        }
+    }
+
     /// The socket and the bytes already read from it but not yet parsed, for a reader of one's own.
     pub(crate) fn into_parts(self) -> (TcpStream, Vec<u8>) {
         (self.stream, self.buf)
@@ -571,4 +614,50 @@ pub(crate) async fn serve_at<D: Send + Sync + 'static>(
 pub(crate) fn free_addr() -> std::net::SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("local_addr")
+}
+
+/// A client frame as the bytes on the wire: `first` is the first byte (FIN, RSV bits, opcode),
+/// masked (as clients must) unless `masked` is false.
+pub(crate) fn raw_frame(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+    let mut frame = vec![first];
+    let bit = if masked { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => frame.push(bit | n as u8),
+        n if n <= u16::MAX as usize => {
+            frame.push(bit | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(bit | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    if masked {
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    } else {
+        frame.extend_from_slice(payload);
+    }
+    frame
+}
+
+/// Sends `request` on a new TCP connection and returns the status code and the response head and
+/// body, as the server wrote them before closing.
+pub(crate) async fn http_exchange(addr: std::net::SocketAddr, request: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .expect("connect timed out")
+        .expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut response)).await;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"));
+    (status, text)
 }

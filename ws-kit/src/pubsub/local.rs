@@ -80,6 +80,20 @@ impl LocalTopics {
         }
     }
 
+    /// The topics that have local subscribers.
+    pub fn topics(&self) -> Vec<Box<str>> {
+        let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
+        topics.keys().cloned().collect()
+    }
+
+    /// The local subscribers of a topic.
+    pub fn members(&self, topic: &str) -> Vec<ClientId> {
+        let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
+        topics
+            .get(topic)
+            .map_or_else(Vec::new, |subs| subs.iter().map(|s| s.id).collect())
+    }
+
     /// Whether the topic has local subscribers.
     pub fn contains(&self, topic: &str) -> bool {
         let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());

@@ -9,7 +9,7 @@ mod memory;
 pub use local::{LocalTopics, Subscriber};
 pub use memory::MemoryPubSub;
 
-use crate::error::{ErrorCode, WsError};
+use crate::error::{ErrorCode, MAX_QUOTED, WsError, clip};
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -35,7 +35,7 @@ pub fn validate_topic(topic: &str) -> Result<(), WsError> {
             ErrorCode::InvalidArgument,
             format!("invalid topic: must match ^[A-Za-z0-9:_./-]{{1,{MAX_TOPIC_LEN}}}$"),
         )
-        .with_details(serde_json::json!({ "topic": topic })))
+        .with_details(serde_json::json!({ "topic": clip(topic, MAX_QUOTED) })))
     }
 }
 

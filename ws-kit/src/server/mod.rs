@@ -1,9 +1,11 @@
 //! Serving: the listening [`Server`] (accept loop, graceful shutdown) and [`serve`]; the
 //! [`Service`] it drives, the handshake and the options live in the submodules.
 
+mod admission;
 mod handshake;
 mod options;
 mod service;
+mod upgrade;
 
 pub use handshake::{IntoAuth, Rejection, UpgradeRequest, query_param};
 pub use options::{PayloadLimit, ServeOptions};
@@ -12,10 +14,16 @@ pub use service::Service;
 use crate::error::Error;
 use crate::router::Router;
 use std::fmt;
+use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
+
+/// The first pause after an accept error, and the longest.
+const MIN_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// A listening server: binds, accepts, and shuts down gracefully.
 ///
@@ -70,26 +78,37 @@ impl<D: Send + Sync + 'static> Server<D> {
     pub async fn run(self) -> Result<(), Error> {
         let mut shutdown = self.service.shutdown_started();
         let mut connections = JoinSet::new();
+        // After an accept error that is about this process (out of file descriptors, out of
+        // memory), the loop pauses before it tries again, doubling the pause up to a second:
+        // the open connections go on meanwhile, in their own tasks.
+        let pause = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(pause);
+        let mut paused = false;
+        let mut backoff = MIN_BACKOFF;
         loop {
             tokio::select! {
-                accepted = self.listener.accept() => {
-                    let (stream, _) = match accepted {
-                        Ok(pair) => pair,
-                        // Out of file descriptors and the like: keep serving the others.
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                            continue;
+                accepted = self.listener.accept(), if !paused => match accepted {
+                    Ok((stream, peer)) => {
+                        backoff = MIN_BACKOFF;
+                        self.admit(stream, peer, &mut connections);
+                    }
+                    // The peer gave up between its SYN and our accept: nothing to wait for.
+                    Err(e) if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionAborted
+                            | io::ErrorKind::ConnectionReset
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                    Err(e) => {
+                        if backoff == MIN_BACKOFF {
+                            tracing::warn!(error = %e, "accept failed; pausing new connections");
                         }
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let service = self.service.clone();
-                    connections.spawn(async move {
-                        if let Err(e) = service.serve_stream(stream).await {
-                            tracing::debug!(error = %e, "upgrade failed");
-                        }
-                    });
-                }
+                        pause.as_mut().reset(tokio::time::Instant::now() + backoff);
+                        paused = true;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                },
+                () = &mut pause, if paused => paused = false,
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 () = async { let _ = shutdown.wait_for(|stop| *stop).await; } => break,
             }
@@ -104,6 +123,40 @@ impl<D: Send + Sync + 'static> Server<D> {
             connections.abort_all();
         }
         Ok(())
+    }
+
+    /// Counts an accepted socket and serves it, or answers `503` when the instance or the address
+    /// holds as many sockets as it may.
+    fn admit(&self, stream: TcpStream, peer: SocketAddr, connections: &mut JoinSet<()>) {
+        let _ = stream.set_nodelay(true);
+        match self.service.admission().admit(peer.ip()) {
+            Ok(permit) => {
+                let service = self.service.clone();
+                connections.spawn(async move {
+                    let _permit = permit;
+                    if let Err(e) = service.serve_stream(stream).await {
+                        tracing::debug!(error = %e, %peer, "upgrade failed");
+                    }
+                });
+            }
+            Err(full) => {
+                tracing::debug!(%peer, reason = full.reason(), "connection refused");
+                // Answered from a task of its own, so the accept loop never waits on a peer.
+                connections.spawn(async move {
+                    let mut stream = stream;
+                    upgrade::Refusal::full(full.reason())
+                        .send(&mut stream)
+                        .await;
+                    // Read what the peer sent, briefly, so closing does not reset the
+                    // connection before it reads the answer.
+                    let mut sink = [0u8; 1024];
+                    let _ = tokio::time::timeout(Duration::from_millis(100), async {
+                        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+                    })
+                    .await;
+                });
+            }
+        }
     }
 
     /// Runs until Ctrl-C (or SIGTERM on Unix), then shuts down gracefully.

@@ -1,5 +1,6 @@
 //! [`ServeOptions`]: where to listen, how to authenticate, and the limits of every connection.
 
+use super::admission::default_max_connections;
 use super::handshake::{AuthFn, IntoAuth, UpgradeRequest};
 use crate::connection::shared::Limits;
 use crate::outbound::OverflowPolicy;
@@ -36,6 +37,10 @@ pub struct ServeOptions<D> {
     pub(super) heartbeat_timeout: Duration,
     pub(super) read_buffer_size: usize,
     pub(super) shutdown_timeout: Duration,
+    pub(super) handshake_timeout: Duration,
+    pub(super) max_connections: usize,
+    pub(super) max_connections_per_ip: usize,
+    pub(super) unfinished_message_budget: usize,
 }
 
 impl<D> std::fmt::Debug for ServeOptions<D> {
@@ -57,6 +62,10 @@ impl<D> std::fmt::Debug for ServeOptions<D> {
             .field("heartbeat_timeout", &self.heartbeat_timeout)
             .field("read_buffer_size", &self.read_buffer_size)
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("max_connections", &self.max_connections)
+            .field("max_connections_per_ip", &self.max_connections_per_ip)
+            .field("unfinished_message_budget", &self.unfinished_message_budget)
             .finish_non_exhaustive()
     }
 }
@@ -101,6 +110,10 @@ impl<D: Send + Sync + 'static> ServeOptions<D> {
             heartbeat_timeout: Duration::from_secs(90),
             read_buffer_size: 256,
             shutdown_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(5),
+            max_connections: default_max_connections(),
+            max_connections_per_ip: 1024,
+            unfinished_message_budget: 256 * 1024 * 1024,
         }
     }
 
@@ -202,6 +215,39 @@ impl<D: Send + Sync + 'static> ServeOptions<D> {
     /// How long graceful shutdown waits for connections to close (default 5 s).
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// How long a client may take from the TCP connection to the end of the WebSocket handshake
+    /// (default 5 s); past it the socket is closed. Sockets that never finish their upgrade would
+    /// otherwise hold file descriptors for good.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Sockets the instance holds at once, handshakes included (default: nine tenths of the
+    /// process's open-files limit, or 10,000 where it cannot be read). One more gets
+    /// `503 Too many connections` and is closed.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    /// Sockets one remote address holds at once, handshakes included (default 1024). One more
+    /// gets `503 Too many connections from this address`. Behind a reverse proxy every connection
+    /// comes from the proxy's address: raise it there (`usize::MAX` turns it off).
+    pub fn max_connections_per_ip(mut self, n: usize) -> Self {
+        self.max_connections_per_ip = n;
+        self
+    }
+
+    /// Bytes of messages not yet complete that all connections together may hold (default
+    /// 256 MiB), beyond 64 KiB each that are always allowed: a large message arriving slowly
+    /// parks its bytes until its last frame. The connection whose next read would go over it is
+    /// closed with 1013 (Try Again Later); the others, and the process, go on.
+    pub fn unfinished_message_budget(mut self, bytes: usize) -> Self {
+        self.unfinished_message_budget = bytes;
         self
     }
 

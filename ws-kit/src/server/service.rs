@@ -1,12 +1,16 @@
 //! [`Service`]: a built router with its options, serving WebSocket connections from any byte
 //! stream (the accept loop's, or one accepted elsewhere).
 
+use super::admission::Admission;
 use super::handshake::{handshake, reject};
 use super::options::{PayloadLimit, ServeOptions};
+use super::upgrade;
 use crate::app::App;
 use crate::connection::Connection;
 use crate::error::Error;
+use crate::lazy_read::{InboundBudget, LazyRead, ReadState};
 use crate::publisher::Publisher;
+use crate::pubsub::ClientId;
 use crate::read_loop::{self, LoopConfig, Reader};
 use crate::router::Router;
 use std::fmt;
@@ -16,6 +20,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -49,6 +54,10 @@ struct ServiceInner<D> {
     shutdown: watch::Sender<bool>,
     /// Open connections (counted by their read loops).
     connections: Arc<AtomicUsize>,
+    /// Sockets per instance and per address, from accept to close.
+    admission: Arc<Admission>,
+    /// Bytes of unfinished messages every connection together may hold.
+    budget: Arc<InboundBudget>,
 }
 
 impl<D: Send + Sync + 'static, S: Send + Sync + 'static> Router<D, S> {
@@ -56,12 +65,19 @@ impl<D: Send + Sync + 'static, S: Send + Sync + 'static> Router<D, S> {
     pub fn into_service(self, options: ServeOptions<D>) -> Result<Service<D>, Error> {
         let app = self.build(options.limits())?;
         let (shutdown, _) = watch::channel(false);
+        let admission = Arc::new(Admission::new(
+            options.max_connections,
+            options.max_connections_per_ip,
+        ));
+        let budget = Arc::new(InboundBudget::new(options.unfinished_message_budget));
         Ok(Service {
             inner: Arc::new(ServiceInner {
                 app,
                 options,
                 shutdown,
                 connections: Arc::default(),
+                admission,
+                budget,
             }),
         })
     }
@@ -69,12 +85,48 @@ impl<D: Send + Sync + 'static, S: Send + Sync + 'static> Router<D, S> {
 
 impl<D: Send + Sync + 'static> Service<D> {
     /// Runs the WebSocket handshake on an accepted stream, then the connection, to its end.
-    /// Returns the handshake error if the upgrade failed or was refused.
+    /// Returns the handshake error if the upgrade failed, was refused or took longer than the
+    /// handshake timeout. The connection limits are the accept loop's ([`Server`](super::Server)):
+    /// a stream handed over here is not counted.
     pub async fn serve_stream<T>(&self, stream: T) -> Result<(), Error>
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let opts = &self.inner.options;
+        let timeout = opts.handshake_timeout;
+        let upgraded = match tokio::time::timeout(timeout, self.upgrade(stream)).await {
+            Ok(upgraded) => upgraded?,
+            // The stream is dropped with the handshake: a client that is this slow gets no answer.
+            Err(_) => return Err(Error::HandshakeTimeout),
+        };
+        let Some((socket, client_id, data, state)) = upgraded else {
+            return Ok(());
+        };
+        let (_, run) = self.open_transport(socket, client_id, data, Some(state));
+        run.await;
+        Ok(())
+    }
+
+    /// The handshake: the request head read and checked (RFC 6455), then tungstenite's upgrade
+    /// with the app's checks (path, Origin, subprotocol, `authenticate`). `None`: refused, the
+    /// refusal sent.
+    #[allow(clippy::type_complexity)]
+    async fn upgrade<T>(
+        &self,
+        mut stream: T,
+    ) -> Result<Option<(WebSocketStream<LazyRead<T>>, ClientId, D, Arc<ReadState>)>, Error>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let opts = &self.inner.options;
+        let head = match upgrade::read_head(&mut stream).await {
+            Ok(head) => head,
+            Err(Some(refusal)) => {
+                refusal.send(&mut stream).await;
+                return Err(Error::Refused(refusal.status));
+            }
+            Err(None) => return Ok(None),
+        };
         let client_id = uuid::Uuid::now_v7();
         let mut data = None;
         #[allow(clippy::result_large_err)]
@@ -89,23 +141,24 @@ impl<D: Send + Sync + 'static> Service<D> {
             }
         };
         let hard_max = self.max_frame_bytes();
+        let write_buffer = 8 * 1024;
         let config = WebSocketConfig::default()
             .read_buffer_size(opts.read_buffer_size)
-            .write_buffer_size(8 * 1024)
+            .write_buffer_size(write_buffer)
+            // What tungstenite itself queues for the peer (pongs, the close reply, frames being
+            // written) is bounded too, by the same allowance as the outbound queue.
+            .max_write_buffer_size(write_buffer + opts.max_queued_bytes.max(1))
             .max_message_size(Some(hard_max))
             .max_frame_size(Some(hard_max));
-        let clock = Arc::new(crate::lazy_read::ReadClock::default());
+        let state = Arc::new(ReadState::new(Some(self.inner.budget.clone())));
         let socket = tokio_tungstenite::accept_hdr_async_with_config(
-            crate::lazy_read::LazyRead::new(stream, clock.clone()),
+            LazyRead::new(stream, state.clone(), head),
             callback,
             Some(config),
         )
         .await
         .map_err(Error::WebSocket)?;
-        let Some(data) = data else { return Ok(()) };
-        let (_, run) = self.open_transport(socket, client_id, data, Some(clock));
-        run.await;
-        Ok(())
+        Ok(data.map(|data| (socket, client_id, data, state)))
     }
 
     /// Publishes to topics from outside handlers.
@@ -127,6 +180,13 @@ impl<D> Service<D> {
         self.inner.connections.load(Ordering::Relaxed)
     }
 
+    /// Sockets the accept loop holds: open connections and handshakes in progress, counted
+    /// against `max_connections` (connections handed over with [`Service::serve_stream`] are
+    /// not).
+    pub fn socket_count(&self) -> usize {
+        self.inner.admission.total()
+    }
+
     /// Resolves when a graceful shutdown starts.
     pub(super) fn shutdown_started(&self) -> watch::Receiver<bool> {
         self.inner.shutdown.subscribe()
@@ -135,6 +195,11 @@ impl<D> Service<D> {
     /// How long graceful shutdown waits for connections to close.
     pub(super) fn shutdown_timeout(&self) -> Duration {
         self.inner.options.shutdown_timeout
+    }
+
+    /// The socket counts the accept loop keeps.
+    pub(super) fn admission(&self) -> &Arc<Admission> {
+        &self.inner.admission
     }
 }
 
@@ -159,7 +224,7 @@ impl<D: Send + Sync + 'static> Service<D> {
         socket: T,
         client_id: uuid::Uuid,
         data: D,
-        read_clock: Option<Arc<crate::lazy_read::ReadClock>>,
+        read_clock: Option<Arc<ReadState>>,
     ) -> (Connection<D>, impl Future<Output = ()> + Send + 'static)
     where
         T: futures_util::Stream<

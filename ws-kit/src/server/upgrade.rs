@@ -1,0 +1,244 @@
+//! The upgrade request's head, read and checked against RFC 6455 (section 4.2.1) before the
+//! WebSocket handshake takes the stream: a malformed upgrade gets `400 Bad Request`, another
+//! protocol version `426 Upgrade Required` with `Sec-WebSocket-Version: 13`, and neither holds the
+//! connection any longer than it takes to say so.
+
+use crate::http_syntax::is_token;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+
+/// The most bytes an upgrade request's head may take (request line and headers).
+pub(super) const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// The most headers an upgrade request may carry.
+const MAX_HEADERS: usize = 64;
+
+/// An HTTP answer that ends a connection before the WebSocket handshake.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Refusal {
+    pub(super) status: u16,
+    reason: &'static str,
+    body: &'static str,
+    /// A header line of its own (`Sec-WebSocket-Version: 13` for `426`, `Retry-After` for
+    /// `503`), with its CRLF; or empty.
+    header: &'static str,
+}
+
+impl Refusal {
+    fn bad(body: &'static str) -> Self {
+        Refusal {
+            status: 400,
+            reason: "Bad Request",
+            body,
+            header: "",
+        }
+    }
+
+    /// `503`: the instance, or one address, has as many connections as it may.
+    pub(super) fn full(body: &'static str) -> Self {
+        Refusal {
+            status: 503,
+            reason: "Service Unavailable",
+            body,
+            header: "Retry-After: 1\r\n",
+        }
+    }
+
+    /// The whole HTTP response.
+    pub(super) fn response(&self) -> Vec<u8> {
+        format!(
+            "HTTP/1.1 {} {}\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n{}",
+            self.status,
+            self.reason,
+            self.body.len(),
+            self.header,
+            self.body
+        )
+        .into_bytes()
+    }
+
+    /// Writes the response and closes, best effort: a peer that does not read gets what fits in
+    /// its socket buffer, then the close.
+    pub(super) async fn send<S: AsyncWrite + Unpin>(&self, stream: &mut S) {
+        use tokio::io::AsyncWriteExt;
+        let response = self.response();
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(250), async {
+            stream.write_all(&response).await?;
+            stream.shutdown().await
+        })
+        .await;
+    }
+}
+
+/// Reads the request head (to its blank line). `Ok`: every byte read, the head and whatever the
+/// client sent after it; `Err(Some(..))`: the answer to send; `Err(None)`: the peer went away.
+pub(super) async fn read_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<Vec<u8>, Option<Refusal>> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 2048];
+    loop {
+        let searched = buf.len().saturating_sub(3);
+        let n = stream.read(&mut chunk).await.map_err(|_| None)?;
+        if n == 0 {
+            return Err(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf[searched..]
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|i| searched + i + 4)
+        {
+            check(&buf[..end])?;
+            return Ok(buf);
+        }
+        if buf.len() > MAX_HEAD_BYTES {
+            return Err(Some(Refusal::bad("Request head too large")));
+        }
+    }
+}
+
+/// Checks what RFC 6455 section 4.2.1 asks of an opening handshake (the path, Origin and
+/// authentication are checked later, with the app's options).
+fn check(head: &[u8]) -> Result<(), Refusal> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) | Err(_) => {
+            return Err(Refusal::bad("Malformed HTTP request"));
+        }
+    }
+    let (method, version) = (request.method, request.version);
+    if method != Some("GET") {
+        return Err(Refusal::bad("A WebSocket upgrade is a GET request"));
+    }
+    if version != Some(1) {
+        return Err(Refusal::bad("A WebSocket upgrade needs HTTP/1.1"));
+    }
+    let headers: &[httparse::Header<'_>] = request.headers;
+    let values = |name: &'static str| header_values(headers, name);
+    let lists = |name: &'static str| {
+        header_values(headers, name)
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    if values("host").next().is_none() {
+        return Err(Refusal::bad("Missing Host header"));
+    }
+    if !lists("upgrade").any(|v| v.eq_ignore_ascii_case("websocket"))
+        || !lists("connection").any(|v| v.eq_ignore_ascii_case("upgrade"))
+    {
+        return Err(Refusal::bad("Not a WebSocket upgrade request"));
+    }
+    match values("sec-websocket-version").next() {
+        None => return Err(Refusal::bad("Missing Sec-WebSocket-Version header")),
+        Some(v) if v.trim() == "13" => {}
+        Some(_) => {
+            return Err(Refusal {
+                status: 426,
+                reason: "Upgrade Required",
+                body: "Unsupported WebSocket version; this server speaks 13",
+                header: "Sec-WebSocket-Version: 13\r\n",
+            });
+        }
+    }
+    let mut keys = values("sec-websocket-key");
+    match (keys.next(), keys.next()) {
+        (Some(key), None) if is_key(key.trim()) => {}
+        _ => return Err(Refusal::bad("Missing or invalid Sec-WebSocket-Key header")),
+    }
+    if values("sec-websocket-protocol")
+        .flat_map(|v| v.split(','))
+        .any(|p| !is_token(p.trim()))
+    {
+        return Err(Refusal::bad("Invalid Sec-WebSocket-Protocol header"));
+    }
+    Ok(())
+}
+
+/// The values of the header `name` (any case); a value that is not UTF-8 reads as a NUL, which
+/// no check accepts.
+fn header_values<'h>(
+    headers: &'h [httparse::Header<'h>],
+    name: &'static str,
+) -> impl Iterator<Item = &'h str> + 'h {
+    headers
+        .iter()
+        .filter(move |h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| std::str::from_utf8(h.value).unwrap_or("\u{0}"))
+}
+
+/// Whether `key` is the base64 of 16 bytes: 22 characters of the alphabet, then `==`.
+fn is_key(key: &str) -> bool {
+    let b = key.as_bytes();
+    b.len() == 24
+        && b[22..] == *b"=="
+        && b[..22]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(extra: &str) -> String {
+        format!("GET /chat HTTP/1.1\r\nHost: x\r\n{extra}\r\n")
+    }
+
+    const UPGRADE: &str = "Upgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
+    fn status(head: &str) -> u16 {
+        match check(head.as_bytes()) {
+            Ok(()) => 101,
+            Err(refusal) => refusal.status,
+        }
+    }
+
+    #[test]
+    fn checks_the_opening_handshake() {
+        assert_eq!(
+            status(&request(&format!("{UPGRADE}Sec-WebSocket-Version: 13\r\n"))),
+            101
+        );
+        // Another version: 426 with the one we speak.
+        let head = request(&format!("{UPGRADE}Sec-WebSocket-Version: 8\r\n"));
+        let refusal = check(head.as_bytes()).unwrap_err();
+        assert_eq!(refusal.status, 426);
+        let response = String::from_utf8(refusal.response()).unwrap();
+        assert!(
+            response.starts_with("HTTP/1.1 426 Upgrade Required\r\n"),
+            "{response}"
+        );
+        assert!(
+            response.contains("\r\nSec-WebSocket-Version: 13\r\n"),
+            "{response}"
+        );
+        // Malformed upgrades: 400.
+        for head in [
+            request("Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"),
+            request(UPGRADE),
+            request(
+                "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: short\r\nSec-WebSocket-Version: 13\r\n",
+            ),
+            request(
+                "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n",
+            ),
+            request(&format!(
+                "{UPGRADE}Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat, bad protocol\r\n"
+            )),
+            format!("POST / HTTP/1.1\r\nHost: x\r\n{UPGRADE}Sec-WebSocket-Version: 13\r\n\r\n"),
+            format!("GET / HTTP/1.0\r\nHost: x\r\n{UPGRADE}Sec-WebSocket-Version: 13\r\n\r\n"),
+            format!("GET / HTTP/1.1\r\n{UPGRADE}Sec-WebSocket-Version: 13\r\n\r\n"),
+            "not http at all\r\n\r\n".to_string(),
+        ] {
+            assert_eq!(status(&head), 400, "{head}");
+        }
+        assert!(
+            is_key("dGhlIHNhbXBsZSBub25jZQ==")
+                && !is_key("dGhlIHNhbXBsZSBub25jZQ=")
+                && !is_key("dGhlIHNhbXBsZSBub25j!Q==")
+        );
+    }
+}
