@@ -1,6 +1,6 @@
 //! A hostile or unlucky network, over real sockets: malformed and slow upgrades, connection
-//! limits, RFC 6455 violations, ping floods, error replies that would amplify their input, and
-//! unfinished messages parked by many connections at once.
+//! limits, a process out of descriptors, RFC 6455 violations, ping floods, error replies that
+//! would amplify their input, and unfinished messages parked by many connections at once.
 
 mod support;
 
@@ -171,6 +171,88 @@ fn stalled_handshakes_time_out_and_one_address_cannot_take_every_socket() {
         let mut again = server.client().await;
         assert_served(&mut again, "again").await;
     });
+}
+
+/// A server process out of file descriptors (run under `ulimit -n 64`, no ws-kit limit, so the
+/// kernel refuses with `EMFILE`) keeps serving the connections it has, does not spin on the
+/// failing accept (under half a core while the backlog is full), and accepts again once
+/// descriptors are free.
+#[test]
+fn out_of_descriptors_the_server_pauses_and_serves_on() {
+    bounded_multi_thread(async {
+        let server = std::process::Command::new("sh")
+            .args(["-c", "ulimit -n 64 && exec \"$0\""])
+            .arg(env!("CARGO_BIN_EXE_fd-starved-server"))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the server");
+        let mut child = KillOnDrop(server);
+        let url = {
+            use std::io::BufRead;
+            let stdout = child.0.stdout.take().expect("stdout");
+            let mut line = String::new();
+            std::io::BufReader::new(stdout)
+                .read_line(&mut line)
+                .expect("read the server's first line");
+            line.trim()
+                .strip_prefix("listening on ")
+                .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+                .to_string()
+        };
+        let addr: std::net::SocketAddr = url["ws://".len()..].parse().expect("address");
+        let mut first = Client::connect(&url).await;
+        assert_served(&mut first, "before").await;
+
+        // More sockets than the process has descriptors; none of them upgrades.
+        let mut hogs = Vec::new();
+        for _ in 0..100 {
+            hogs.push(
+                TcpStream::connect(addr)
+                    .await
+                    .expect("connect (the backlog takes it)"),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let cpu_before = cpu_ticks(child.0.id());
+        let measured = std::time::Instant::now();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let ticks = cpu_ticks(child.0.id()) - cpu_before;
+        let share = ticks as f64 / 100.0 / measured.elapsed().as_secs_f64();
+        assert!(
+            share < 0.5,
+            "the server used {:.0}% of a core while out of descriptors: the accept loop spins",
+            share * 100.0
+        );
+        assert_served(&mut first, "while starved").await;
+
+        drop(hogs);
+        let mut late = tokio::time::timeout(WAIT, Client::connect(&url))
+            .await
+            .expect("a new client gets in once descriptors are free");
+        assert_served(&mut late, "after").await;
+        assert_served(&mut first, "still").await;
+    });
+}
+
+/// The CPU time (user + system, in clock ticks of 10 ms) the process has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/<pid>/stat");
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("stat format") + 2..]
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after the name.
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+/// A child process killed when the test ends, passed or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// `max_connections`: past it a new socket gets `503 Too many connections`; once one closes, the
