@@ -50,7 +50,7 @@ impl<D: Send + Sync + 'static> Conn<D> {
             heartbeat_timeout: Duration::from_secs(90),
             close_grace: Duration::from_secs(1),
             // No socket: every frame reads the clock, as a frame alone in its read would.
-            read_clock: None,
+            read_state: None,
         };
         Ok(Conn {
             reader: Reader::new(conn.clone(), app, config, JoinSet::new()),

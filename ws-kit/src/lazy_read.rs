@@ -22,7 +22,7 @@ const CHUNK: usize = 8 * 1024;
 
 /// Bytes of a message not yet complete that a connection holds without counting against the
 /// [`InboundBudget`]: small messages never touch it.
-pub(crate) const FREE_UNFINISHED: usize = 64 * 1024;
+pub(crate) const FREE_UNFINISHED: usize = 16 * 1024;
 
 /// The bytes every connection of a service together may hold of messages not yet complete
 /// (beyond [`FREE_UNFINISHED`] each): a large message arriving slowly parks its bytes here.
@@ -137,6 +137,22 @@ impl ReadState {
             self.charged.store(excess, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// A control frame of `n` bytes (on the wire) was handled: its bytes no longer count. Not a
+    /// reset: a control frame may arrive between the fragments of a message still unfinished.
+    pub(crate) fn control_done(&self, n: usize) {
+        let Some(budget) = &self.budget else {
+            return;
+        };
+        let unfinished = self.unfinished.load(Ordering::Relaxed).saturating_sub(n);
+        self.unfinished.store(unfinished, Ordering::Relaxed);
+        let excess = unfinished.saturating_sub(FREE_UNFINISHED);
+        let charged = self.charged.load(Ordering::Relaxed);
+        if charged > excess {
+            self.charged.store(excess, Ordering::Relaxed);
+            budget.release(charged - excess);
+        }
     }
 
     /// A message (text, binary or close) was completed: the bytes read for it no longer count.
@@ -279,6 +295,27 @@ mod tests {
         a.message_done();
         assert_eq!(budget.used(), 40_000);
         drop(b);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn control_frames_leave_the_count_but_do_not_reset_it() {
+        let budget = Arc::new(InboundBudget::new(100_000));
+        let state = ReadState::new(Some(budget.clone()));
+        // Pongs alone, far more than the free part: nothing is held, nothing is charged.
+        for _ in 0..10_000 {
+            state.read(131).unwrap();
+            state.control_done(131);
+        }
+        assert_eq!(budget.used(), 0);
+        // Fragments of a message with pings between them: the fragments still count.
+        for _ in 0..10 {
+            state.read(10_000).unwrap();
+            state.read(131).unwrap();
+            state.control_done(131);
+        }
+        assert_eq!(budget.used(), 100_000 - FREE_UNFINISHED);
+        state.message_done();
         assert_eq!(budget.used(), 0);
     }
 

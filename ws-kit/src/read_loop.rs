@@ -30,7 +30,7 @@ pub(crate) struct LoopConfig {
     pub(crate) heartbeat_timeout: Duration,
     pub(crate) close_grace: Duration,
     /// The time of the transport's last socket read, when it has one (see `LazyRead`).
-    pub(crate) read_clock: Option<Arc<ReadState>>,
+    pub(crate) read_state: Option<Arc<ReadState>>,
 }
 
 pub(crate) fn now_ms(t: SystemTime) -> u64 {
@@ -317,7 +317,7 @@ impl<D: Send + Sync + 'static> Reader<D> {
     fn on_frame(&mut self, frame: Option<Result<WsMessage, WsTransportError>>) -> Option<Ended> {
         if let Some(Ok(WsMessage::Text(_) | WsMessage::Binary(_) | WsMessage::Close(_))) = &frame {
             // The message is complete: its bytes no longer count against the inbound budget.
-            if let Some(state) = &self.config.read_clock {
+            if let Some(state) = &self.config.read_state {
                 state.message_done();
             }
         }
@@ -330,7 +330,8 @@ impl<D: Send + Sync + 'static> Reader<D> {
             Some(Ok(WsMessage::Close(frame))) => {
                 return Some(Ended::Client(CloseInfo::from_frame(frame.as_ref())));
             }
-            Some(Ok(WsMessage::Ping(_))) => {
+            Some(Ok(WsMessage::Ping(payload))) => {
+                self.control_done(&payload);
                 // tungstenite answers each ping; a peer that pings without reading would make
                 // the answers pile up (bounded by the write buffer), so a flood ends here.
                 self.pings += 1;
@@ -343,7 +344,8 @@ impl<D: Send + Sync + 'static> Reader<D> {
                     );
                 }
             }
-            Some(Ok(_)) => {} // pongs, raw frames: liveness only
+            Some(Ok(WsMessage::Pong(payload))) => self.control_done(&payload), // liveness only
+            Some(Ok(WsMessage::Frame(_))) => {} // only for writing raw frames; never read
             Some(Err(WsTransportError::Capacity(CapacityError::MessageTooLong {
                 size,
                 max_size,
@@ -377,7 +379,7 @@ impl<D: Send + Sync + 'static> Reader<D> {
             }
             Some(Err(WsTransportError::Io(e))) if BudgetExhausted::is(&e) => {
                 // What it held goes back at once, for the connections that go on.
-                if let Some(state) = &self.config.read_clock {
+                if let Some(state) = &self.config.read_state {
                     state.message_done();
                 }
                 return self.close(
@@ -390,6 +392,14 @@ impl<D: Send + Sync + 'static> Reader<D> {
             Some(Err(_)) | None => return Some(Ended::Client(CloseInfo::abnormal())),
         }
         None
+    }
+
+    /// A ping or pong was handled: its bytes leave the inbound accounting (a client's control
+    /// frame is its payload, at most 125 bytes, a 2-byte header and a 4-byte mask).
+    fn control_done(&self, payload: &[u8]) {
+        if let Some(state) = &self.config.read_state {
+            state.control_done(payload.len() + 6);
+        }
     }
 
     /// Reports `message` and closes the connection with `code` and `reason`.
@@ -408,7 +418,7 @@ impl<D: Send + Sync + 'static> Reader<D> {
         // When the frame's bytes came off the socket.
         let received_at = self
             .config
-            .read_clock
+            .read_state
             .as_ref()
             .map_or_else(SystemTime::now, |clock| clock.last_read());
         if !self.app.any_ordered {

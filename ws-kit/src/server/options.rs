@@ -243,7 +243,7 @@ impl<D: Send + Sync + 'static> ServeOptions<D> {
     }
 
     /// Bytes of messages not yet complete that all connections together may hold (default
-    /// 256 MiB), beyond 64 KiB each that are always allowed: a large message arriving slowly
+    /// 256 MiB), beyond 16 KiB each that are always allowed: a large message arriving slowly
     /// parks its bytes until its last frame. The connection whose next read would go over it is
     /// closed with 1013 (Try Again Later); the others, and the process, go on.
     pub fn unfinished_message_budget(mut self, bytes: usize) -> Self {

@@ -92,16 +92,17 @@ impl<D: Send + Sync + 'static> Service<D> {
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let opts = &self.inner.options;
-        let timeout = opts.handshake_timeout;
-        let upgraded = match tokio::time::timeout(timeout, self.upgrade(stream)).await {
-            Ok(upgraded) => upgraded?,
-            // The stream is dropped with the handshake: a client that is this slow gets no answer.
-            Err(_) => return Err(Error::HandshakeTimeout),
-        };
-        let Some((socket, client_id, data, state)) = upgraded else {
-            return Ok(());
-        };
+        // Boxed: the handshake's state (buffers, the timer) lives on the heap while it runs and
+        // is gone after; left inline it would size the future every idle connection holds.
+        let upgrade = Box::pin(self.upgrade(stream));
+        let (socket, client_id, data, state) =
+            match tokio::time::timeout(self.inner.options.handshake_timeout, upgrade).await {
+                Ok(Ok(Some(upgraded))) => upgraded,
+                Ok(Ok(None)) => return Ok(()),
+                Ok(Err(e)) => return Err(e),
+                // The stream is dropped with the handshake: a client this slow gets no answer.
+                Err(_) => return Err(Error::HandshakeTimeout),
+            };
         let (_, run) = self.open_transport(socket, client_id, data, Some(state));
         run.await;
         Ok(())
@@ -217,14 +218,14 @@ impl<D: Send + Sync + 'static> Service<D> {
     /// A connection over a transport that is already open: what `serve_stream` does after its
     /// handshake, and what the testing harness does with its in-memory socket. Returns the connection and the
     /// future that runs it to its end (`on_open`, the read loop, `on_close`, cleanup).
-    /// `read_clock` stamps `received_at` when the transport's reads go through `LazyRead`;
+    /// `read_state` stamps `received_at` when the transport's reads go through `LazyRead`;
     /// without it each frame reads the clock.
     pub(crate) fn open_transport<T>(
         &self,
         socket: T,
         client_id: uuid::Uuid,
         data: D,
-        read_clock: Option<Arc<ReadState>>,
+        read_state: Option<Arc<ReadState>>,
     ) -> (Connection<D>, impl Future<Output = ()> + Send + 'static)
     where
         T: futures_util::Stream<
@@ -245,7 +246,7 @@ impl<D: Send + Sync + 'static> Service<D> {
             heartbeat_interval: opts.heartbeat_interval,
             heartbeat_timeout: opts.heartbeat_timeout,
             close_grace: Duration::from_secs(1),
-            read_clock,
+            read_state,
         };
         let shutdown = self.inner.shutdown.subscribe();
         let reader = Reader::new(conn.clone(), app, loop_config, JoinSet::new());

@@ -75,14 +75,13 @@ pub(super) async fn read_head<S: AsyncRead + Unpin>(
     stream: &mut S,
 ) -> Result<Vec<u8>, Option<Refusal>> {
     let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 2048];
     loop {
         let searched = buf.len().saturating_sub(3);
-        let n = stream.read(&mut chunk).await.map_err(|_| None)?;
+        buf.reserve(1024);
+        let n = stream.read_buf(&mut buf).await.map_err(|_| None)?;
         if n == 0 {
             return Err(None);
         }
-        buf.extend_from_slice(&chunk[..n]);
         if let Some(end) = buf[searched..]
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
