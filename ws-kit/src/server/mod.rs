@@ -16,6 +16,8 @@ use crate::router::Router;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -24,6 +26,10 @@ use tokio::task::JoinSet;
 /// The first pause after an accept error, and the longest.
 const MIN_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Refused sockets that may be answered (`503`) at once; past that, more are closed unanswered,
+/// so a flood of refused connections cannot hold descriptors of its own.
+const MAX_REFUSING: usize = 64;
 
 /// A listening server: binds, accepts, and shuts down gracefully.
 ///
@@ -38,6 +44,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 pub struct Server<D> {
     listener: TcpListener,
     service: Service<D>,
+    /// Refused sockets being answered now.
+    refusing: Arc<AtomicUsize>,
 }
 
 impl<D> fmt::Debug for Server<D> {
@@ -58,7 +66,11 @@ impl<D: Send + Sync + 'static> Server<D> {
         let addr = format!("{}:{}", options.host, options.port);
         let service = router.into_service(options)?;
         let listener = TcpListener::bind(addr).await?;
-        Ok(Server { listener, service })
+        Ok(Server {
+            listener,
+            service,
+            refusing: Arc::default(),
+        })
     }
 
     /// The bound address (useful with port 0).
@@ -141,6 +153,11 @@ impl<D: Send + Sync + 'static> Server<D> {
             }
             Err(full) => {
                 tracing::debug!(%peer, reason = full.reason(), "connection refused");
+                if self.refusing.fetch_add(1, Ordering::Relaxed) >= MAX_REFUSING {
+                    self.refusing.fetch_sub(1, Ordering::Relaxed);
+                    return; // closed unanswered
+                }
+                let refusing = self.refusing.clone();
                 // Answered from a task of its own, so the accept loop never waits on a peer.
                 connections.spawn(async move {
                     let mut stream = stream;
@@ -154,6 +171,7 @@ impl<D: Send + Sync + 'static> Server<D> {
                         while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
                     })
                     .await;
+                    refusing.fetch_sub(1, Ordering::Relaxed);
                 });
             }
         }
