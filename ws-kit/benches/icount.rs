@@ -10,39 +10,8 @@
 //! Modes: `event` (the one-pass path), `full` (a frame the one-pass path declines), `rpc`.
 use std::hint::black_box;
 use ws_kit::__bench::Conn;
-use ws_kit::{Ctx, Message, Router, WsError, handler, routes};
 
-#[derive(Message)]
-struct SendMessage {
-    #[validate(length(min = 1, max = 64))]
-    room_id: String,
-    #[validate(length(min = 1, max = 500))]
-    text: String,
-}
-
-#[derive(Message)]
-#[rpc(response = Pong)]
-struct Ping {
-    #[validate(length(max = 1000))]
-    text: String,
-}
-
-#[derive(Message)]
-struct Pong {
-    reply: String,
-}
-
-#[handler]
-async fn send_message(ctx: Ctx<SendMessage>) {
-    black_box((&ctx.payload.room_id, &ctx.payload.text));
-}
-
-#[handler]
-async fn ping(ctx: Ctx<Ping>) -> Result<Pong, WsError> {
-    Ok(Pong {
-        reply: ctx.payload.text.clone(),
-    })
-}
+mod workload;
 
 fn main() {
     let mode = std::env::args().nth(1).unwrap_or_default();
@@ -55,7 +24,7 @@ fn main() {
         .build()
         .unwrap();
     let _g = rt.enter();
-    let mut conn = Conn::new(Router::new().routes(routes![send_message, ping]), ()).unwrap();
+    let mut conn = Conn::new(workload::router(), ()).unwrap();
     let event = r#"{"type":"SEND_MESSAGE","payload":{"roomId":"general","text":"hello there"}}"#;
     let event_full =
         r#"{ "type":"SEND_MESSAGE","payload":{"roomId":"general","text":"hello there"}}"#;

@@ -9,48 +9,19 @@ use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::hint::black_box;
 use ws_kit::__bench::{Conn, Fanout, encode_reply};
+use ws_kit::Message;
 use ws_kit::tungstenite::{Message as WsMessage, Utf8Bytes};
-use ws_kit::{Ctx, Message, Router, WsError, handler, routes};
 
-// ---- ws-kit messages and handlers ----
+// ---- ws-kit's messages and handlers: `workload` ----
 
-#[derive(Message)]
-struct SendMessage {
-    #[validate(length(min = 1, max = 64))]
-    room_id: String,
-    #[validate(length(min = 1, max = 500))]
-    text: String,
-}
+mod workload;
+use workload::Pong;
 
-#[derive(Message)]
-#[rpc(response = Pong)]
-struct Ping {
-    #[validate(length(max = 1000))]
-    text: String,
-}
-
-#[derive(Message)]
-struct Pong {
-    reply: String,
-}
-
+/// What the fan-out benchmark publishes.
 #[derive(Message)]
 struct NewMessage {
     username: String,
     text: String,
-}
-
-/// Reads the payload and finishes: the work is decode + validate + dispatch.
-#[handler]
-async fn send_message(ctx: Ctx<SendMessage>) {
-    black_box((&ctx.payload.room_id, &ctx.payload.text));
-}
-
-#[handler]
-async fn ping(ctx: Ctx<Ping>) -> Result<Pong, WsError> {
-    Ok(Pong {
-        reply: ctx.payload.text.clone(),
-    })
 }
 
 // ---- the bare serde_json equivalents ----
@@ -132,7 +103,7 @@ fn runtime() -> tokio::runtime::Runtime {
 fn decode_validate_dispatch(c: &mut Criterion) {
     let rt = runtime();
     let _rt = rt.enter();
-    let mut conn = Conn::new(Router::new().routes(routes![send_message, ping]), ()).unwrap();
+    let mut conn = Conn::new(workload::router(), ()).unwrap();
 
     // Sanity: the event is accepted silently, the RPC gets exactly its PONG.
     conn.dispatch(SEND);
