@@ -1,7 +1,7 @@
 //! `#[derive(Message)]`: parse → validate → expand.
 
 use crate::case;
-use crate::errors::Errors;
+use crate::errors::{Errors, unknown_key};
 use crate::fields::{self, Field};
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
@@ -57,7 +57,11 @@ fn parse(input: &DeriveInput, errors: &mut Errors) -> Option<Message> {
     for attr in &input.attrs {
         if attr.path().is_ident("message") {
             let result = attr.parse_nested_meta(|meta| {
-                let key = meta.path.get_ident().map(ToString::to_string).unwrap_or_default();
+                let key = meta
+                    .path
+                    .get_ident()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
                 match key.as_str() {
                     "type" => {
                         let lit: LitStr = meta.value()?.parse()?;
@@ -67,21 +71,8 @@ fn parse(input: &DeriveInput, errors: &mut Errors) -> Option<Message> {
                             tag = Some((lit.value(), lit.span()));
                         }
                     }
-                    "rename_all" => {
-                        let lit: LitStr = meta.value()?.parse()?;
-                        if rename_all.is_some() {
-                            errors.spanned(&meta.path, "duplicate `rename_all` in `#[message(...)]`");
-                        } else if case::rename_field("x", &lit.value()).is_none() {
-                            errors.spanned(&lit, format!("unknown `rename_all` rule; expected one of {}", case::RULES));
-                        } else {
-                            rename_all = Some((lit.value(), lit.span()));
-                        }
-                    }
-                    _ => {
-                        return Err(meta.error(format!(
-                            "unknown `message` attribute key `{key}`; expected `type` or `rename_all`"
-                        )));
-                    }
+                    "rename_all" => errors.rename_all(&meta, "message", &mut rename_all)?,
+                    _ => return Err(unknown_key(&meta, "message", "`type` or `rename_all`")),
                 }
                 Ok(())
             });
@@ -109,14 +100,7 @@ fn parse(input: &DeriveInput, errors: &mut Errors) -> Option<Message> {
                     response = Some(meta.value()?.parse()?);
                     Ok(())
                 } else {
-                    let key = meta
-                        .path
-                        .get_ident()
-                        .map(ToString::to_string)
-                        .unwrap_or_default();
-                    Err(meta.error(format!(
-                        "unknown `rpc` attribute key `{key}`; expected `response`"
-                    )))
+                    Err(unknown_key(&meta, "rpc", "`response`"))
                 }
             });
             match result {

@@ -2,12 +2,11 @@
 //! read and written as strictly as a message (camelCase by default, unknown keys rejected) and
 //! validated with its own `#[validate]` rules, reported under the field's path.
 
-use crate::case;
-use crate::errors::Errors;
+use crate::errors::{Errors, unknown_key};
 use crate::fields::{self, Field};
 use proc_macro2::TokenStream;
 use quote::quote;
-use syn::{Data, DeriveInput, Fields, LitStr};
+use syn::{Data, DeriveInput, Fields};
 
 pub(crate) fn expand(input: DeriveInput) -> TokenStream {
     let mut errors = Errors::default();
@@ -47,38 +46,20 @@ fn parse(input: &DeriveInput, errors: &mut Errors) -> Option<Vec<Field>> {
             "`Payload` cannot be derived for generic structs; a payload has one fixed shape on the wire",
         );
     }
-    let mut rename_all: Option<String> = None;
+    let mut rename_all: Option<(String, proc_macro2::Span)> = None;
     for attr in input.attrs.iter().filter(|a| a.path().is_ident("payload")) {
         let result = attr.parse_nested_meta(|meta| {
             if meta.path.is_ident("rename_all") {
-                let lit: LitStr = meta.value()?.parse()?;
-                if rename_all.is_some() {
-                    errors.spanned(&meta.path, "duplicate `rename_all` in `#[payload(...)]`");
-                } else if case::rename_field("x", &lit.value()).is_none() {
-                    errors.spanned(
-                        &lit,
-                        format!("unknown `rename_all` rule; expected one of {}", case::RULES),
-                    );
-                } else {
-                    rename_all = Some(lit.value());
-                }
-                Ok(())
+                errors.rename_all(&meta, "payload", &mut rename_all)
             } else {
-                let key = meta
-                    .path
-                    .get_ident()
-                    .map(ToString::to_string)
-                    .unwrap_or_default();
-                Err(meta.error(format!(
-                    "unknown `payload` attribute key `{key}`; expected `rename_all`"
-                )))
+                Err(unknown_key(&meta, "payload", "`rename_all`"))
             }
         });
         if let Err(e) = result {
             errors.push(e);
         }
     }
-    let rule = rename_all.unwrap_or_else(|| "camelCase".to_string());
+    let rule = rename_all.map_or_else(|| "camelCase".to_string(), |(rule, _)| rule);
     Some(fields::parse(&named, "payload", false, &rule, errors))
 }
 
