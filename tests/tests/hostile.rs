@@ -4,6 +4,8 @@
 
 mod support;
 
+use ws_kit_tests::ping;
+
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,26 +20,8 @@ use ws_kit::{
 };
 
 #[derive(Message)]
-#[rpc(response = Pong)]
-struct Ping {
-    text: String,
-}
-
-#[derive(Message)]
-struct Pong {
-    reply: String,
-}
-
-#[derive(Message)]
 struct Join {
     topic: String,
-}
-
-#[handler]
-async fn ping(ctx: ws_kit::Ctx<Ping>) -> Result<Pong, WsError> {
-    Ok(Pong {
-        reply: ctx.payload.text.clone(),
-    })
 }
 
 #[handler]

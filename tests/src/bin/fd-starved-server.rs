@@ -5,25 +5,8 @@
 
 use std::io::Write;
 use std::time::Duration;
-use ws_kit::{Ctx, Message, Router, ServeOptions, Server, WsError, handler, routes};
-
-#[derive(Message)]
-#[rpc(response = Pong)]
-struct Ping {
-    text: String,
-}
-
-#[derive(Message)]
-struct Pong {
-    reply: String,
-}
-
-#[handler]
-async fn ping(ctx: Ctx<Ping>) -> Result<Pong, WsError> {
-    Ok(Pong {
-        reply: ctx.payload.text.clone(),
-    })
-}
+use ws_kit::{Router, ServeOptions, Server, routes};
+use ws_kit_tests::ping;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
