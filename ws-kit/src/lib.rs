@@ -32,6 +32,7 @@ mod middleware;
 mod outbound;
 mod publisher;
 pub mod pubsub;
+pub mod rate_limit;
 mod read_loop;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
@@ -39,6 +40,7 @@ pub mod redis;
 mod router;
 mod routes;
 mod scan;
+pub mod seal;
 mod server;
 mod task;
 #[cfg(feature = "testing")]

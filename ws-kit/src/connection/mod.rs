@@ -19,6 +19,7 @@ use serde_json::{Map, Value};
 use shared::Shared;
 use std::collections::HashSet;
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -48,6 +49,8 @@ impl<D> fmt::Debug for Connection<D> {
 
 pub(crate) struct ConnInner<D> {
     pub(crate) id: ClientId,
+    /// The peer's address, when the transport has one (the accept loop's sockets do).
+    pub(crate) remote_addr: Option<SocketAddr>,
     pub(crate) data: RwLock<D>,
     pub(crate) out: Arc<Outbound>,
     pub(crate) topics: Mutex<HashSet<Box<str>>>,
@@ -62,7 +65,12 @@ pub(crate) struct ConnInner<D> {
 }
 
 impl<D: Send + Sync + 'static> Connection<D> {
-    pub(crate) fn new(id: ClientId, data: D, shared: Arc<Shared<D>>) -> Self {
+    pub(crate) fn new(
+        id: ClientId,
+        remote_addr: Option<SocketAddr>,
+        data: D,
+        shared: Arc<Shared<D>>,
+    ) -> Self {
         let out = Arc::new(Outbound::new(
             shared.limits.max_queued_bytes,
             shared.limits.overflow,
@@ -70,6 +78,7 @@ impl<D: Send + Sync + 'static> Connection<D> {
         Connection {
             inner: Arc::new(ConnInner {
                 id,
+                remote_addr,
                 data: RwLock::new(data),
                 out,
                 topics: Mutex::default(),
@@ -85,6 +94,13 @@ impl<D: Send + Sync + 'static> Connection<D> {
     /// The connection's id (UUID v7), the same as the `x-client-id` response header.
     pub fn client_id(&self) -> ClientId {
         self.inner.id
+    }
+
+    /// The peer's address: the TCP peer of a socket the server accepted (behind a proxy, the
+    /// proxy's); `None` for a stream handed to [`Service::serve_stream`](crate::Service::serve_stream)
+    /// without one, and in the testing harness unless the test sets it.
+    pub fn remote_addr(&self) -> Option<SocketAddr> {
+        self.inner.remote_addr
     }
 
     /// Reads the per-connection data. Do not hold the guard across an `.await`.

@@ -146,7 +146,7 @@ impl<D: Send + Sync + 'static> Server<D> {
                 let service = self.service.clone();
                 connections.spawn(async move {
                     let _permit = permit;
-                    if let Err(e) = service.serve_stream(stream).await {
+                    if let Err(e) = service.serve_stream_from(stream, Some(peer)).await {
                         tracing::debug!(error = %e, %peer, "upgrade failed");
                     }
                 });

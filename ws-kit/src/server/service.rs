@@ -92,6 +92,20 @@ impl<D: Send + Sync + 'static> Service<D> {
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        self.serve_stream_from(stream, None).await
+    }
+
+    /// [`Service::serve_stream`] for a stream whose peer address is known: the connection
+    /// reports it ([`Connection::remote_addr`]), so rate limits and the authentication hook can
+    /// key on it.
+    pub async fn serve_stream_from<T>(
+        &self,
+        stream: T,
+        remote_addr: Option<std::net::SocketAddr>,
+    ) -> Result<(), Error>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         // Boxed: the handshake's state (buffers, the timer) lives on the heap while it runs and
         // is gone after; left inline it would size the future every idle connection holds.
         let upgrade = Box::pin(self.upgrade(stream));
@@ -103,7 +117,7 @@ impl<D: Send + Sync + 'static> Service<D> {
                 // The stream is dropped with the handshake: a client this slow gets no answer.
                 Err(_) => return Err(Error::HandshakeTimeout),
             };
-        let (_, run) = self.open_transport(socket, client_id, data, Some(state));
+        let (_, run) = self.open_transport(socket, client_id, remote_addr, data, Some(state));
         run.await;
         Ok(())
     }
@@ -224,6 +238,7 @@ impl<D: Send + Sync + 'static> Service<D> {
         &self,
         socket: T,
         client_id: uuid::Uuid,
+        remote_addr: Option<std::net::SocketAddr>,
         data: D,
         read_state: Option<Arc<ReadState>>,
     ) -> (Connection<D>, impl Future<Output = ()> + Send + 'static)
@@ -240,7 +255,7 @@ impl<D: Send + Sync + 'static> Service<D> {
     {
         let opts = &self.inner.options;
         let app = self.inner.app.clone();
-        let conn = Connection::new(client_id, data, app.shared.clone());
+        let conn = Connection::new(client_id, remote_addr, data, app.shared.clone());
         let loop_config = LoopConfig {
             max_payload_bytes: opts.max_payload_bytes,
             heartbeat_interval: opts.heartbeat_interval,

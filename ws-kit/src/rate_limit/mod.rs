@@ -1,0 +1,1 @@
+//! Rate limits (docs/protocol.md 7a): token buckets as middleware.

@@ -1,0 +1,1 @@
+//! Sealed delivery (docs/protocol.md 7b).
