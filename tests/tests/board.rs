@@ -183,7 +183,7 @@ async fn ordered_join_is_finished_before_the_next_frame_starts() {
     );
     assert_eq!(
         client.recv().await,
-        json!({"type": "ITEM_ADDED", "payload": {"boardId": "b1", "item": {"text": "milk", "isDone": false, "tags": null}}})
+        json!({"type": "ITEM_ADDED", "payload": {"boardId": "b1", "item": {"text": "milk", "isDone": false}}})
     );
     assert_eq!(store.boards.lock().unwrap()["b1"].len(), 1);
 }
@@ -230,7 +230,7 @@ async fn handlers_share_the_routers_state() {
     assert_eq!(
         reply,
         json!({"type": "ITEMS", "meta": {"correlationId": "l1"}, "payload": {"items": [
-            {"text": "bread", "isDone": false, "tags": null}
+            {"text": "bread", "isDone": false}
         ]}})
     );
     assert_eq!(store.boards.lock().unwrap()["b3"][0].text, "bread");

@@ -1151,7 +1151,7 @@ async fn handler_panic_is_internal_error_and_connection_and_server_survive() {
         assert_eq!(
             frame,
             json!({"type": "ERROR", "meta": {"correlationId": "p1"}, "payload": {
-                "code": "INTERNAL", "message": "Internal error"
+                "code": "INTERNAL", "message": "Internal error", "retryAfterMs": 200
             }}),
             "for {kind}"
         );

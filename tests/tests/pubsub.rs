@@ -175,7 +175,7 @@ async fn publish_text(client: &mut Client, topic: &str, text: &str, exclude_self
 }
 
 fn exact(matched: usize) -> Value {
-    json!({"ok": true, "capability": "exact", "matched": matched, "error": null})
+    json!({"ok": true, "capability": "exact", "matched": matched})
 }
 
 fn room_msg(text: &str) -> Value {

@@ -417,7 +417,7 @@ async fn rpc_handler_panic_is_internal_error() {
     assert_eq!(
         frame,
         json!({"type": "RPC_ERROR", "meta": {"correlationId": "p1"}, "payload": {
-            "code": "INTERNAL", "message": "Internal error"
+            "code": "INTERNAL", "message": "Internal error", "retryAfterMs": 200
         }})
     );
     let event = h.error().await;

@@ -265,7 +265,20 @@ pub(crate) fn serialize_body(name: &str, fields: &[&Field]) -> TokenStream {
     let n = fields.len();
     let writes = fields.iter().map(|f| {
         let (ident, ty, wire) = (&f.ident, &f.ty, &f.wire);
-        quote!((&&#ws::Pick::<#ty>::new()).write_field(&mut __state, #wire, &self.#ident)?;)
+        let write =
+            quote!((&&#ws::Pick::<#ty>::new()).write_field(&mut __state, #wire, &self.#ident)?;);
+        if is_option(ty) {
+            // `None` is left out, never `null`: what a front end's optional field expects.
+            quote! {
+                if ::core::option::Option::is_none(&self.#ident) {
+                    #serde::ser::SerializeStruct::skip_field(&mut __state, #wire)?;
+                } else {
+                    #write
+                }
+            }
+        } else {
+            write
+        }
     });
     if fields.is_empty() {
         return quote! {
@@ -310,5 +323,15 @@ pub(crate) fn validations(
     quote! {
         use #ws::{PickFlat as _, PickNested as _};
         #( #checks )*
+    }
+}
+
+/// Whether a field's type is written `Option<..>` (by its last path segment).
+fn is_option(ty: &Type) -> bool {
+    match ty {
+        Type::Path(p) if p.qself.is_none() => p.path.segments.last().is_some_and(|s| {
+            s.ident == "Option" && matches!(s.arguments, syn::PathArguments::AngleBracketed(_))
+        }),
+        _ => false,
     }
 }

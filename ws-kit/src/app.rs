@@ -2,6 +2,7 @@
 //! the global middleware, the lifecycle hooks, ordered dispatch — plus the part the connections
 //! themselves hold ([`Shared`]).
 
+use crate::auth::AuthGate;
 use crate::connection::Connection;
 use crate::connection::shared::Shared;
 use crate::error::WsError;
@@ -29,6 +30,8 @@ pub(crate) struct App<D> {
     /// Some message is dispatched in order (the router, or a route): the read loop then looks at
     /// each frame's route before dispatching it.
     pub(crate) any_ordered: bool,
+    /// In-band authentication: the request's type and the timeout (`Router::in_band_auth`).
+    pub(crate) auth: Option<AuthGate>,
 }
 
 impl<D> fmt::Debug for App<D> {

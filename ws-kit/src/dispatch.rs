@@ -142,7 +142,7 @@ fn launch<H: Handler>(
                         "at most {} requests in flight per connection",
                         limits.max_inflight_rpcs
                     ))
-                    .with_retry_after_ms(100);
+                    .with_default_retry();
                     conn.push(wire::encode_error(true, &err, Some(id)));
                     conn.report(ErrorKind::InflightLimit, Some(ty), Some(id), err);
                     return None;

@@ -281,6 +281,15 @@ impl WsError {
         self
     }
 
+    /// Sets `retryAfterMs` to the code's default (docs/protocol.md 4) unless it is set: every
+    /// error the framework makes on its own carries it.
+    pub(crate) fn with_default_retry(mut self) -> Self {
+        if self.inner.retry_after_ms.is_none() {
+            self.inner.retry_after_ms = self.inner.code.default_retry_after_ms();
+        }
+        self
+    }
+
     /// An error that, returned from `on_open`, closes the connection with this code and reason.
     pub fn close(code: u16, reason: impl Into<Cow<'static, str>>) -> Self {
         let reason = reason.into();

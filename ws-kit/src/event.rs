@@ -47,6 +47,13 @@ pub enum ErrorKind {
     /// The connection's unfinished message would have taken the service over its inbound budget
     /// (closed with 1013).
     InboundBudget,
+    /// A message came before in-band authentication succeeded (answered `UNAUTHENTICATED`).
+    Unauthenticated,
+    /// The connection did not authenticate within `auth_timeout` (closed with 4001).
+    AuthTimeout,
+    /// A sealed frame could not be opened, or a clear one came after sealed ones (answered
+    /// `INVALID_ARGUMENT`, dropped).
+    Unsealed,
 }
 
 /// A server-side failure, given to `on_error` hooks.

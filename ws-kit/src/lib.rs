@@ -13,6 +13,7 @@ pub mod __bench;
 #[path = "private.rs"]
 pub mod __private;
 mod app;
+mod auth;
 #[cfg(feature = "client")]
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
 pub mod client;
@@ -48,7 +49,8 @@ mod task;
 pub mod testing;
 mod wire;
 
-pub use connection::{Connection, TopicAction};
+pub use auth::InBandAuth;
+pub use connection::{Clients, Connection, TopicAction};
 pub use ctx::Ctx;
 pub use error::{
     Error, ErrorCode, Issue, MAX_ISSUE_MESSAGE, MAX_ISSUE_PATH, MAX_ISSUES, MAX_QUOTED, WsError,

@@ -1,5 +1,6 @@
 //! The per-connection outbound queue, bounded in bytes, drained by one writer task.
 
+use crate::seal::SealKey;
 use futures_util::{Sink, SinkExt};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,11 +28,22 @@ pub(crate) struct Closing {
     pub(crate) reason: String,
 }
 
+/// What happens right after a request's terminal frame is queued, in the same step (armed by
+/// in-band authentication, see `auth.rs`): no frame can come between the two.
+pub(crate) enum Then {
+    /// Every later frame is sealed with this key (docs/protocol.md 7b).
+    Seal(Arc<SealKey>),
+    /// The connection closes after the terminal (4003, 4004).
+    Close(u16, &'static str),
+}
+
 /// A connection's outbound queue: frames waiting for the writer, bounded in bytes.
 pub(crate) struct Outbound {
     state: Mutex<State>,
     /// Set with `closing` or `dead`, so the read loop can check it without the lock.
     ended: AtomicBool,
+    /// Set once frames are sealed: the read loop then expects sealed frames too (no lock taken).
+    sealed: AtomicBool,
     /// Wakes the writer: frames or a close are waiting.
     writer: Notify,
     /// Wakes the reader: the server decided to close (overflow, `close()`, writer failure).
@@ -52,11 +64,32 @@ struct State {
     finished: bool,
     /// The socket failed; nothing can be written any more.
     dead: bool,
+    /// The key every text frame is sealed with, once sealing started; the writer seals.
+    seal: Option<Arc<SealKey>>,
+    /// How many frames at the front of `queue` were queued before sealing started: they leave in
+    /// clear.
+    clear: usize,
+    /// Armed by in-band authentication for its request's terminal.
+    then: Option<Then>,
+}
+
+/// What a push did.
+#[derive(Clone, Copy)]
+enum Pushed {
+    Queued {
+        first: bool,
+    },
+    Refused,
+    /// The queue overflowed and the connection is closing (1013).
+    Overflowed,
 }
 
 /// What the writer takes in one go.
 struct Batch {
     frames: VecDeque<WsMessage>,
+    /// Seal the text frames after the first `clear` ones with this key.
+    seal: Option<Arc<SealKey>>,
+    clear: usize,
     closing: Option<Closing>,
     finished: bool,
 }
@@ -78,6 +111,7 @@ impl Outbound {
         Outbound {
             state: Mutex::default(),
             ended: AtomicBool::new(false),
+            sealed: AtomicBool::new(false),
             writer: Notify::new(),
             reader: Notify::new(),
             max_bytes,
@@ -96,47 +130,113 @@ impl Outbound {
     }
 
     pub(crate) fn push(&self, msg: WsMessage) -> bool {
-        let len = msg.len();
         let mut state = self.lock();
+        let pushed = self.push_locked(&mut state, msg);
+        drop(state);
+        self.notify(pushed)
+    }
+
+    /// Queues a request's terminal frame and then carries out what in-band authentication armed
+    /// for it, under one lock.
+    pub(crate) fn push_terminal(&self, frame: Utf8Bytes) -> bool {
+        let mut state = self.lock();
+        let pushed = self.push_locked(&mut state, WsMessage::Text(frame));
+        let then = state.then.take();
+        match then {
+            Some(Then::Seal(key)) if matches!(pushed, Pushed::Queued { .. }) => {
+                state.clear = state.queue.len();
+                state.seal = Some(key);
+                self.sealed.store(true, Ordering::Release);
+            }
+            Some(Then::Close(code, reason)) => {
+                drop(state);
+                let queued = self.notify(pushed);
+                self.close(code, reason);
+                return queued;
+            }
+            _ => {}
+        }
+        drop(state);
+        self.notify(pushed)
+    }
+
+    /// Arms `then` for the next terminal frame (see [`Then`]).
+    pub(crate) fn arm(&self, then: Then) {
+        self.lock().then = Some(then);
+    }
+
+    /// Drops what was armed and not carried out (its request ended without a terminal of its own).
+    pub(crate) fn disarm(&self) {
+        self.lock().then = None;
+    }
+
+    /// Whether frames are sealed (no lock taken).
+    pub(crate) fn is_sealed(&self) -> bool {
+        self.sealed.load(Ordering::Acquire)
+    }
+
+    /// The key frames are sealed with, once sealing started.
+    pub(crate) fn seal_key(&self) -> Option<Arc<SealKey>> {
+        self.lock().seal.clone()
+    }
+
+    fn push_locked(&self, state: &mut State, msg: WsMessage) -> Pushed {
+        let len = msg.len();
         if state.closing.is_some() || state.dead || state.finished {
-            return false;
+            return Pushed::Refused;
         }
         if state.bytes + len > self.max_bytes {
             match self.policy {
                 OverflowPolicy::Close => {
                     state.queue.clear();
                     state.bytes = 0;
+                    state.clear = 0;
                     state.closing = Some(Closing {
                         code: 1013,
                         reason: "Outbound queue full".into(),
                     });
                     self.ended.store(true, Ordering::Release);
-                    drop(state);
-                    self.writer.notify_one();
-                    self.reader.notify_one();
-                    return false;
+                    return Pushed::Overflowed;
                 }
                 OverflowPolicy::DropOldest => {
                     while state.bytes + len > self.max_bytes {
                         match state.queue.pop_front() {
-                            Some(old) => state.bytes -= old.len(),
+                            Some(old) => {
+                                state.bytes -= old.len();
+                                state.clear = state.clear.saturating_sub(1);
+                            }
                             None => break,
                         }
                     }
                     if len > self.max_bytes {
-                        return false;
+                        return Pushed::Refused;
                     }
                 }
             }
         }
         state.bytes += len;
         state.queue.push_back(msg);
-        let first = state.queue.len() == 1;
-        drop(state);
-        if first {
-            self.writer.notify_one();
+        Pushed::Queued {
+            first: state.queue.len() == 1,
         }
-        true
+    }
+
+    /// Wakes whom a push concerns (outside the lock); whether the frame was queued.
+    fn notify(&self, pushed: Pushed) -> bool {
+        match pushed {
+            Pushed::Queued { first } => {
+                if first {
+                    self.writer.notify_one();
+                }
+                true
+            }
+            Pushed::Refused => false,
+            Pushed::Overflowed => {
+                self.writer.notify_one();
+                self.reader.notify_one();
+                false
+            }
+        }
     }
 
     /// Asks for the connection to close with `code` after the frames already queued.
@@ -204,6 +304,8 @@ impl Outbound {
                     state.close_taken |= new_close;
                     return Batch {
                         frames: std::mem::take(&mut state.queue),
+                        seal: state.seal.clone(),
+                        clear: std::mem::take(&mut state.clear),
                         closing: if new_close {
                             state.closing.clone()
                         } else {
@@ -235,7 +337,13 @@ where
 {
     loop {
         let batch = out.next_batch().await;
-        for frame in batch.frames {
+        for (i, frame) in batch.frames.into_iter().enumerate() {
+            let frame = match (&batch.seal, frame) {
+                (Some(key), WsMessage::Text(text)) if i >= batch.clear => {
+                    WsMessage::Text(Utf8Bytes::from(key.seal(&text)))
+                }
+                (_, frame) => frame,
+            };
             if sink.feed(frame).await.is_err() {
                 out.mark_dead();
                 return;

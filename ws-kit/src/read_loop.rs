@@ -8,17 +8,20 @@ use crate::error::{MAX_ISSUE_MESSAGE, MAX_QUOTED, WsError, clip};
 use crate::event::{CloseInfo, ErrorKind};
 use crate::lazy_read::{BudgetExhausted, ReadState};
 use crate::outbound::write_loop;
+use crate::seal::SealKey;
 use crate::task::{self, panic_message};
 use crate::wire;
 use futures_util::{FutureExt, Sink, Stream, StreamExt};
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio::time::Sleep;
 use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::{Error as WsTransportError, Message as WsMessage, Utf8Bytes};
 
@@ -62,6 +65,7 @@ pub(crate) async fn run<D, S>(
         return;
     }
     let _open = Counted::new(open);
+    let opened_at = tokio::time::Instant::now();
     let (sink, mut stream) = socket.split();
     let out = reader.conn.inner.out.clone();
     let writer = tokio::spawn(write_loop(sink, out.clone()));
@@ -97,6 +101,18 @@ pub(crate) async fn run<D, S>(
                 opened = false;
                 break;
             }
+        }
+    }
+
+    // In-band authentication: an unauthenticated connection is gated, and timed from its open.
+    // One whose upgrade gave it a user id is authenticated already.
+    if let Some(gate) = app.auth.filter(|_| opened) {
+        if conn.user_id().is_some() {
+            conn.inner.auth.set_authenticated();
+        }
+        if !conn.is_authenticated() {
+            reader.gate = Gate::Closed;
+            reader.auth_timer = Some(Box::pin(tokio::time::sleep_until(opened_at + gate.timeout)));
         }
     }
 
@@ -170,6 +186,19 @@ pub(crate) async fn run<D, S>(
                 Some(_) = reader.tasks.join_next(), if !reader.tasks.is_empty() => {
                     reader.release_held();
                 }
+                () = expired(&mut reader.auth_timer), if reader.auth_timer.is_some() => {
+                    reader.auth_timer = None;
+                    if !reader.conn.is_authenticated() {
+                        reader.conn.report(
+                            ErrorKind::AuthTimeout,
+                            None,
+                            None,
+                            WsError::unauthenticated("not authenticated within the auth timeout"),
+                        );
+                        out.close(close_code::AUTH_TIMEOUT, "Authentication timeout");
+                        break;
+                    }
+                }
             }
         }
     }
@@ -217,6 +246,14 @@ pub(crate) async fn run<D, S>(
     let _ = tokio::time::timeout(close_grace, writer).await;
 }
 
+/// Resolves when the timer does; never without one.
+async fn expired(timer: &mut Option<Pin<Box<Sleep>>>) {
+    match timer {
+        Some(timer) => timer.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Counts a running connection while it lives.
 struct Counted(Arc<AtomicUsize>);
 
@@ -247,6 +284,28 @@ enum Ended {
     Client(CloseInfo),
 }
 
+/// In-band authentication's hold on a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Gate {
+    /// Authenticated, or no in-band authentication: every frame is dispatched.
+    Open,
+    /// Not authenticated: the authentication request and `__heartbeat` are dispatched, anything
+    /// else is answered `UNAUTHENTICATED`.
+    Closed,
+    /// An authentication request runs: later frames wait for its outcome (`__heartbeat` aside).
+    Attempt,
+}
+
+/// A frame of an unauthenticated connection, read leniently: nothing but its type and
+/// correlation id matter before authentication (docs/protocol.md 7).
+#[derive(serde::Deserialize)]
+struct Loose {
+    #[serde(rename = "type", default)]
+    ty: Option<serde_json::Value>,
+    #[serde(default)]
+    meta: Option<serde_json::Value>,
+}
+
 /// How a frame is dispatched, when ordered dispatch is in use.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Order {
@@ -272,6 +331,14 @@ pub(crate) struct Reader<D> {
     ordered_running: bool,
     /// Pings since the last heartbeat tick.
     pings: u32,
+    /// In-band authentication's hold (`Open` without it).
+    gate: Gate,
+    /// The `auth_timeout` timer, while the connection is not authenticated.
+    auth_timer: Option<Pin<Box<Sleep>>>,
+    /// The key of sealed delivery, once it started (docs/protocol.md 7b).
+    seal: Option<Arc<SealKey>>,
+    /// The client sealed a frame: from then on it must seal every frame.
+    client_sealed: bool,
 }
 
 /// Frames read but not dispatched yet (ordered dispatch), with their arrival times.
@@ -297,6 +364,10 @@ impl<D: Send + Sync + 'static> Reader<D> {
             held: None,
             ordered_running: false,
             pings: 0,
+            gate: Gate::Open,
+            auth_timer: None,
+            seal: None,
+            client_sealed: false,
         }
     }
 
@@ -421,7 +492,18 @@ impl<D: Send + Sync + 'static> Reader<D> {
             .read_state
             .as_ref()
             .map_or_else(SystemTime::now, |clock| clock.last_read());
-        if !self.app.any_ordered {
+        let text = if self.conn.inner.out.is_sealed() {
+            match self.unseal(text) {
+                Some(text) => text,
+                None => return,
+            }
+        } else {
+            text
+        };
+        if self.gate != Gate::Open {
+            return self.on_gated(text, received_at);
+        }
+        if !self.app.any_ordered && self.held.is_none() {
             return self.dispatch(&text, received_at);
         }
         match self.order_of(&text) {
@@ -449,8 +531,134 @@ impl<D: Send + Sync + 'static> Reader<D> {
         self.ordered_running = order == Order::Ordered && self.tasks.len() > before;
     }
 
+    /// Opens a sealed frame (docs/protocol.md 7b). `None`: it could not be opened, or it came in
+    /// clear after sealed ones; answered `INVALID_ARGUMENT` (without a correlation id) and
+    /// dropped.
+    fn unseal(&mut self, text: Utf8Bytes) -> Option<Utf8Bytes> {
+        if !crate::seal::is_sealed_frame(&text) {
+            if self.client_sealed {
+                self.reject_unsealed("a clear frame after sealed ones: keep sealing");
+                return None;
+            }
+            return Some(text);
+        }
+        if self.seal.is_none() {
+            self.seal = self.conn.inner.out.seal_key();
+        }
+        let opened = self.seal.as_ref().map(|key| key.open(&text));
+        match opened {
+            Some(Ok(plain)) => {
+                self.client_sealed = true;
+                Some(Utf8Bytes::from(plain))
+            }
+            Some(Err(e)) => {
+                self.reject_unsealed(&format!("sealed frame could not be opened: {e}"));
+                None
+            }
+            None => {
+                self.reject_unsealed("sealed frame before sealed delivery started");
+                None
+            }
+        }
+    }
+
+    fn reject_unsealed(&self, message: &str) {
+        let err = WsError::invalid_argument(message.to_string());
+        self.conn.push(wire::encode_error(false, &err, None));
+        self.conn.report(ErrorKind::Unsealed, None, None, err);
+    }
+
+    /// A frame of a connection that is not authenticated (docs/protocol.md 7).
+    fn on_gated(&mut self, text: Utf8Bytes, received_at: SystemTime) {
+        let Some(gate) = self.app.auth else {
+            return self.dispatch(&text, received_at);
+        };
+        // Not an envelope at all: the usual answer, made here. Only the two types below ever
+        // reach `dispatch` before authentication.
+        // (serde reads a struct from an array too: only an object is an envelope.)
+        if !text.trim_start().starts_with('{') {
+            return invalid_frame(&self.conn, "invalid frame: not a JSON object".into());
+        }
+        let loose = match serde_json::from_str::<Loose>(&text) {
+            Ok(loose) => loose,
+            Err(e) => return invalid_frame(&self.conn, format!("invalid frame: {e}")),
+        };
+        let Some(serde_json::Value::String(ty)) = &loose.ty else {
+            return invalid_frame(&self.conn, "invalid frame: no string `type`".into());
+        };
+        match ty.as_str() {
+            "__heartbeat" => return self.dispatch(&text, received_at),
+            "$ws:abort" => return,
+            _ => {}
+        }
+        if self.gate == Gate::Attempt {
+            let held = self.held.get_or_insert_with(Box::default);
+            held.bytes += text.len();
+            held.frames.push_back((text, received_at));
+            return;
+        }
+        if ty == gate.tag {
+            let before = self.tasks.len();
+            self.dispatch(&text, received_at);
+            if self.tasks.len() > before {
+                self.gate = Gate::Attempt;
+            } else {
+                self.attempt_ended();
+            }
+            return;
+        }
+        let cid = loose
+            .meta
+            .as_ref()
+            .and_then(|meta| meta.get("correlationId"))
+            .and_then(serde_json::Value::as_str)
+            .filter(|cid| cid.len() <= wire::MAX_CORRELATION_ID);
+        let err = WsError::unauthenticated(format!("not authenticated: send `{}` first", gate.tag));
+        self.conn.push(wire::encode_error(cid.is_some(), &err, cid));
+        self.conn.report(
+            ErrorKind::Unauthenticated,
+            Some(&clip(ty, MAX_QUOTED)),
+            cid,
+            err,
+        );
+    }
+
+    /// The authentication request finished: the connection is open to every message, or waits
+    /// for another attempt.
+    fn attempt_ended(&mut self) {
+        self.conn.inner.out.disarm();
+        if self.conn.is_authenticated() {
+            self.gate = Gate::Open;
+            self.auth_timer = None;
+        } else {
+            self.gate = Gate::Closed;
+        }
+    }
+
     /// A handler finished: dispatches the held frames whose turn it is.
     fn release_held(&mut self) {
+        if self.gate == Gate::Attempt && self.tasks.is_empty() {
+            self.attempt_ended();
+        }
+        if self.gate != Gate::Open {
+            // Still not authenticated: held frames meet the gate again, in order, until another
+            // attempt runs.
+            while self.gate == Gate::Closed {
+                let Some((text, received_at)) =
+                    self.held.as_mut().and_then(|h| h.frames.pop_front())
+                else {
+                    break;
+                };
+                if let Some(held) = self.held.as_mut() {
+                    held.bytes -= text.len();
+                }
+                self.on_gated(text, received_at);
+            }
+            if !self.holds_frames() {
+                self.held = None;
+            }
+            return;
+        }
         if self.tasks.is_empty() {
             self.ordered_running = false;
         }
@@ -504,7 +712,8 @@ impl<D: Send + Sync + 'static> Reader<D> {
         if text.len() > max {
             // Only reachable in `Reject` mode: the transport closes with 1009 otherwise.
             let err = WsError::resource_exhausted(format!("frame exceeds {max} bytes"))
-                .with_details(serde_json::json!({ "size": text.len(), "limit": max }));
+                .with_details(serde_json::json!({ "size": text.len(), "limit": max }))
+                .with_default_retry();
             conn.push(wire::encode_error(false, &err, None));
             conn.report(ErrorKind::PayloadTooLarge, None, None, err);
             return;

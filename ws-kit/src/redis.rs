@@ -599,6 +599,10 @@ impl PubSub for RedisPubSub {
     /// Counts the topic's members across instances (a Redis set per topic). An estimate: an
     /// instance that crashes leaves its members behind until they are removed by hand. `None`
     /// while Redis is unreachable.
+    fn local_members(&self, topic: &str) -> Option<Vec<ClientId>> {
+        Some(self.inner.local.members(topic))
+    }
+
     fn subscriber_count<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Option<usize>> {
         let mut conn = self.inner.conn.clone();
         let key = self.inner.members_key(topic);

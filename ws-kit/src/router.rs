@@ -2,12 +2,13 @@
 //! the application's state, frozen into an [`App`] when a server starts.
 
 use crate::app::{App, CloseHook, OpenHook};
+use crate::auth::{AuthGate, Authenticate, InBandAuth};
 use crate::connection::Connection;
 use crate::connection::shared::{AuthorizeHook, ErrorHook, Limits, Shared, TopicAction, UserIdFn};
 use crate::error::{Error, WsError};
 use crate::event::{CloseInfo, ErrorEvent};
-use crate::handler::{Handler, IntoRoute};
-use crate::message::{EventMessage, RpcMessage};
+use crate::handler::{Handler, IntoRoute, Route};
+use crate::message::{EventMessage, Message, RpcMessage};
 use crate::middleware::Middleware;
 use crate::publisher::Publisher;
 use crate::pubsub::{MemoryPubSub, PubSub};
@@ -68,6 +69,7 @@ pub struct Router<D = (), S = ()> {
     user_id: Option<UserIdFn<D>>,
     state: Arc<S>,
     ordered: bool,
+    auth: Option<AuthGate>,
 }
 
 impl<D, S> fmt::Debug for Router<D, S> {
@@ -109,6 +111,7 @@ impl<D: Send + Sync + 'static, S: Send + Sync + 'static> Router<D, S> {
             user_id: None,
             state: Arc::new(state),
             ordered: false,
+            auth: None,
         }
     }
 
@@ -130,6 +133,67 @@ impl<D: Send + Sync + 'static, S: Send + Sync + 'static> Router<D, S> {
         <R::Handler as Handler>::Message: RpcMessage,
     {
         self.tables.push(Routes::single(route).erase());
+        self
+    }
+
+    /// Authenticates connections in-band (docs/protocol.md 7): `route` handles the app's
+    /// authentication request, an RPC. Until it succeeds on a connection, only it and
+    /// `__heartbeat` are dispatched there: any other message gets `UNAUTHENTICATED` before any
+    /// validation, and messages sent while an attempt runs wait for its outcome (so a client may
+    /// send its request and what follows at once). On success the connection is authenticated
+    /// from the next message on; the handler indexes it under its user with
+    /// [`Connection::set_user_id`] and may subscribe it to its default topics. Its error with
+    /// code `UNAUTHENTICATED` is sent, then the connection is closed with 4003; other errors
+    /// (a malformed request, a store that is down) leave it open to try again. A connection not
+    /// authenticated within `auth.timeout` is closed with 4001. A connection whose upgrade gave
+    /// it a user id ([`Router::user_id_from`]) is authenticated from the start.
+    ///
+    /// The handler may accept a key for sealed delivery ([`Connection::accept_sealing`]); with
+    /// [`InBandAuth::require_encryption`] it must.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ws_kit::{handler, Ctx, InBandAuth, Message, Router, WsError};
+    ///
+    /// #[derive(Message)]
+    /// #[rpc(response = Authenticated)]
+    /// struct Authenticate { token: String }
+    ///
+    /// #[derive(Message)]
+    /// struct Authenticated { user_id: String }
+    ///
+    /// #[handler]
+    /// async fn authenticate(ctx: Ctx<Authenticate>) -> Result<Authenticated, WsError> {
+    ///     let user_id = match ctx.payload.token.as_str() {
+    ///         "alice-token" => "alice",
+    ///         _ => return Err(WsError::unauthenticated("unknown token")),
+    ///     };
+    ///     ctx.set_user_id(user_id).await?;
+    ///     Ok(Authenticated { user_id: user_id.into() })
+    /// }
+    ///
+    /// let router = Router::new()
+    ///     .in_band_auth(authenticate, InBandAuth::new().timeout(Duration::from_secs(2)));
+    /// ```
+    pub fn in_band_auth<R>(mut self, route: R, auth: InBandAuth) -> Self
+    where
+        R: IntoRoute<D, S>,
+        <R::Handler as Handler>::Message: RpcMessage,
+    {
+        let route = route.into_route();
+        let wrapped = Route {
+            handler: Authenticate {
+                handler: route.handler,
+                require_encryption: auth.require_encryption,
+            },
+            middleware: route.middleware,
+            ordered: route.ordered,
+        };
+        self.auth = Some(AuthGate {
+            tag: <<R::Handler as Handler>::Message as Message>::TYPE,
+            timeout: auth.timeout,
+        });
+        self.tables.push(Routes::single(wrapped).erase());
         self
     }
 
@@ -263,6 +327,8 @@ impl<D: Send + Sync + 'static, S: Send + Sync + 'static> Router<D, S> {
             on_error: self.on_error,
             user_id: self.user_id,
             state: self.state,
+            in_band_auth: self.auth.is_some(),
+            registry: Arc::default(),
         });
         let any_ordered = self.ordered || self.tables.iter().any(Routes::any_ordered);
         Ok(Arc::new(App {
@@ -273,6 +339,7 @@ impl<D: Send + Sync + 'static, S: Send + Sync + 'static> Router<D, S> {
             on_close: self.on_close,
             shared,
             ordered: self.ordered,
+            auth: self.auth,
         }))
     }
 }

@@ -139,7 +139,7 @@ where
             Err(panic) => {
                 conn.push(wire::encode_error(
                     false,
-                    &WsError::from_code(ErrorCode::Internal),
+                    &WsError::from_code(ErrorCode::Internal).with_default_retry(),
                     cid,
                 ));
                 conn.report(
@@ -288,7 +288,8 @@ fn finish_rpc<D: Send + Sync + 'static, R: ReplyFrame>(
             Ok(()) if slot.is_done() => {}
             // Only the middleware chain ends with `()` and no terminal: it never ran the handler.
             Ok(()) => {
-                let err = WsError::internal("RPC middleware finished without running the handler");
+                let err = WsError::internal("RPC middleware finished without running the handler")
+                    .with_default_retry();
                 terminal(err.clone(), ErrorKind::MissingTerminal, err);
             }
             Err(err) => failed(err),
@@ -296,14 +297,14 @@ fn finish_rpc<D: Send + Sync + 'static, R: ReplyFrame>(
         RpcEnd::Finished(Ok(Err(err))) => failed(err),
         RpcEnd::Finished(Err(panic)) => {
             terminal(
-                WsError::from_code(ErrorCode::Internal),
+                WsError::from_code(ErrorCode::Internal).with_default_retry(),
                 ErrorKind::Panic,
                 WsError::internal(panic_message(&*panic)),
             );
         }
         RpcEnd::Cancelled => {}
         RpcEnd::DeadlineExceeded => {
-            let err = WsError::deadline_exceeded("Request deadline exceeded");
+            let err = WsError::deadline_exceeded("Request deadline exceeded").with_default_retry();
             terminal(err.clone(), ErrorKind::DeadlineExceeded, err);
         }
     }

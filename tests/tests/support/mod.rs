@@ -661,3 +661,18 @@ pub(crate) async fn http_exchange(addr: std::net::SocketAddr, request: &str) -> 
         .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"));
     (status, text)
 }
+
+/// `REDIS_URL`, or None after saying the test is skipped. Written to stderr itself rather than
+/// with `eprintln!`, which the test harness captures: the skip shows in every run, in the
+/// `<test>: skipped: <why>` form `.ci/run` fails on.
+pub(crate) fn redis_url() -> Option<String> {
+    match std::env::var("REDIS_URL") {
+        Ok(url) if !url.trim().is_empty() => Some(url),
+        _ => {
+            use std::io::Write;
+            let test = std::thread::current().name().unwrap_or("redis").to_string();
+            let _ = writeln!(std::io::stderr(), "{test}: skipped: REDIS_URL not set");
+            None
+        }
+    }
+}

@@ -2,6 +2,7 @@
 //! ([`Reconnect`]), offline queue ([`QueuePolicy`]), timeouts, hooks, per-request options.
 
 use super::error::{ClientError, ServerError};
+use super::sealing::Sealing;
 use super::session::run;
 use super::shared::{DynHandler, Outbox, Shared, erase};
 use super::{
@@ -14,7 +15,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{Notify, oneshot, watch};
@@ -57,6 +58,8 @@ pub(super) struct Config {
     pub(super) connect_timeout: Duration,
     pub(super) on_reconnect: Option<ReconnectHook>,
     pub(super) on_error: Option<ErrorHook>,
+    /// Sealed delivery: the client's key pair, when it seals.
+    pub(super) sealing: Option<Sealing>,
 }
 
 impl ClientBuilder {
@@ -78,6 +81,7 @@ impl ClientBuilder {
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
                 on_reconnect: None,
                 on_error: None,
+                sealing: None,
             },
             handlers: Vec::new(),
             invalid: None,
@@ -182,6 +186,46 @@ impl ClientBuilder {
         self
     }
 
+    /// Sealed delivery (docs/protocol.md 7b): the client makes a P-256 key pair (kept across
+    /// reconnects) whose public key, [`Client::public_key`], the app puts in its authentication
+    /// request as `publicKey`:
+    ///
+    /// ```no_run
+    /// # use ws_kit::Message;
+    /// # use ws_kit::client::Client;
+    /// #[derive(Message)]
+    /// #[rpc(response = AuthOk)]
+    /// struct Authenticate { token: String, public_key: String }
+    ///
+    /// #[derive(Message)]
+    /// struct AuthOk { server_public_key: String, salt: String }
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = Client::builder("ws://127.0.0.1:3000").sealed().connect().await?;
+    /// let public_key = client.public_key().expect("built with sealed()");
+    /// client.request(&Authenticate { token: "secret".into(), public_key }).await?;
+    /// assert!(client.is_sealed()); // the server took the key: every frame is encrypted now
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// On every connection, frames go in clear until a frame in clear whose payload has the
+    /// string fields `serverPublicKey` and `salt` (the authentication reply) arrives. The client
+    /// derives the connection's key before it hands that reply on, and from then on opens every
+    /// `$ws:encrypted` frame before routing it (dropping, with a `tracing` warning, a frame in
+    /// clear or one that does not open, as it drops frames that do not parse) and seals every
+    /// frame it writes: requests, events, `__heartbeat`, `$ws:abort`. Frames the writer had
+    /// already taken before the reply was read may still go in clear (a server takes frames in
+    /// clear until the client's first sealed one). After a reconnect the new connection starts
+    /// in clear again, with the same key pair and a new salt: the app authenticates again
+    /// (from [`ClientBuilder::on_reconnect`], say) to seal it. A server that ignores `publicKey`
+    /// leaves the connection in clear: [`Client::is_sealed`] says which.
+    pub fn sealed(mut self) -> Self {
+        if self.config.sealing.is_none() {
+            self.config.sealing = Some(Sealing::generate());
+        }
+        self
+    }
+
     /// Registers a handler before connecting, so it sees the first frames too ([`Client::on`]).
     pub fn on<M: Message>(mut self, handler: impl Fn(M) + Send + Sync + 'static) -> Self {
         self.handlers.push((M::TYPE, erase(handler)));
@@ -250,6 +294,7 @@ impl ClientBuilder {
             pending: Mutex::new(HashMap::new()),
             handlers: RwLock::new(handlers),
             next_id: AtomicU64::new(0),
+            sealed: AtomicBool::new(false),
         });
         tokio::spawn(run(shared.clone(), first));
         Ok(Client {

@@ -48,18 +48,23 @@
 //! - **States** ([`State`]) observable through a `tokio::sync::watch` channel.
 //! - **Dead connections**: with [`ClientBuilder::heartbeat`], `__heartbeat` frames go out and a
 //!   connection silent for longer than the timeout is dropped and reconnected.
+//! - **Sealed delivery** (docs/protocol.md 7b), with [`ClientBuilder::sealed`]: the app puts
+//!   [`Client::public_key`] in its authentication request; once the reply brings the server's key,
+//!   every frame both ways is encrypted ([`crate::seal`]).
 //!
 //! Only `ws://` URLs are supported (this build of tungstenite has no TLS).
 //!
 //! Inside: [`Client`] and its handles here, [`ClientBuilder`] and the options in `builder`, [`Call`]
 //! (a request in flight) in `call`, the errors in `error`, the state the handles share (offline
-//! queue, pending requests, handlers) in `shared`, and the connection task (connect, session,
-//! backoff) in `session`. Frames are encoded and decoded by the shared client codec of the wire
+//! queue, pending requests, handlers) in `shared`, the connection task (connect, session,
+//! backoff) in `session`, and one session's sealing (the key, opening and sealing frames) in
+//! `sealing`. Frames are encoded and decoded by the shared client codec of the wire
 //! module, the same one the testing harness uses.
 
 mod builder;
 mod call;
 mod error;
+mod sealing;
 mod session;
 mod shared;
 
@@ -221,6 +226,27 @@ impl Client {
         });
         self.shared.add_handler(M::TYPE, handler);
         Messages { rx }
+    }
+
+    /// The client's public key for sealed delivery (docs/protocol.md 7b), base64 of an
+    /// uncompressed P-256 point: what the app puts in its authentication request's `publicKey`.
+    /// `None` unless the client was built with [`ClientBuilder::sealed`]. The same key for the
+    /// client's whole life, across reconnects.
+    pub fn public_key(&self) -> Option<String> {
+        self.shared
+            .config
+            .sealing
+            .as_ref()
+            .map(|s| s.public_key.clone())
+    }
+
+    /// Whether the current connection is sealed: the authentication reply brought the server's
+    /// key, and every frame since goes encrypted both ways. False while connecting, before that
+    /// reply (and for good when the server ignored the `publicKey`: then frames stay in clear, so
+    /// an app that must not talk in clear checks this after authenticating), and again after a
+    /// reconnect until the next reply.
+    pub fn is_sealed(&self) -> bool {
+        self.shared.sealed.load(Ordering::Acquire)
     }
 
     /// The current state.

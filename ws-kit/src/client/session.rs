@@ -2,6 +2,7 @@
 //! reconnect.
 
 use super::error::ClientError;
+use super::sealing::SessionSeal;
 use super::shared::{Reply, Shared, Socket};
 use super::{CLOSE_GRACE, State, now_ms};
 use crate::wire::client_codec::heartbeat_frame;
@@ -88,6 +89,9 @@ async fn session(
     stop: &mut watch::Receiver<bool>,
 ) -> End {
     let (mut sink, mut stream) = socket.split();
+    // Clear until the authentication reply brings the server's key (docs/protocol.md 7b). The
+    // reader sets the key, the writer seals with it; both below, on this task.
+    let seal = SessionSeal::new(shared.config.sealing.as_ref(), &shared.sealed);
     shared.opened(reconnected);
     if let Some(first) = first.take() {
         let _ = first.send(Ok(()));
@@ -101,7 +105,7 @@ async fn session(
     tokio::pin!(dead);
 
     let end = {
-        let writer = write_loop(shared, &mut sink);
+        let writer = write_loop(shared, &seal, &mut sink);
         tokio::pin!(writer);
         loop {
             tokio::select! {
@@ -117,9 +121,9 @@ async fn session(
                         dead.as_mut().reset(Instant::now() + silence);
                     }
                     match frame {
-                        Some(Ok(WsMessage::Text(text))) => shared.dispatch(text.as_str()),
+                        Some(Ok(WsMessage::Text(text))) => receive(shared, &seal, text.as_str()),
                         Some(Ok(WsMessage::Binary(bytes))) => match std::str::from_utf8(&bytes) {
-                            Ok(text) => shared.dispatch(text),
+                            Ok(text) => receive(shared, &seal, text),
                             Err(_) => tracing::warn!("ws-kit client: ignoring a binary frame that is not UTF-8"),
                         },
                         Some(Ok(WsMessage::Close(_))) => break End::ClosedByServer,
@@ -146,7 +150,7 @@ async fn session(
         let batch = shared.take_batch();
         let _ = tokio::time::timeout(CLOSE_GRACE, async {
             for text in batch.frames {
-                sink.feed(WsMessage::text(text)).await?;
+                sink.feed(WsMessage::text(seal.outbound(text))).await?;
             }
             sink.send(WsMessage::Close(Some(CloseFrame {
                 code: CloseCode::Normal,
@@ -165,9 +169,22 @@ async fn session(
     end
 }
 
-/// The writer: takes whatever is queued, writes it as one batch, flushes, and starts the timeouts
-/// of the requests in it.
-async fn write_loop<S>(shared: &Shared, sink: &mut S) -> Result<(), tungstenite::Error>
+/// One frame from the server: opened when the session is sealed (dropped when it must be), then
+/// routed.
+fn receive(shared: &Shared, seal: &SessionSeal<'_>, text: &str) {
+    match seal.inbound(text) {
+        Ok(text) => shared.dispatch(&text),
+        Err(rejected) => tracing::warn!("ws-kit client: ignoring a frame: {rejected}"),
+    }
+}
+
+/// The writer: takes whatever is queued, writes it as one batch (each frame sealed once the
+/// session is), flushes, and starts the timeouts of the requests in it.
+async fn write_loop<S>(
+    shared: &Shared,
+    seal: &SessionSeal<'_>,
+    sink: &mut S,
+) -> Result<(), tungstenite::Error>
 where
     S: Sink<WsMessage, Error = tungstenite::Error> + Unpin,
 {
@@ -178,7 +195,9 @@ where
             continue;
         }
         for text in batch.frames {
-            sink.feed(WsMessage::text(text)).await?;
+            // Sealed frame by frame: the key may come while a batch is being written; from then
+            // on nothing goes in clear.
+            sink.feed(WsMessage::text(seal.outbound(text))).await?;
         }
         sink.flush().await?;
         let now = Instant::now();

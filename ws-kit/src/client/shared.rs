@@ -9,7 +9,7 @@ use crate::message::Message;
 use crate::wire::client_codec::{self, ServerFrame};
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc, watch};
@@ -36,6 +36,9 @@ pub(super) struct Shared {
     pub(super) pending: Mutex<HashMap<Arc<str>, Pending>>,
     pub(super) handlers: RwLock<HashMap<&'static str, Vec<Arc<DynHandler>>>>,
     pub(super) next_id: AtomicU64,
+    /// The current connection's frames are sealed (`Client::is_sealed`); set and cleared by the
+    /// session's `SessionSeal`.
+    pub(super) sealed: AtomicBool,
 }
 
 /// Frames waiting for the writer. While not open, it is the offline queue.

@@ -2,9 +2,12 @@
 //! subscriptions, users), over the part every connection of a router shares ([`shared`]) and its
 //! requests in flight ([`rpc`]).
 
+pub(crate) mod auth_state;
+pub(crate) mod registry;
 pub(crate) mod rpc;
 pub(crate) mod shared;
 
+pub use registry::Clients;
 pub use shared::TopicAction;
 
 use crate::error::WsError;
@@ -13,7 +16,9 @@ use crate::message::Message;
 use crate::outbound::Outbound;
 use crate::publisher::{PublishFuture, Publisher};
 use crate::pubsub::{ClientId, PublishOptions, Subscriber, internal, validate_topic};
+use crate::seal::Offer as SealOffer;
 use crate::wire::{self, Layout, OutMeta};
+use auth_state::AuthState;
 use rpc::InflightTable;
 use serde_json::{Map, Value};
 use shared::Shared;
@@ -62,6 +67,8 @@ pub(crate) struct ConnInner<D> {
     pub(crate) shared: Arc<Shared<D>>,
     /// Set when teardown removes the subscriptions; a subscribe racing with it undoes itself.
     pub(crate) closed: AtomicBool,
+    /// In-band authentication: whether the connection is authenticated, a key being accepted.
+    pub(crate) auth: AuthState,
 }
 
 impl<D: Send + Sync + 'static> Connection<D> {
@@ -85,6 +92,7 @@ impl<D: Send + Sync + 'static> Connection<D> {
                 internal_topics: Mutex::default(),
                 user_id: Mutex::default(),
                 inflight: Mutex::default(),
+                auth: AuthState::new(!shared.in_band_auth),
                 shared,
                 closed: AtomicBool::new(false),
             }),
@@ -163,7 +171,8 @@ impl<D: Send + Sync + 'static> Connection<D> {
                 return Err(WsError::resource_exhausted(format!(
                     "at most {limit} topics per connection"
                 ))
-                .with_details(serde_json::json!({ "limit": limit })));
+                .with_details(serde_json::json!({ "limit": limit }))
+                .with_default_retry());
             }
             topics.insert(topic.into());
         }
@@ -184,7 +193,7 @@ impl<D: Send + Sync + 'static> Connection<D> {
                 .pubsub
                 .unsubscribe(topic, self.inner.id)
                 .await;
-            return Err(WsError::unavailable("connection closed"));
+            return Err(WsError::unavailable("connection closed").with_default_retry());
         }
         Ok(())
     }
@@ -208,8 +217,10 @@ impl<D: Send + Sync + 'static> Connection<D> {
         Ok(())
     }
 
-    /// Makes this connection reachable by `send_to_client` and `broadcast`.
+    /// Makes this connection reachable by `send_to_client` and `broadcast`, and lists it among
+    /// the instance's clients.
     pub(crate) async fn join_internal(&self) -> Result<(), WsError> {
+        self.inner.shared.registry.insert(self);
         self.join_internal_topic(internal::client(self.inner.id))
             .await?;
         self.join_internal_topic(internal::ALL.to_string()).await?;
@@ -240,7 +251,7 @@ impl<D: Send + Sync + 'static> Connection<D> {
                 .pubsub
                 .unsubscribe(&topic, self.inner.id)
                 .await;
-            return Err(WsError::unavailable("connection closed"));
+            return Err(WsError::unavailable("connection closed").with_default_retry());
         }
         self.inner
             .internal_topics
@@ -276,6 +287,42 @@ impl<D: Send + Sync + 'static> Connection<D> {
         self.join_internal_topic(internal::user(&user_id)).await
     }
 
+    /// Whether the connection may send any message: always, unless the router authenticates
+    /// in-band ([`Router::in_band_auth`](crate::Router::in_band_auth)); then once its
+    /// authentication request succeeded, or from the open when its upgrade gave it a user id
+    /// ([`Router::user_id_from`](crate::Router::user_id_from)).
+    pub fn is_authenticated(&self) -> bool {
+        self.inner.auth.is_authenticated()
+    }
+
+    /// Accepts the client's key for sealed delivery (docs/protocol.md 7b): call it in the
+    /// in-band authentication handler with the request's `publicKey` (base64 of an uncompressed
+    /// P-256 point) and put the answer's `server_public_key` and `salt` in the reply. If the
+    /// request succeeds, every frame after its reply is sealed (AES-256-GCM), and the client may
+    /// seal its own frames.
+    ///
+    /// Errors: `INVALID_ARGUMENT` for a key that is not a P-256 point; `FAILED_PRECONDITION`
+    /// outside an authentication request of an unauthenticated connection (sealing starts
+    /// only there, once).
+    pub fn accept_sealing(&self, client_public_key: &str) -> Result<SealOffer, WsError> {
+        let (key, offer) = crate::seal::accept(client_public_key).map_err(|e| {
+            WsError::invalid_argument(format!("publicKey: {e}"))
+                .with_details(serde_json::json!({ "field": "publicKey" }))
+        })?;
+        if !self.inner.auth.offer_seal(key) {
+            return Err(WsError::failed_precondition(
+                "sealed delivery starts only from the authentication request",
+            ));
+        }
+        Ok(offer)
+    }
+
+    /// Whether this connection's frames are sealed (docs/protocol.md 7b): from the reply of the
+    /// authentication request whose handler called [`Connection::accept_sealing`].
+    pub fn is_sealed(&self) -> bool {
+        self.inner.out.is_sealed()
+    }
+
     /// The user id set with [`Connection::set_user_id`], if any.
     pub fn user_id(&self) -> Option<String> {
         self.inner
@@ -283,6 +330,11 @@ impl<D: Send + Sync + 'static> Connection<D> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// This instance's open connections: all of them, a user's, a topic's (read-only views).
+    pub fn clients(&self) -> Clients<D> {
+        self.inner.shared.clients()
     }
 
     /// A handle to publish, send to users and clients, and broadcast.
@@ -374,6 +426,7 @@ impl<D: Send + Sync + 'static> Connection<D> {
     pub(crate) async fn leave_all(&self) {
         let inner = &self.inner;
         inner.closed.store(true, Ordering::SeqCst);
+        inner.shared.registry.remove(inner.id);
         let topics: Vec<Box<str>> = inner
             .topics
             .lock()

@@ -84,7 +84,7 @@ impl RpcSlot {
         if self.done.swap(true, Ordering::AcqRel) {
             return false;
         }
-        out.push_text(frame());
+        out.push_terminal(frame());
         true
     }
 

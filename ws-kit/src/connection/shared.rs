@@ -3,6 +3,7 @@
 //! this, not the whole router: routes and lifecycle hooks belong to the read loop.
 
 use super::Connection;
+use super::registry::{Clients, Registry};
 use crate::error::WsError;
 use crate::event::ErrorEvent;
 use crate::outbound::OverflowPolicy;
@@ -60,6 +61,10 @@ pub(crate) struct Shared<D> {
     pub(crate) user_id: Option<UserIdFn<D>>,
     /// The router's state (`Router::with_state`); `()` when it has none.
     pub(crate) state: Arc<dyn Any + Send + Sync>,
+    /// Connections authenticate in-band (`Router::in_band_auth`): they start unauthenticated.
+    pub(crate) in_band_auth: bool,
+    /// The open connections of this instance.
+    pub(crate) registry: Arc<Registry<D>>,
 }
 
 impl<D> fmt::Debug for Shared<D> {
@@ -83,6 +88,14 @@ impl<D: Send + Sync + 'static> Shared<D> {
 
     pub(crate) fn publisher(&self) -> Publisher {
         Publisher::new(self.pubsub.clone())
+    }
+
+    /// The read-only view of this instance's connections.
+    pub(crate) fn clients(&self) -> Clients<D> {
+        Clients {
+            registry: self.registry.clone(),
+            pubsub: self.pubsub.clone(),
+        }
     }
 
     /// Runs the `authorize_topics` hooks.

@@ -52,4 +52,8 @@ impl PubSub for MemoryPubSub {
     fn subscriber_count<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Option<usize>> {
         Box::pin(std::future::ready(Some(self.local.count(topic))))
     }
+
+    fn local_members(&self, topic: &str) -> Option<Vec<ClientId>> {
+        Some(self.local.members(topic))
+    }
 }

@@ -84,6 +84,19 @@ impl PublishResult {
             error: Some(error),
         }
     }
+
+    /// The error of a failed publish, for `?` in a handler:
+    /// `ctx.publish(topic, &msg).await.into_result()?`.
+    pub fn into_result(self) -> Result<PublishResult, WsError> {
+        match (self.ok, self.error) {
+            (true, _) => Ok(PublishResult {
+                error: None,
+                ..self
+            }),
+            (false, error) => Err(error
+                .unwrap_or_else(|| WsError::unavailable("publish failed").with_default_retry())),
+        }
+    }
 }
 
 /// Options of a publish.
@@ -142,6 +155,13 @@ pub trait PubSub: Send + Sync + 'static {
     ) -> BoxFuture<'static, PublishResult>;
     /// How many connections subscribe to a topic, when the engine knows.
     fn subscriber_count<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Option<usize>>;
+    /// This process's subscribers of a topic, when the engine keeps them (both of ws-kit's do):
+    /// the introspection views ([`Clients`](crate::Clients)) read them instead of scanning every
+    /// connection. `None` (the default): the engine does not say.
+    fn local_members(&self, topic: &str) -> Option<Vec<ClientId>> {
+        let _ = topic;
+        None
+    }
 }
 
 /// Names of the framework's own topics. They start with `#`, which user topics cannot contain.

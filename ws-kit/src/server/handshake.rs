@@ -1,11 +1,15 @@
-//! The WebSocket handshake: the upgrade request, authentication at upgrade (and its
-//! [`Rejection`]), path, Origin, subprotocol selection and the `x-client-id` header.
+//! The WebSocket handshake: the upgrade request, the app's checks (path, Origin, authentication
+//! at upgrade, synchronous or not, and its [`Rejection`]), subprotocol selection and the
+//! `x-client-id` header.
 
 use super::options::ServeOptions;
 use crate::http_syntax::percent_decode;
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Response};
-use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::handshake::server::Response;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 /// The HTTP upgrade request a connection opened with (headers, query, offered subprotocols), as
 /// `authenticate` sees it.
@@ -56,30 +60,72 @@ impl<D> IntoAuth<D> for Result<D, Rejection> {
     }
 }
 
-pub(super) type AuthFn<D> = Arc<dyn Fn(&UpgradeRequest) -> Result<D, Rejection> + Send + Sync>;
+/// The `authenticate` hook: a plain function of the request, or one that returns a future (a
+/// token store, a key fetch), so a slow lookup delays only its own connection.
+pub(super) enum AuthHook<D> {
+    Sync(SyncAuth<D>),
+    Async(AsyncAuth<D>),
+}
 
-/// Checks path and Origin, picks the subprotocol and sets `x-client-id`.
-// `ErrorResponse` is tungstenite's type; its size is not ours to choose.
-#[allow(clippy::result_large_err)]
-pub(super) fn handshake<D>(
-    opts: &ServeOptions<D>,
-    req: &UpgradeRequest,
-    mut response: Response,
-    client_id: uuid::Uuid,
-) -> Result<Response, ErrorResponse> {
+type SyncAuth<D> = Arc<dyn Fn(&UpgradeRequest) -> Result<D, Rejection> + Send + Sync>;
+type AsyncAuth<D> =
+    Arc<dyn Fn(UpgradeRequest) -> BoxFuture<'static, Result<D, Rejection>> + Send + Sync>;
+
+impl<D> Clone for AuthHook<D> {
+    fn clone(&self) -> Self {
+        match self {
+            AuthHook::Sync(f) => AuthHook::Sync(f.clone()),
+            AuthHook::Async(f) => AuthHook::Async(f.clone()),
+        }
+    }
+}
+
+/// The app's checks of an upgrade request, in order: path (404), Origin (403), then
+/// `authenticate` (401 or the hook's answer). A hook that panics refuses with 500.
+pub(crate) async fn admit<D>(opts: &ServeOptions<D>, req: UpgradeRequest) -> Result<D, Rejection> {
     if opts
         .path
         .as_ref()
         .is_some_and(|path| req.uri().path() != path)
     {
-        return Err(reject(404, "Not Found".into()));
+        return Err(Rejection {
+            status: 404,
+            body: "Not Found".into(),
+        });
     }
     if let Some(allowed) = &opts.allowed_origins {
         let origin = req.headers().get("origin").and_then(|o| o.to_str().ok());
         if !origin.is_some_and(|o| allowed.iter().any(|a| a == o)) {
-            return Err(reject(403, "Forbidden".into()));
+            return Err(Rejection::forbidden());
         }
     }
+    let outcome = match &opts.authenticate {
+        AuthHook::Sync(hook) => std::panic::catch_unwind(AssertUnwindSafe(|| hook(&req))),
+        AuthHook::Async(hook) => {
+            let hook = hook.clone();
+            // Called inside the guard too: a hook may panic before it returns its future.
+            AssertUnwindSafe(async move { hook(req).await })
+                .catch_unwind()
+                .await
+        }
+    };
+    outcome.unwrap_or_else(|panic| {
+        let message = crate::task::panic_message(&*panic);
+        tracing::error!(error = %message, "the authenticate hook panicked");
+        Err(Rejection {
+            status: 500,
+            body: "Internal Server Error".into(),
+        })
+    })
+}
+
+/// The upgrade's answer: the subprotocol selected and `x-client-id`.
+pub(super) fn respond<D>(
+    opts: &ServeOptions<D>,
+    req: &UpgradeRequest,
+    mut response: Response,
+    client_id: uuid::Uuid,
+) -> Response {
     let offered: Vec<&str> = req
         .headers()
         .get_all("sec-websocket-protocol")
@@ -104,12 +150,6 @@ pub(super) fn handshake<D>(
     if let Ok(id) = HeaderValue::from_str(&client_id.to_string()) {
         headers.insert("x-client-id", id);
     }
-    Ok(response)
-}
-
-pub(super) fn reject(status: u16, body: String) -> ErrorResponse {
-    let mut response = ErrorResponse::new(Some(body));
-    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::UNAUTHORIZED);
     response
 }
 

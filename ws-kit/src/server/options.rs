@@ -1,7 +1,7 @@
 //! [`ServeOptions`]: where to listen, how to authenticate, and the limits of every connection.
 
 use super::admission::default_max_connections;
-use super::handshake::{AuthFn, IntoAuth, UpgradeRequest};
+use super::handshake::{AuthHook, IntoAuth, UpgradeRequest};
 use crate::connection::shared::Limits;
 use crate::outbound::OverflowPolicy;
 use std::sync::Arc;
@@ -23,7 +23,7 @@ pub struct ServeOptions<D> {
     pub(super) host: String,
     pub(super) port: u16,
     pub(super) path: Option<String>,
-    pub(super) authenticate: AuthFn<D>,
+    pub(super) authenticate: AuthHook<D>,
     pub(super) allowed_origins: Option<Vec<String>>,
     pub(super) subprotocols: Vec<String>,
     pub(super) max_payload_bytes: usize,
@@ -92,11 +92,28 @@ impl<D: Send + Sync + 'static> ServeOptions<D> {
         F: Fn(&UpgradeRequest) -> R + Send + Sync + 'static,
         R: IntoAuth<D>,
     {
+        Self::with_hook(AuthHook::Sync(Arc::new(move |req| {
+            authenticate(req).into_auth()
+        })))
+    }
+
+    /// Options whose upgrades go through an asynchronous `authenticate` (see
+    /// [`ServeOptions::authenticate_async`]).
+    pub fn with_authenticate_async<F, Fut, R>(authenticate: F) -> Self
+    where
+        F: Fn(UpgradeRequest) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+        R: IntoAuth<D>,
+    {
+        Self::with_hook(async_hook(authenticate))
+    }
+
+    fn with_hook(authenticate: AuthHook<D>) -> Self {
         ServeOptions {
             host: "127.0.0.1".into(),
             port: 3000,
             path: None,
-            authenticate: Arc::new(move |req| authenticate(req).into_auth()),
+            authenticate,
             allowed_origins: None,
             subprotocols: Vec::new(),
             max_payload_bytes: 1024 * 1024,
@@ -123,7 +140,36 @@ impl<D: Send + Sync + 'static> ServeOptions<D> {
         F: Fn(&UpgradeRequest) -> R + Send + Sync + 'static,
         R: IntoAuth<D>,
     {
-        self.authenticate = Arc::new(move |req| authenticate(req).into_auth());
+        self.authenticate = AuthHook::Sync(Arc::new(move |req| authenticate(req).into_auth()));
+        self
+    }
+
+    /// Replaces the authentication hook with an asynchronous one: it gets the upgrade request
+    /// and may await (a token store, a key fetch) before it returns the connection data, `None`
+    /// (401) or a [`Rejection`](super::Rejection). Each upgrade runs its own hook, so a slow
+    /// lookup delays only its own connection; the accept loop and the other handshakes go on.
+    /// The lookup counts against `handshake_timeout`.
+    ///
+    /// ```
+    /// use ws_kit::{ServeOptions, query_param};
+    ///
+    /// async fn user_of(token: &str) -> Option<String> {
+    ///     // a database or a token service, in a real app
+    ///     (token == "alice-token").then(|| "alice".to_string())
+    /// }
+    ///
+    /// let options = ServeOptions::<Option<String>>::new().authenticate_async(|req| async move {
+    ///     let token = query_param(&req, "access_token")?;
+    ///     Some(Some(user_of(&token).await?))
+    /// });
+    /// ```
+    pub fn authenticate_async<F, Fut, R>(mut self, authenticate: F) -> Self
+    where
+        F: Fn(UpgradeRequest) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+        R: IntoAuth<D>,
+    {
+        self.authenticate = async_hook(authenticate);
         self
     }
 
@@ -260,4 +306,16 @@ impl<D: Send + Sync + 'static> ServeOptions<D> {
             max_rpc_timeout: self.max_rpc_timeout,
         }
     }
+}
+
+fn async_hook<D, F, Fut, R>(authenticate: F) -> AuthHook<D>
+where
+    F: Fn(UpgradeRequest) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+    R: IntoAuth<D>,
+{
+    AuthHook::Async(Arc::new(move |req| {
+        let lookup = authenticate(req);
+        Box::pin(async move { lookup.await.into_auth() })
+    }))
 }

@@ -2,9 +2,9 @@
 //! stream (the accept loop's, or one accepted elsewhere).
 
 use super::admission::Admission;
-use super::handshake::{handshake, reject};
+use super::handshake::{self, Rejection, UpgradeRequest};
 use super::options::{PayloadLimit, ServeOptions};
-use super::upgrade;
+use super::upgrade::{self, Refusal};
 use crate::app::App;
 use crate::connection::Connection;
 use crate::error::Error;
@@ -134,26 +134,27 @@ impl<D: Send + Sync + 'static> Service<D> {
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let opts = &self.inner.options;
-        let head = match upgrade::read_head(&mut stream).await {
-            Ok(head) => head,
+        let (head, request) = match upgrade::read_head(&mut stream).await {
+            Ok(read) => read,
             Err(Some(refusal)) => {
                 refusal.send(&mut stream).await;
                 return Err(Error::Refused(refusal.status));
             }
             Err(None) => return Ok(None),
         };
+        // The app's checks run before tungstenite takes the stream, so `authenticate` may await.
+        let data = match handshake::admit(opts, request).await {
+            Ok(data) => data,
+            Err(rejection) => {
+                let refusal = Refusal::rejected(rejection);
+                refusal.send(&mut stream).await;
+                return Err(Error::Refused(refusal.status));
+            }
+        };
         let client_id = uuid::Uuid::now_v7();
-        let mut data = None;
         #[allow(clippy::result_large_err)]
         let callback = |req: &Request, response: Response| -> Result<Response, ErrorResponse> {
-            let result = handshake(opts, req, response, client_id)?;
-            match (opts.authenticate)(req) {
-                Ok(d) => {
-                    data = Some(d);
-                    Ok(result)
-                }
-                Err(rejection) => Err(reject(rejection.status, rejection.body)),
-            }
+            Ok(handshake::respond(opts, req, response, client_id))
         };
         let hard_max = self.max_frame_bytes();
         let write_buffer = 8 * 1024;
@@ -173,7 +174,19 @@ impl<D: Send + Sync + 'static> Service<D> {
         )
         .await
         .map_err(Error::WebSocket)?;
-        Ok(data.map(|data| (socket, client_id, data, state)))
+        Ok(Some((socket, client_id, data, state)))
+    }
+
+    /// Runs the app's checks of an upgrade request (path, Origin, `authenticate`) as an upgrade
+    /// would, without a socket: the testing harness's way in.
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    pub(crate) async fn admit(&self, request: UpgradeRequest) -> Result<D, Rejection> {
+        handshake::admit(&self.inner.options, request).await
+    }
+
+    /// This instance's open connections: all of them, a user's, a topic's (read-only views).
+    pub fn clients(&self) -> crate::Clients<D> {
+        self.inner.app.shared.clients()
     }
 
     /// Publishes to topics from outside handlers.

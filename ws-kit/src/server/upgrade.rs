@@ -3,8 +3,11 @@
 //! protocol version `426 Upgrade Required` with `Sec-WebSocket-Version: 13`, and neither holds the
 //! connection any longer than it takes to say so.
 
+use super::handshake::{Rejection, UpgradeRequest};
 use crate::http_syntax::is_token;
+use std::borrow::Cow;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio_tungstenite::tungstenite::http::{self, HeaderName, HeaderValue, StatusCode};
 
 /// The most bytes an upgrade request's head may take (request line and headers).
 pub(super) const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -16,8 +19,8 @@ const MAX_HEADERS: usize = 64;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Refusal {
     pub(super) status: u16,
-    reason: &'static str,
-    body: &'static str,
+    reason: Cow<'static, str>,
+    body: Cow<'static, str>,
     /// A header line of its own (`Sec-WebSocket-Version: 13` for `426`, `Retry-After` for
     /// `503`), with its CRLF; or empty.
     header: &'static str,
@@ -27,8 +30,8 @@ impl Refusal {
     fn bad(body: &'static str) -> Self {
         Refusal {
             status: 400,
-            reason: "Bad Request",
-            body,
+            reason: "Bad Request".into(),
+            body: body.into(),
             header: "",
         }
     }
@@ -37,9 +40,23 @@ impl Refusal {
     pub(super) fn full(body: &'static str) -> Self {
         Refusal {
             status: 503,
-            reason: "Service Unavailable",
-            body,
+            reason: "Service Unavailable".into(),
+            body: body.into(),
             header: "Retry-After: 1\r\n",
+        }
+    }
+
+    /// The app's answer: a [`Rejection`] from `authenticate`, a path or Origin refusal.
+    pub(super) fn rejected(rejection: Rejection) -> Self {
+        let status = StatusCode::from_u16(rejection.status)
+            .ok()
+            .filter(|s| s.is_client_error() || s.is_server_error())
+            .unwrap_or(StatusCode::UNAUTHORIZED);
+        Refusal {
+            status: status.as_u16(),
+            reason: status.canonical_reason().unwrap_or("Refused").into(),
+            body: rejection.body.into(),
+            header: "",
         }
     }
 
@@ -69,11 +86,12 @@ impl Refusal {
     }
 }
 
-/// Reads the request head (to its blank line). `Ok`: every byte read, the head and whatever the
-/// client sent after it; `Err(Some(..))`: the answer to send; `Err(None)`: the peer went away.
+/// Reads the request head (to its blank line). `Ok`: every byte read (the head and whatever the
+/// client sent after it) and the request the head holds; `Err(Some(..))`: the answer to send;
+/// `Err(None)`: the peer went away.
 pub(super) async fn read_head<S: AsyncRead + Unpin>(
     stream: &mut S,
-) -> Result<Vec<u8>, Option<Refusal>> {
+) -> Result<(Vec<u8>, UpgradeRequest), Option<Refusal>> {
     let mut buf = Vec::with_capacity(1024);
     loop {
         let searched = buf.len().saturating_sub(3);
@@ -87,8 +105,8 @@ pub(super) async fn read_head<S: AsyncRead + Unpin>(
             .position(|w| w == b"\r\n\r\n")
             .map(|i| searched + i + 4)
         {
-            check(&buf[..end])?;
-            return Ok(buf);
+            let request = check(&buf[..end])?;
+            return Ok((buf, request));
         }
         if buf.len() > MAX_HEAD_BYTES {
             return Err(Some(Refusal::bad("Request head too large")));
@@ -97,8 +115,8 @@ pub(super) async fn read_head<S: AsyncRead + Unpin>(
 }
 
 /// Checks what RFC 6455 section 4.2.1 asks of an opening handshake (the path, Origin and
-/// authentication are checked later, with the app's options).
-fn check(head: &[u8]) -> Result<(), Refusal> {
+/// authentication are checked later, with the app's options) and returns the request.
+fn check(head: &[u8]) -> Result<UpgradeRequest, Refusal> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(head) {
@@ -136,8 +154,8 @@ fn check(head: &[u8]) -> Result<(), Refusal> {
         Some(_) => {
             return Err(Refusal {
                 status: 426,
-                reason: "Upgrade Required",
-                body: "Unsupported WebSocket version; this server speaks 13",
+                reason: "Upgrade Required".into(),
+                body: "Unsupported WebSocket version; this server speaks 13".into(),
                 header: "Sec-WebSocket-Version: 13\r\n",
             });
         }
@@ -153,7 +171,24 @@ fn check(head: &[u8]) -> Result<(), Refusal> {
     {
         return Err(Refusal::bad("Invalid Sec-WebSocket-Protocol header"));
     }
-    Ok(())
+    to_request(request.path.unwrap_or("/"), headers)
+        .ok_or_else(|| Refusal::bad("Malformed HTTP request"))
+}
+
+/// The checked head as the `http` request the hooks see.
+fn to_request(path: &str, headers: &[httparse::Header<'_>]) -> Option<UpgradeRequest> {
+    let mut request = http::Request::builder()
+        .method(http::Method::GET)
+        .version(http::Version::HTTP_11)
+        .uri(path)
+        .body(())
+        .ok()?;
+    let map = request.headers_mut();
+    for header in headers {
+        let name = HeaderName::from_bytes(header.name.as_bytes()).ok()?;
+        map.append(name, HeaderValue::from_bytes(header.value).ok()?);
+    }
+    Some(request)
 }
 
 /// The values of the header `name` (any case); a value that is not UTF-8 reads as a NUL, which
@@ -190,7 +225,7 @@ mod tests {
 
     fn status(head: &str) -> u16 {
         match check(head.as_bytes()) {
-            Ok(()) => 101,
+            Ok(_) => 101,
             Err(refusal) => refusal.status,
         }
     }

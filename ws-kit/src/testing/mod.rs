@@ -85,7 +85,7 @@ use crate::message::Message;
 use crate::publisher::Publisher;
 use crate::pubsub::{ClientId, PubSub, PublishResult, Subscriber};
 use crate::router::Router;
-use crate::server::{ServeOptions, Service};
+use crate::server::{Rejection, ServeOptions, Service, UpgradeRequest};
 use crate::wire::client_codec;
 use futures_util::future::BoxFuture;
 use serde_json::Value;
@@ -144,9 +144,10 @@ impl<D: Send + Sync + 'static> TestServer<D> {
     }
 
     /// A test server with these options' limits: payload limit, in-flight RPCs, topics per
-    /// connection, RPC timeout cap and heartbeat. Options about the handshake (host, port, path,
-    /// Origin, subprotocols, `authenticate`) do not apply: [`TestServer::connect`] takes the
-    /// connection data directly. The fake client reads frames as fast as they are written, so the
+    /// connection, RPC timeout cap and heartbeat. [`TestServer::connect`] takes the connection
+    /// data directly; [`TestServer::connect_upgrade`] goes through the options' path and Origin
+    /// checks and their `authenticate` hook with a request the test makes. Host, port and
+    /// subprotocols do not apply. The fake client reads frames as fast as they are written, so the
     /// outbound queue limit (`max_queued_bytes`) is not reached through it.
     ///
     /// # Panics
@@ -207,6 +208,46 @@ impl<D: Send + Sync + 'static> TestServer<D> {
     ///
     /// If `on_open` does not finish within the timeout.
     pub async fn connect(&self, data: D) -> TestConnection<D> {
+        self.open(data).await
+    }
+
+    /// Opens a fake connection the way an upgrade would: `request` (its path, query and headers:
+    /// `Origin`, `Authorization`, `Sec-WebSocket-Protocol`...) goes through the options' path and
+    /// Origin checks and their `authenticate` hook (see [`TestServer::with_options`]); the
+    /// rejection it would answer with, or the connection with the data it returned.
+    ///
+    /// ```
+    /// use ws_kit::testing::TestServer;
+    /// use ws_kit::{http, query_param, Router, ServeOptions};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let options = ServeOptions::<String>::new().authenticate_async(|req| async move {
+    ///     query_param(&req, "access_token").filter(|t| t == "alice-token").map(|_| "alice".to_string())
+    /// });
+    /// let server = TestServer::with_options(Router::<String>::new(), options);
+    ///
+    /// let request = http::Request::builder().uri("/?access_token=alice-token").body(()).unwrap();
+    /// let conn = server.connect_upgrade(request).await.unwrap();
+    /// assert_eq!(*conn.connection().data(), "alice");
+    ///
+    /// let request = http::Request::builder().uri("/?access_token=nope").body(()).unwrap();
+    /// assert_eq!(server.connect_upgrade(request).await.unwrap_err().status, 401);
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If `on_open` does not finish within the timeout.
+    pub async fn connect_upgrade(
+        &self,
+        request: UpgradeRequest,
+    ) -> Result<TestConnection<D>, Rejection> {
+        let data = self.service.admit(request).await?;
+        Ok(self.open(data).await)
+    }
+
+    async fn open(&self, data: D) -> TestConnection<D> {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(ConnShared {
             state: Mutex::default(),
@@ -384,5 +425,9 @@ impl PubSub for RecordingPubSub {
 
     fn subscriber_count<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Option<usize>> {
         self.inner.subscriber_count(topic)
+    }
+
+    fn local_members(&self, topic: &str) -> Option<Vec<ClientId>> {
+        self.inner.local_members(topic)
     }
 }

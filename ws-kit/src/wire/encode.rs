@@ -114,7 +114,10 @@ impl<P: Serialize, F: MetaFields> Serialize for Frame<'_, P, F> {
 fn to_frame<T: Serialize>(value: &T) -> Result<Utf8Bytes, WsError> {
     serde_json::to_string(value)
         .map(Utf8Bytes::from)
-        .map_err(|e| WsError::internal(format!("could not encode frame: {}", strip_position(&e))))
+        .map_err(|e| {
+            WsError::internal(format!("could not encode frame: {}", strip_position(&e)))
+                .with_default_retry()
+        })
 }
 
 /// Encodes a message under its own type tag (send, reply, publication).
