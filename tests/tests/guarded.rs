@@ -124,7 +124,10 @@ fn in_band_authentication_gates_every_other_message() {
             client.send_text(text).await;
             let reply = client.recv().await;
             assert_eq!(reply["type"], "ERROR", "{text}: {reply}");
-            assert_eq!(reply["payload"]["code"], "INVALID_ARGUMENT", "{text}: {reply}");
+            assert_eq!(
+                reply["payload"]["code"], "INVALID_ARGUMENT",
+                "{text}: {reply}"
+            );
         }
         // A malformed authentication request: INVALID_ARGUMENT, and it may try again.
         client
