@@ -26,13 +26,17 @@ async fn guarded_server() -> TestServer<guarded::Session> {
 }
 
 fn unauthenticated(cid: Option<&str>) -> Value {
+    unauthenticated_by("AUTHENTICATE", cid)
+}
+
+fn unauthenticated_by(tag: &str, cid: Option<&str>) -> Value {
     let (ty, meta) = match cid {
         Some(cid) => ("RPC_ERROR", json!({ "correlationId": cid })),
         None => ("ERROR", json!({})),
     };
     json!({"type": ty, "meta": meta, "payload": {
         "code": "UNAUTHENTICATED",
-        "message": "not authenticated: send `AUTHENTICATE` first",
+        "message": format!("not authenticated: send `{tag}` first"),
     }})
 }
 
@@ -148,32 +152,112 @@ fn in_band_authentication_gates_every_other_message() {
     });
 }
 
+#[derive(Message)]
+#[rpc(response = LoggedIn)]
+struct SlowLogin {
+    token: String,
+}
+
+#[derive(Message)]
+struct LoggedIn {}
+
+#[derive(Message)]
+#[rpc(response = MeResult)]
+struct Me {}
+
+#[derive(Message)]
+struct MeResult {
+    user: String,
+}
+
+/// A token service that takes 300 ms.
+#[handler]
+async fn slow_login(ctx: Ctx<SlowLogin>) -> Result<LoggedIn, WsError> {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    if ctx.payload.token != "ok" {
+        return Err(WsError::unauthenticated("invalid token"));
+    }
+    ctx.set_user_id("u1").await?;
+    Ok(LoggedIn {})
+}
+
+#[handler]
+async fn me(ctx: Ctx<Me>) -> Result<MeResult, WsError> {
+    Ok(MeResult {
+        user: ctx.user_id().unwrap_or_default(),
+    })
+}
+
+async fn slow_login_server(auth: InBandAuth) -> TestServer<()> {
+    let router = Router::new()
+        .in_band_auth(slow_login, auth)
+        .routes(routes![me]);
+    serve(router, ServeOptions::new()).await
+}
+
+fn slow_login_frame(token: &str, cid: &str) -> Value {
+    json!({"type": "SLOW_LOGIN", "payload": {"token": token}, "meta": {"correlationId": cid}})
+}
+
 #[test]
-fn messages_sent_behind_the_authentication_request_wait_for_it() {
+fn messages_during_an_attempt_are_unauthenticated_and_attempts_take_turns() {
     bounded(async {
-        let server = guarded_server().await;
+        let server = slow_login_server(InBandAuth::new()).await;
         let mut client = server.client().await;
-        // The lookup takes ~10 ms; the WHOAMI right behind it is answered after it, as an
-        // authenticated message (what a client's offline queue does on reconnect).
+        client.send(slow_login_frame("ok", "a1")).await;
+        client.send(slow_login_frame("ok", "a2")).await;
         client
-            .send(json!({"type": "AUTHENTICATE", "payload": {"token": "bob-token"}, "meta": {"correlationId": "a1"}}))
+            .send(json!({"type": "ME", "meta": {"correlationId": "m1"}}))
             .await;
+        client.send(json!({"type": "__heartbeat"})).await;
+        // The rule of docs/protocol.md 7: ME is not authenticated yet; the heartbeat is answered.
+        assert_eq!(
+            client.recv().await,
+            unauthenticated_by("SLOW_LOGIN", Some("m1"))
+        );
+        assert_eq!(client.recv().await["type"], "__heartbeat_ack");
+        // The second attempt waited for the first, then ran as an authenticated request.
+        let first = client.recv().await;
+        assert_eq!(
+            (&first["type"], &first["meta"]["correlationId"]),
+            (&json!("LOGGED_IN"), &json!("a1"))
+        );
+        let second = client.recv().await;
+        assert_eq!(
+            (&second["type"], &second["meta"]["correlationId"]),
+            (&json!("LOGGED_IN"), &json!("a2"))
+        );
+        assert_eq!(
+            request(&mut client, json!({"type": "ME"}), "m2").await["payload"]["user"],
+            "u1"
+        );
+    });
+}
+
+#[test]
+fn hold_until_authenticated_dispatches_what_waited_behind_the_attempt() {
+    bounded(async {
+        let server = slow_login_server(InBandAuth::new().hold_until_authenticated()).await;
+        let mut client = server.client().await;
+        client.send(slow_login_frame("ok", "a1")).await;
         client
-            .send(json!({"type": "WHOAMI", "meta": {"correlationId": "w1"}}))
+            .send(json!({"type": "ME", "meta": {"correlationId": "m1"}}))
             .await;
-        let auth = client.recv().await;
-        assert_eq!(auth["type"], "AUTHENTICATED", "{auth}");
-        let who = client.recv().await;
-        assert_eq!(who["type"], "WHOAMI_RESULT", "{who}");
-        assert_eq!(who["payload"]["userId"], "bob");
-        // Behind a failing attempt, the held frame meets the gate: it is never dispatched
-        // (the connection closes with 4003 first).
+        client.send(json!({"type": "__heartbeat"})).await;
+        // The heartbeat is never held; ME waits for the attempt and runs authenticated.
+        assert_eq!(client.recv().await["type"], "__heartbeat_ack");
+        assert_eq!(client.recv().await["type"], "LOGGED_IN");
+        let reply = client.recv().await;
+        assert_eq!(
+            (&reply["type"], &reply["payload"]["user"]),
+            (&json!("ME_RESULT"), &json!("u1")),
+            "{reply}"
+        );
+        // Behind a failing attempt, the held frame is never dispatched: 4003 comes first.
         let mut other = server.client().await;
+        other.send(slow_login_frame("nope", "a2")).await;
         other
-            .send(json!({"type": "AUTHENTICATE", "payload": {"token": "nope"}, "meta": {"correlationId": "a2"}}))
-            .await;
-        other
-            .send(json!({"type": "WHOAMI", "meta": {"correlationId": "w2"}}))
+            .send(json!({"type": "ME", "meta": {"correlationId": "m2"}}))
             .await;
         assert_eq!(
             other.recv().await,

@@ -118,7 +118,7 @@ async fn login(ctx: Ctx<Login>) -> Result<Welcome, WsError> {
 
 #[tokio::test(start_paused = true)]
 async fn heartbeats_are_answered_while_an_attempt_runs() {
-    let router = Router::new().in_band_auth(login, InBandAuth::new());
+    let router = Router::new().in_band_auth(login, InBandAuth::new().hold_until_authenticated());
     let server = TestServer::new(router);
     let conn = server.connect(()).await;
     let started = tokio::time::Instant::now();
@@ -132,6 +132,18 @@ async fn heartbeats_are_answered_while_an_attempt_runs() {
     // The frame held behind the attempt is dispatched after it, as an authenticated message:
     // no route, so UNIMPLEMENTED (not UNAUTHENTICATED).
     assert_eq!(conn.recv_json().await["payload"]["code"], "UNIMPLEMENTED");
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_hold_messages_during_an_attempt_are_unauthenticated() {
+    let router = Router::new().in_band_auth(login, InBandAuth::new());
+    let server = TestServer::new(router);
+    let conn = server.connect(()).await;
+    conn.send_raw(json!({"type": "LOGIN", "meta": {"correlationId": "l1"}}));
+    conn.send_raw(json!({"type": "NOT_YET", "meta": {"correlationId": "n1"}}));
+    let err = conn.recv_json().await;
+    assert_eq!(err["payload"]["code"], "UNAUTHENTICATED", "{err}");
+    assert_eq!(conn.recv_json().await["type"], "WELCOME");
 }
 
 #[tokio::test(start_paused = true)]
@@ -157,4 +169,30 @@ async fn rate_limits_refill_in_virtual_time() {
     assert_eq!(rpc(&conn, "LIMITED", "l4").await["type"], "RPC_ERROR");
     tokio::time::advance(Duration::from_millis(1)).await;
     assert_eq!(rpc(&conn, "LIMITED", "l5").await["type"], "LIMITED_OK");
+}
+
+#[derive(Message)]
+#[rpc(response = Welcome)]
+struct SealLater {
+    public_key: String,
+}
+
+#[handler]
+async fn seal_later(ctx: Ctx<SealLater>) -> Result<Welcome, WsError> {
+    ctx.accept_sealing(&ctx.payload.public_key)?;
+    Ok(Welcome {})
+}
+
+#[tokio::test(start_paused = true)]
+async fn sealing_starts_only_from_the_authentication_request() {
+    let router = Router::new().routes(ws_kit::routes![seal_later]);
+    let server = TestServer::new(router);
+    let conn = server.connect(()).await;
+    let key = ws_kit::seal::KeyPair::generate().public_key_base64();
+    let err = conn
+        .request(&SealLater { public_key: key })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), &ws_kit::ErrorCode::FailedPrecondition);
+    assert!(!conn.connection().is_sealed());
 }

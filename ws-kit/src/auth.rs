@@ -30,6 +30,7 @@ use std::time::Duration;
 pub struct InBandAuth {
     pub(crate) timeout: Duration,
     pub(crate) require_encryption: bool,
+    pub(crate) hold: bool,
 }
 
 impl Default for InBandAuth {
@@ -44,6 +45,7 @@ impl InBandAuth {
         InBandAuth {
             timeout: Duration::from_secs(10),
             require_encryption: false,
+            hold: false,
         }
     }
 
@@ -61,6 +63,18 @@ impl InBandAuth {
         self.require_encryption = true;
         self
     }
+
+    /// Frames that arrive while an authentication request runs wait for its outcome, instead of
+    /// being answered `UNAUTHENTICATED` at once (docs/protocol.md 7's rule, the default): after
+    /// a success they are dispatched in order as authenticated messages, after a failure each
+    /// meets the gate. For clients that send their authentication request and what follows in
+    /// one go (an offline queue flushed on reconnect, the Rust client's among them), which the
+    /// default would answer `UNAUTHENTICATED`. Held frames count against the ordered-dispatch
+    /// budget; past it the socket is not read until the attempt ends.
+    pub fn hold_until_authenticated(mut self) -> Self {
+        self.hold = true;
+        self
+    }
 }
 
 /// What the read loop needs to know: which type authenticates, and for how long it waits.
@@ -68,6 +82,8 @@ impl InBandAuth {
 pub(crate) struct AuthGate {
     pub(crate) tag: &'static str,
     pub(crate) timeout: Duration,
+    /// Frames behind a running attempt wait for it (`InBandAuth::hold_until_authenticated`).
+    pub(crate) hold: bool,
 }
 
 /// The app's authentication handler, with what its outcome does to the connection.

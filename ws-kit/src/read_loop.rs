@@ -292,7 +292,8 @@ enum Gate {
     /// Not authenticated: the authentication request and `__heartbeat` are dispatched, anything
     /// else is answered `UNAUTHENTICATED`.
     Closed,
-    /// An authentication request runs: later frames wait for its outcome (`__heartbeat` aside).
+    /// An authentication request runs: another one waits for its outcome (every later frame
+    /// does with `hold_until_authenticated`; `__heartbeat` never does).
     Attempt,
 }
 
@@ -591,7 +592,9 @@ impl<D: Send + Sync + 'static> Reader<D> {
             "$ws:abort" => return,
             _ => {}
         }
-        if self.gate == Gate::Attempt {
+        // One attempt at a time: another authentication request waits for this one's outcome,
+        // and so does everything else when the app asked for it.
+        if self.gate == Gate::Attempt && (gate.hold || ty == gate.tag) {
             let held = self.held.get_or_insert_with(Box::default);
             held.bytes += text.len();
             held.frames.push_back((text, received_at));

@@ -139,8 +139,9 @@ impl<D: Send + Sync + 'static, S: Send + Sync + 'static> Router<D, S> {
     /// Authenticates connections in-band (docs/protocol.md 7): `route` handles the app's
     /// authentication request, an RPC. Until it succeeds on a connection, only it and
     /// `__heartbeat` are dispatched there: any other message gets `UNAUTHENTICATED` before any
-    /// validation, and messages sent while an attempt runs wait for its outcome (so a client may
-    /// send its request and what follows at once). On success the connection is authenticated
+    /// validation (unless [`InBandAuth::hold_until_authenticated`] makes messages sent while an
+    /// attempt runs wait for its outcome). Attempts run one at a time: another authentication
+    /// request waits for the running one to end. On success the connection is authenticated
     /// from the next message on; the handler indexes it under its user with
     /// [`Connection::set_user_id`] and may subscribe it to its default topics. Its error with
     /// code `UNAUTHENTICATED` is sent, then the connection is closed with 4003; other errors
@@ -192,6 +193,7 @@ impl<D: Send + Sync + 'static, S: Send + Sync + 'static> Router<D, S> {
         self.auth = Some(AuthGate {
             tag: <<R::Handler as Handler>::Message as Message>::TYPE,
             timeout: auth.timeout,
+            hold: auth.hold,
         });
         self.tables.push(Routes::single(wrapped).erase());
         self

@@ -54,12 +54,17 @@ impl AuthState {
         self.pending_seal().take()
     }
 
-    /// Keeps the key the running attempt accepted; `false` when no attempt runs.
+    /// Keeps the key the running attempt accepted; `false` when no attempt runs or it accepted
+    /// one already (the reply can carry only one).
     pub(crate) fn offer_seal(&self, key: SealKey) -> bool {
         if !self.attempt.load(Ordering::Acquire) {
             return false;
         }
-        *self.pending_seal() = Some(Arc::new(key));
+        let mut pending = self.pending_seal();
+        if pending.is_some() {
+            return false;
+        }
+        *pending = Some(Arc::new(key));
         true
     }
 }

@@ -302,8 +302,8 @@ impl<D: Send + Sync + 'static> Connection<D> {
     /// seal its own frames.
     ///
     /// Errors: `INVALID_ARGUMENT` for a key that is not a P-256 point; `FAILED_PRECONDITION`
-    /// outside an authentication request of an unauthenticated connection (sealing starts
-    /// only there, once).
+    /// outside an authentication request of an unauthenticated connection, or when that request
+    /// accepted a key already (sealing starts only there, once).
     pub fn accept_sealing(&self, client_public_key: &str) -> Result<SealOffer, WsError> {
         let (key, offer) = crate::seal::accept(client_public_key).map_err(|e| {
             WsError::invalid_argument(format!("publicKey: {e}"))
@@ -311,7 +311,7 @@ impl<D: Send + Sync + 'static> Connection<D> {
         })?;
         if !self.inner.auth.offer_seal(key) {
             return Err(WsError::failed_precondition(
-                "sealed delivery starts only from the authentication request",
+                "sealed delivery starts once, from the authentication request",
             ));
         }
         Ok(offer)
