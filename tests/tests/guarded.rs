@@ -987,3 +987,27 @@ fn two_instances_share_users_and_buckets_through_redis() {
         );
     });
 }
+
+#[test]
+fn the_hook_and_the_connection_know_the_peer_address() {
+    bounded(async {
+        let options = ServeOptions::<String>::with_authenticate_async(|req| async move {
+            let peer = req.extensions().get::<std::net::SocketAddr>()?;
+            Some(peer.ip().to_string())
+        });
+        let server = serve(Router::<String>::new(), options).await;
+        let client = Client::connect_from(&server.url(), "127.0.0.2".parse().unwrap()).await;
+        let id = header_id(&client).parse().unwrap();
+        let clients = server.service.clients();
+        support::eventually("the connection is listed", || async {
+            clients.get(id).is_some()
+        })
+        .await;
+        let conn = clients.get(id).unwrap();
+        assert_eq!(*conn.data(), "127.0.0.2");
+        assert_eq!(
+            conn.remote_addr().map(|a| a.ip().to_string()).as_deref(),
+            Some("127.0.0.2")
+        );
+    });
+}

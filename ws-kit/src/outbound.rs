@@ -64,8 +64,15 @@ struct State {
     finished: bool,
     /// The socket failed; nothing can be written any more.
     dead: bool,
+    /// Sealed delivery and what in-band authentication armed: allocated only for connections
+    /// that use them, so an idle connection pays one pointer.
+    sealing: Option<Box<Sealing>>,
+}
+
+#[derive(Default)]
+struct Sealing {
     /// The key every text frame is sealed with, once sealing started; the writer seals.
-    seal: Option<Arc<SealKey>>,
+    key: Option<Arc<SealKey>>,
     /// How many frames at the front of `queue` were queued before sealing started: they leave in
     /// clear.
     clear: usize,
@@ -141,11 +148,13 @@ impl Outbound {
     pub(crate) fn push_terminal(&self, frame: Utf8Bytes) -> bool {
         let mut state = self.lock();
         let pushed = self.push_locked(&mut state, WsMessage::Text(frame));
-        let then = state.then.take();
+        let queued = state.queue.len();
+        let then = state.sealing.as_mut().and_then(|s| s.then.take());
         match then {
             Some(Then::Seal(key)) if matches!(pushed, Pushed::Queued { .. }) => {
-                state.clear = state.queue.len();
-                state.seal = Some(key);
+                let sealing = state.sealing.get_or_insert_with(Box::default);
+                sealing.clear = queued;
+                sealing.key = Some(key);
                 self.sealed.store(true, Ordering::Release);
             }
             Some(Then::Close(code, reason)) => {
@@ -162,12 +171,14 @@ impl Outbound {
 
     /// Arms `then` for the next terminal frame (see [`Then`]).
     pub(crate) fn arm(&self, then: Then) {
-        self.lock().then = Some(then);
+        self.lock().sealing.get_or_insert_with(Box::default).then = Some(then);
     }
 
     /// Drops what was armed and not carried out (its request ended without a terminal of its own).
     pub(crate) fn disarm(&self) {
-        self.lock().then = None;
+        if let Some(sealing) = self.lock().sealing.as_mut() {
+            sealing.then = None;
+        }
     }
 
     /// Whether frames are sealed (no lock taken).
@@ -177,7 +188,7 @@ impl Outbound {
 
     /// The key frames are sealed with, once sealing started.
     pub(crate) fn seal_key(&self) -> Option<Arc<SealKey>> {
-        self.lock().seal.clone()
+        self.lock().sealing.as_ref().and_then(|s| s.key.clone())
     }
 
     fn push_locked(&self, state: &mut State, msg: WsMessage) -> Pushed {
@@ -190,7 +201,9 @@ impl Outbound {
                 OverflowPolicy::Close => {
                     state.queue.clear();
                     state.bytes = 0;
-                    state.clear = 0;
+                    if let Some(sealing) = state.sealing.as_mut() {
+                        sealing.clear = 0;
+                    }
                     state.closing = Some(Closing {
                         code: 1013,
                         reason: "Outbound queue full".into(),
@@ -203,7 +216,9 @@ impl Outbound {
                         match state.queue.pop_front() {
                             Some(old) => {
                                 state.bytes -= old.len();
-                                state.clear = state.clear.saturating_sub(1);
+                                if let Some(sealing) = state.sealing.as_mut() {
+                                    sealing.clear = sealing.clear.saturating_sub(1);
+                                }
                             }
                             None => break,
                         }
@@ -304,8 +319,11 @@ impl Outbound {
                     state.close_taken |= new_close;
                     return Batch {
                         frames: std::mem::take(&mut state.queue),
-                        seal: state.seal.clone(),
-                        clear: std::mem::take(&mut state.clear),
+                        seal: state.sealing.as_ref().and_then(|s| s.key.clone()),
+                        clear: state
+                            .sealing
+                            .as_mut()
+                            .map_or(0, |s| std::mem::take(&mut s.clear)),
                         closing: if new_close {
                             state.closing.clone()
                         } else {

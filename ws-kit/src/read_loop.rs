@@ -8,7 +8,6 @@ use crate::error::{MAX_ISSUE_MESSAGE, MAX_QUOTED, WsError, clip};
 use crate::event::{CloseInfo, ErrorKind};
 use crate::lazy_read::{BudgetExhausted, ReadState};
 use crate::outbound::write_loop;
-use crate::seal::SealKey;
 use crate::task::{self, panic_message};
 use crate::wire;
 use futures_util::{FutureExt, Sink, Stream, StreamExt};
@@ -65,7 +64,10 @@ pub(crate) async fn run<D, S>(
         return;
     }
     let _open = Counted::new(open);
-    let opened_at = tokio::time::Instant::now();
+    // `auth_timeout` counts from the open (kept in the reader, not in this future's state).
+    if let Some(gate) = reader.app.auth {
+        reader.auth_timer = Some(Box::pin(tokio::time::sleep(gate.timeout)));
+    }
     let (sink, mut stream) = socket.split();
     let out = reader.conn.inner.out.clone();
     let writer = tokio::spawn(write_loop(sink, out.clone()));
@@ -104,16 +106,18 @@ pub(crate) async fn run<D, S>(
         }
     }
 
-    // In-band authentication: an unauthenticated connection is gated, and timed from its open.
-    // One whose upgrade gave it a user id is authenticated already.
-    if let Some(gate) = app.auth.filter(|_| opened) {
+    // In-band authentication: an unauthenticated connection is gated. One whose upgrade gave it
+    // a user id is authenticated already.
+    if app.auth.is_some() && opened {
         if conn.user_id().is_some() {
             conn.inner.auth.set_authenticated();
         }
         if !conn.is_authenticated() {
             reader.gate = Gate::Closed;
-            reader.auth_timer = Some(Box::pin(tokio::time::sleep_until(opened_at + gate.timeout)));
         }
+    }
+    if reader.gate == Gate::Open {
+        reader.auth_timer = None;
     }
 
     // Liveness is checked at each ping tick: a frame only sets `active`, so the hot path reads
@@ -336,8 +340,6 @@ pub(crate) struct Reader<D> {
     gate: Gate,
     /// The `auth_timeout` timer, while the connection is not authenticated.
     auth_timer: Option<Pin<Box<Sleep>>>,
-    /// The key of sealed delivery, once it started (docs/protocol.md 7b).
-    seal: Option<Arc<SealKey>>,
     /// The client sealed a frame: from then on it must seal every frame.
     client_sealed: bool,
 }
@@ -367,7 +369,6 @@ impl<D: Send + Sync + 'static> Reader<D> {
             pings: 0,
             gate: Gate::Open,
             auth_timer: None,
-            seal: None,
             client_sealed: false,
         }
     }
@@ -543,10 +544,7 @@ impl<D: Send + Sync + 'static> Reader<D> {
             }
             return Some(text);
         }
-        if self.seal.is_none() {
-            self.seal = self.conn.inner.out.seal_key();
-        }
-        let opened = self.seal.as_ref().map(|key| key.open(&text));
+        let opened = self.conn.inner.out.seal_key().map(|key| key.open(&text));
         match opened {
             Some(Ok(plain)) => {
                 self.client_sealed = true;

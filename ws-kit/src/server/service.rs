@@ -83,6 +83,15 @@ impl<D: Send + Sync + 'static, S: Send + Sync + 'static> Router<D, S> {
     }
 }
 
+/// An upgraded stream: the socket, the client id, the connection data, the peer's address and
+/// the read state.
+type Upgraded<T, D> = (
+    WebSocketStream<LazyRead<T>>,
+    ClientId,
+    D,
+    (Option<std::net::SocketAddr>, Arc<ReadState>),
+);
+
 impl<D: Send + Sync + 'static> Service<D> {
     /// Runs the WebSocket handshake on an accepted stream, then the connection, to its end.
     /// Returns the handshake error if the upgrade failed, was refused or took longer than the
@@ -96,8 +105,9 @@ impl<D: Send + Sync + 'static> Service<D> {
     }
 
     /// [`Service::serve_stream`] for a stream whose peer address is known: the connection
-    /// reports it ([`Connection::remote_addr`]), so rate limits and the authentication hook can
-    /// key on it.
+    /// reports it ([`Connection::remote_addr`]), so rate limits can key on it, and the
+    /// authentication hook finds it among the request's extensions
+    /// (`req.extensions().get::<SocketAddr>()`).
     pub async fn serve_stream_from<T>(
         &self,
         stream: T,
@@ -108,8 +118,8 @@ impl<D: Send + Sync + 'static> Service<D> {
     {
         // Boxed: the handshake's state (buffers, the timer) lives on the heap while it runs and
         // is gone after; left inline it would size the future every idle connection holds.
-        let upgrade = Box::pin(self.upgrade(stream));
-        let (socket, client_id, data, state) =
+        let upgrade = Box::pin(self.upgrade(stream, remote_addr));
+        let (socket, client_id, data, (remote_addr, state)) =
             match tokio::time::timeout(self.inner.options.handshake_timeout, upgrade).await {
                 Ok(Ok(Some(upgraded))) => upgraded,
                 Ok(Ok(None)) => return Ok(()),
@@ -129,12 +139,13 @@ impl<D: Send + Sync + 'static> Service<D> {
     async fn upgrade<T>(
         &self,
         mut stream: T,
-    ) -> Result<Option<(WebSocketStream<LazyRead<T>>, ClientId, D, Arc<ReadState>)>, Error>
+        remote_addr: Option<std::net::SocketAddr>,
+    ) -> Result<Option<Upgraded<T, D>>, Error>
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let opts = &self.inner.options;
-        let (head, request) = match upgrade::read_head(&mut stream).await {
+        let (head, mut request) = match upgrade::read_head(&mut stream).await {
             Ok(read) => read,
             Err(Some(refusal)) => {
                 refusal.send(&mut stream).await;
@@ -142,6 +153,9 @@ impl<D: Send + Sync + 'static> Service<D> {
             }
             Err(None) => return Ok(None),
         };
+        if let Some(addr) = remote_addr {
+            request.extensions_mut().insert(addr);
+        }
         // The app's checks run before tungstenite takes the stream, so `authenticate` may await.
         let data = match handshake::admit(opts, request).await {
             Ok(data) => data,
@@ -174,7 +188,7 @@ impl<D: Send + Sync + 'static> Service<D> {
         )
         .await
         .map_err(Error::WebSocket)?;
-        Ok(Some((socket, client_id, data, state)))
+        Ok(Some((socket, client_id, data, (remote_addr, state))))
     }
 
     /// Runs the app's checks of an upgrade request (path, Origin, `authenticate`) as an upgrade
@@ -254,7 +268,10 @@ impl<D: Send + Sync + 'static> Service<D> {
         remote_addr: Option<std::net::SocketAddr>,
         data: D,
         read_state: Option<Arc<ReadState>>,
-    ) -> (Connection<D>, impl Future<Output = ()> + Send + 'static)
+    ) -> (
+        Connection<D>,
+        impl Future<Output = ()> + Send + 'static + use<D, T>,
+    )
     where
         T: futures_util::Stream<
                 Item = Result<
