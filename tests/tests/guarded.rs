@@ -1011,3 +1011,98 @@ fn the_hook_and_the_connection_know_the_peer_address() {
         );
     });
 }
+
+// ---------------------------------------------------------------------------------------------
+// The race at the switch: publications racing the authentication reply never leave in clear
+// after it, nor sealed before it (ARCHITECTURE.md, "Sealing starts exactly after the reply").
+
+#[derive(Message)]
+#[rpc(response = Welcome)]
+struct JoinSealed {
+    public_key: String,
+}
+
+#[derive(Message)]
+struct News {
+    n: u64,
+}
+
+#[handler]
+async fn join_sealed(ctx: Ctx<JoinSealed>) -> Result<Welcome, WsError> {
+    // Subscribed before the reply: publications race it from another task.
+    ctx.subscribe("news").await?;
+    let offer = ctx.accept_sealing(&ctx.payload.public_key)?;
+    // Long enough for publications to reach the queue before the reply, on another thread.
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    Ok(Welcome {
+        server_public_key: Some(offer.server_public_key),
+        salt: Some(offer.salt),
+    })
+}
+
+#[test]
+fn publications_racing_the_switch_are_clear_before_and_sealed_after() {
+    bounded_multi_thread(async {
+        let router = Router::new().in_band_auth(join_sealed, InBandAuth::new());
+        let server = serve(router, ServeOptions::new()).await;
+        let publisher = server.service.publisher();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // About 8,000 publications a second (bounded in count too): enough to race every switch,
+        // slow enough for the test's client to keep its queue short.
+        let publishing = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) && n < 1_000_000 {
+                    n += 1;
+                    let _ = publisher.publish("news", &News { n });
+                    if n % 8 == 0 {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+            })
+        };
+        let mut raced = 0;
+        for round in 0..40 {
+            let mut client = server.client().await;
+            let keys = KeyPair::generate();
+            client
+                .send(json!({"type": "JOIN_SEALED", "payload": {"publicKey": keys.public_key_base64()}, "meta": {"correlationId": "j"}}))
+                .await;
+            // Clear frames (publications, in order) up to the reply, which is clear too.
+            let mut last = 0;
+            let reply = loop {
+                let frame = client.recv().await;
+                match frame["type"].as_str() {
+                    Some("NEWS") => {
+                        let n = frame["payload"]["n"].as_u64().unwrap();
+                        assert!(n > last, "round {round}: out of order {n} after {last}");
+                        last = n;
+                    }
+                    Some("WELCOME") => {
+                        raced += usize::from(last > 0);
+                        break frame;
+                    }
+                    _ => panic!("round {round}: before the reply, a frame in clear: {frame}"),
+                }
+            };
+            let key = keys
+                .agree(
+                    reply["payload"]["serverPublicKey"].as_str().unwrap(),
+                    reply["payload"]["salt"].as_str().unwrap(),
+                )
+                .unwrap();
+            // Every frame after it is sealed, and the order goes on across the switch.
+            for _ in 0..20 {
+                let news = recv_sealed(&mut client, &key).await;
+                let n = news["payload"]["n"].as_u64().unwrap();
+                assert!(n > last, "round {round}: out of order {n} after {last}");
+                last = n;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        publishing.await.unwrap();
+        // The race was run: publications reached connections before their reply.
+        assert!(raced > 0, "no round saw a publication before its reply");
+    });
+}
