@@ -209,6 +209,10 @@ fn messages_during_an_attempt_are_unauthenticated_and_attempts_take_turns() {
         client
             .send(json!({"type": "ME", "meta": {"correlationId": "m1"}}))
             .await;
+        // `$ws:abort` is ignored before authentication: a1 is not cancelled.
+        client
+            .send(json!({"type": "$ws:abort", "meta": {"correlationId": "a1"}}))
+            .await;
         client.send(json!({"type": "__heartbeat"})).await;
         // The rule of docs/protocol.md 7: ME is not authenticated yet; the heartbeat is answered.
         assert_eq!(

@@ -239,6 +239,7 @@ mod client {
     use ws_kit::Message;
     use ws_kit::client::{Client, Reconnect};
     use ws_kit::seal::{self, SealKey};
+    use ws_kit_tests::{Ping, Pong};
 
     /// The app's authentication request, carrying the client's key.
     #[derive(Message)]
@@ -253,17 +254,6 @@ mod client {
     struct AuthOk {
         server_public_key: String,
         salt: String,
-    }
-
-    #[derive(Message)]
-    #[rpc(response = Pong)]
-    struct Ping {
-        text: String,
-    }
-
-    #[derive(Message, Debug)]
-    struct Pong {
-        reply: String,
     }
 
     #[derive(Message)]
