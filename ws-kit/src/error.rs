@@ -444,6 +444,10 @@ pub enum Error {
     /// Connecting to Redis failed.
     #[cfg(feature = "redis")]
     Redis(redis::RedisError),
+    /// A TLS configuration could not be built (a certificate or key that does not read), or a
+    /// TLS handshake failed.
+    #[cfg(feature = "tls")]
+    Tls(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl fmt::Display for Error {
@@ -456,6 +460,8 @@ impl fmt::Display for Error {
             Error::HandshakeTimeout => f.write_str("the WebSocket handshake timed out"),
             #[cfg(feature = "redis")]
             Error::Redis(e) => write!(f, "redis error: {e}"),
+            #[cfg(feature = "tls")]
+            Error::Tls(e) => write!(f, "tls error: {e}"),
         }
     }
 }
@@ -467,6 +473,8 @@ impl std::error::Error for Error {
             Error::WebSocket(e) => Some(e),
             #[cfg(feature = "redis")]
             Error::Redis(e) => Some(e),
+            #[cfg(feature = "tls")]
+            Error::Tls(e) => Some(&**e),
             Error::DuplicateType(_) | Error::Refused(_) | Error::HandshakeTimeout => None,
         }
     }

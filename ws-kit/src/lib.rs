@@ -64,6 +64,9 @@ pub use publisher::{PublishFuture, Publisher};
 pub use pubsub::{ClientId, PublishOptions, PublishResult};
 pub use router::Router;
 pub use routes::Routes;
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub use server::TlsConfig;
 pub use server::{
     IntoAuth, PayloadLimit, Rejection, ServeOptions, Server, Service, UpgradeRequest, query_param,
     serve,

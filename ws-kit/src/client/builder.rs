@@ -60,6 +60,9 @@ pub(super) struct Config {
     pub(super) on_error: Option<ErrorHook>,
     /// Sealed delivery: the client's key pair, when it seals.
     pub(super) sealing: Option<Sealing>,
+    /// `wss://` with these TLS settings instead of the system's roots.
+    #[cfg(feature = "tls")]
+    pub(super) tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl ClientBuilder {
@@ -82,6 +85,8 @@ impl ClientBuilder {
                 on_reconnect: None,
                 on_error: None,
                 sealing: None,
+                #[cfg(feature = "tls")]
+                tls: None,
             },
             handlers: Vec::new(),
             invalid: None,
@@ -183,6 +188,25 @@ impl ClientBuilder {
     /// How long one connection attempt (token provider, TCP, upgrade) may take (10 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.config.connect_timeout = timeout;
+        self
+    }
+
+    /// `wss://` trusting exactly these roots (a private CA, a test's certificate) instead of the
+    /// system's, which a `wss://` URL uses by default (feature `tls`).
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls_roots(self, roots: rustls::RootCertStore) -> Self {
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        self.tls_config(std::sync::Arc::new(config))
+    }
+
+    /// `wss://` with a ready rustls configuration (client certificates, custom verification).
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls_config(mut self, config: std::sync::Arc<rustls::ClientConfig>) -> Self {
+        self.config.tls = Some(config);
         self
     }
 

@@ -405,7 +405,17 @@ impl Shared {
                     .headers_mut()
                     .insert("sec-websocket-protocol", value);
             }
-            match tokio_tungstenite::connect_async(request).await {
+            // `wss://` needs the `tls` feature: the system's roots, or the builder's settings.
+            #[cfg(feature = "tls")]
+            let connecting = tokio_tungstenite::connect_async_tls_with_config(
+                request,
+                None,
+                false,
+                config.tls.clone().map(tokio_tungstenite::Connector::Rustls),
+            );
+            #[cfg(not(feature = "tls"))]
+            let connecting = tokio_tungstenite::connect_async(request);
+            match connecting.await {
                 Ok((socket, _response)) => Ok(socket),
                 Err(tungstenite::Error::Http(response)) => Err(ClientError::Rejected {
                     status: response.status().as_u16(),

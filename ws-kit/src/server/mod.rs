@@ -5,11 +5,16 @@ mod admission;
 mod handshake;
 mod options;
 mod service;
+#[cfg(feature = "tls")]
+mod tls;
 mod upgrade;
 
 pub use handshake::{IntoAuth, Rejection, UpgradeRequest, query_param};
 pub use options::{PayloadLimit, ServeOptions};
 pub use service::Service;
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub use tls::TlsConfig;
 
 use crate::error::Error;
 use crate::router::Router;
@@ -80,6 +85,15 @@ impl<D: Send + Sync + 'static> Server<D> {
             .expect("a bound listener has an address")
     }
 
+    /// The address to connect to: `ws://host:port`, or `wss://host:port` with TLS.
+    pub fn url(&self) -> String {
+        #[cfg(feature = "tls")]
+        if self.service.tls().is_some() {
+            return format!("wss://{}", self.local_addr());
+        }
+        format!("ws://{}", self.local_addr())
+    }
+
     /// The service: publish, count connections, shut down.
     pub fn service(&self) -> Service<D> {
         self.service.clone()
@@ -144,6 +158,29 @@ impl<D: Send + Sync + 'static> Server<D> {
         match self.service.admission().admit(peer.ip()) {
             Ok(permit) => {
                 let service = self.service.clone();
+                #[cfg(feature = "tls")]
+                if let Some(tls) = self.service.tls() {
+                    let acceptor = tls.acceptor.clone();
+                    connections.spawn(async move {
+                        let _permit = permit;
+                        // Boxed: the TLS handshake's state is gone once it is done.
+                        let handshake = Box::pin(acceptor.accept(stream));
+                        let timeout = service.handshake_timeout();
+                        let stream = match tokio::time::timeout(timeout, handshake).await {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(e)) => {
+                                return tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                            }
+                            Err(_) => {
+                                return tracing::debug!(%peer, "TLS handshake timed out");
+                            }
+                        };
+                        if let Err(e) = service.serve_stream_from(stream, Some(peer)).await {
+                            tracing::debug!(error = %e, %peer, "upgrade failed");
+                        }
+                    });
+                    return;
+                }
                 connections.spawn(async move {
                     let _permit = permit;
                     if let Err(e) = service.serve_stream_from(stream, Some(peer)).await {
@@ -204,12 +241,12 @@ async fn shutdown_signal() {
     }
 }
 
-/// Binds and serves until Ctrl-C, printing `listening on ws://host:port`.
+/// Binds and serves until Ctrl-C, printing `listening on ws://host:port` (`wss://` with TLS).
 pub async fn serve<D: Send + Sync + 'static, S: Send + Sync + 'static>(
     router: Router<D, S>,
     options: ServeOptions<D>,
 ) -> Result<(), Error> {
     let server = Server::bind(router, options).await?;
-    println!("listening on ws://{}", server.local_addr());
+    println!("listening on {}", server.url());
     server.run_until_signal().await
 }

@@ -41,6 +41,8 @@ pub struct ServeOptions<D> {
     pub(super) max_connections: usize,
     pub(super) max_connections_per_ip: usize,
     pub(super) unfinished_message_budget: usize,
+    #[cfg(feature = "tls")]
+    pub(super) tls: Option<super::tls::TlsConfig>,
 }
 
 impl<D> std::fmt::Debug for ServeOptions<D> {
@@ -131,6 +133,8 @@ impl<D: Send + Sync + 'static> ServeOptions<D> {
             max_connections: default_max_connections(),
             max_connections_per_ip: 1024,
             unfinished_message_budget: 256 * 1024 * 1024,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
@@ -294,6 +298,16 @@ impl<D: Send + Sync + 'static> ServeOptions<D> {
     /// closed with 1013 (Try Again Later); the others, and the process, go on.
     pub fn unfinished_message_budget(mut self, bytes: usize) -> Self {
         self.unfinished_message_budget = bytes;
+        self
+    }
+
+    /// Serves `wss://`: every socket the server accepts completes a TLS handshake first (within
+    /// `handshake_timeout`). Streams handed to [`Service::serve_stream`](super::Service::serve_stream)
+    /// are taken as they are: TLS there is the caller's (axum's, a proxy's).
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls(mut self, tls: super::tls::TlsConfig) -> Self {
+        self.tls = Some(tls);
         self
     }
 

@@ -239,6 +239,18 @@ impl<D> Service<D> {
         self.inner.options.shutdown_timeout
     }
 
+    /// How long an upgrade (and a TLS handshake before it) may take.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(super) fn handshake_timeout(&self) -> Duration {
+        self.inner.options.handshake_timeout
+    }
+
+    /// The server's TLS, when it serves `wss://`.
+    #[cfg(feature = "tls")]
+    pub(super) fn tls(&self) -> Option<&super::tls::TlsConfig> {
+        self.inner.options.tls.as_ref()
+    }
+
     /// The socket counts the accept loop keeps.
     pub(super) fn admission(&self) -> &Arc<Admission> {
         &self.inner.admission
