@@ -43,7 +43,7 @@ impl<D: Send + Sync + 'static> Conn<D> {
     /// The connection joins no topics and runs no `on_open` hooks.
     pub fn new<S: Send + Sync + 'static>(router: Router<D, S>, data: D) -> Result<Self, Error> {
         let app = router.build(Limits::default())?;
-        let conn = Connection::new(uuid::Uuid::now_v7(), None, data, app.shared.clone());
+        let conn = Connection::new(uuid::Uuid::now_v7(), None, data, app.shared.clone(), None);
         let config = LoopConfig {
             max_payload_bytes: 1024 * 1024,
             heartbeat_interval: Duration::from_secs(30),

@@ -50,6 +50,11 @@ where
     F: Future<Output = Result<R, WsError>> + Send + 'static,
     R: ReplyFrame,
 {
+    // A span per message only when a subscriber was ever installed: until then this is one
+    // relaxed load, and the task is built exactly as without tracing.
+    if tracing::dispatcher::has_been_set() {
+        return wrap_traced(work, conn, ty, cid, slot, deadline);
+    }
     match slot {
         None => Box::pin(EventTask {
             work,
@@ -68,6 +73,85 @@ where
             deadline,
             timer: None,
         }),
+    }
+}
+
+/// [`wrap`] with a `tracing` subscriber around: the task inside its message's span, when the
+/// subscriber wants the span.
+#[cold]
+#[inline(never)]
+fn wrap_traced<D, F, R>(
+    work: F,
+    conn: Connection<D>,
+    ty: &'static str,
+    cid: Option<Arc<str>>,
+    slot: Option<Arc<RpcSlot>>,
+    deadline: Option<Instant>,
+) -> Task
+where
+    D: Send + Sync + 'static,
+    F: Future<Output = Result<R, WsError>> + Send + 'static,
+    R: ReplyFrame,
+{
+    let span = tracing::debug_span!(
+        "ws.message",
+        r#type = ty,
+        correlation_id = cid.as_deref(),
+        outcome = "ok",
+        duration_us = tracing::field::Empty,
+    );
+    let start = Instant::now();
+    let traced = |task: Task| -> Task {
+        if span.is_disabled() {
+            task
+        } else {
+            Box::pin(Traced { task, span, start })
+        }
+    };
+    match slot {
+        None => traced(Box::pin(EventTask {
+            work,
+            conn,
+            ty,
+            cid,
+        })),
+        Some(slot) => traced(Box::pin(RpcTask {
+            work,
+            guard: InflightGuard {
+                conn,
+                slot,
+                registered: false,
+            },
+            ty,
+            deadline,
+            timer: None,
+        })),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A task inside its message's span: entered on every poll (so the handler's own events and
+    /// the framework's error reports land in it), its duration recorded at the end.
+    struct Traced<F> {
+        #[pin]
+        task: F,
+        span: tracing::Span,
+        start: Instant,
+    }
+}
+
+impl<F: Future<Output = ()>> Future for Traced<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        let _entered = this.span.enter();
+        let done = this.task.poll(cx);
+        if done.is_ready() {
+            this.span
+                .record("duration_us", this.start.elapsed().as_micros() as u64);
+        }
+        done
     }
 }
 

@@ -69,6 +69,8 @@ pub(crate) struct ConnInner<D> {
     pub(crate) closed: AtomicBool,
     /// In-band authentication: whether the connection is authenticated, a key being accepted.
     pub(crate) auth: AuthState,
+    /// The connection's span, when a `tracing` subscriber wanted one (its `user` is recorded).
+    pub(crate) span: Option<Box<tracing::Span>>,
 }
 
 impl<D: Send + Sync + 'static> Connection<D> {
@@ -77,6 +79,7 @@ impl<D: Send + Sync + 'static> Connection<D> {
         remote_addr: Option<SocketAddr>,
         data: D,
         shared: Arc<Shared<D>>,
+        span: Option<tracing::Span>,
     ) -> Self {
         let out = Arc::new(Outbound::new(
             shared.limits.max_queued_bytes,
@@ -93,6 +96,7 @@ impl<D: Send + Sync + 'static> Connection<D> {
                 user_id: Mutex::default(),
                 inflight: Mutex::default(),
                 auth: AuthState::new(!shared.in_band_auth),
+                span: span.map(Box::new),
                 shared,
                 closed: AtomicBool::new(false),
             }),
@@ -265,6 +269,9 @@ impl<D: Send + Sync + 'static> Connection<D> {
     /// other session of that user, on every instance). Replaces an earlier user id.
     pub async fn set_user_id(&self, user_id: impl Into<String>) -> Result<(), WsError> {
         let user_id = user_id.into();
+        if let Some(span) = &self.inner.span {
+            span.record("user", user_id.as_str());
+        }
         let previous = self
             .inner
             .user_id

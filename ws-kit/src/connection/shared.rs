@@ -4,7 +4,7 @@
 
 use super::Connection;
 use super::registry::{Clients, Registry};
-use crate::error::WsError;
+use crate::error::{ErrorCode, WsError};
 use crate::event::ErrorEvent;
 use crate::outbound::OverflowPolicy;
 use crate::publisher::Publisher;
@@ -76,10 +76,11 @@ impl<D> fmt::Debug for Shared<D> {
 }
 
 impl<D: Send + Sync + 'static> Shared<D> {
-    /// Tells the `on_error` hooks (or `tracing`, when there are none).
+    /// Tells `tracing` and the `on_error` hooks. Inside a message's span (a handler's task), the
+    /// span's `outcome` becomes the error's code.
     pub(crate) fn report(&self, event: &ErrorEvent) {
-        if self.on_error.is_empty() {
-            tracing::debug!(client_id = %event.client_id, kind = ?event.kind, error = %event.error, "ws-kit error");
+        if tracing::dispatcher::has_been_set() {
+            trace_error(event);
         }
         for hook in &self.on_error {
             hook(event);
@@ -117,5 +118,34 @@ impl<D: Send + Sync + 'static> Shared<D> {
                     .with_details(serde_json::json!({ "topic": topic })),
             )
         }
+    }
+}
+
+/// An error as `tracing` sees it: failures of the server (a panic, a frame it could not encode, a
+/// hook) at `error`; a peer breaking the protocol or a limit at `warn`; what a request's answer
+/// already tells its client (validation, unknown types, the application's errors, rate limits)
+/// at `debug`, so a client cannot flood the logs.
+fn trace_error(event: &ErrorEvent) {
+    use crate::event::ErrorKind as K;
+    let code = event.error.code().as_str();
+    tracing::Span::current().record("outcome", code);
+    let (client_id, kind, ty) = (&event.client_id, event.kind, event.message_type.as_deref());
+    let error = &event.error;
+    match event.kind {
+        K::Panic | K::HookPanic | K::Encode | K::MissingTerminal | K::Open => {
+            tracing::error!(%client_id, ?kind, r#type = ty, code, %error, "ws-kit error");
+        }
+        K::ProtocolViolation
+        | K::Flood
+        | K::InboundBudget
+        | K::PayloadTooLarge
+        | K::AuthTimeout
+        | K::InflightLimit => {
+            tracing::warn!(%client_id, ?kind, r#type = ty, code, %error, "ws-kit error");
+        }
+        K::Handler if matches!(error.code(), ErrorCode::Internal | ErrorCode::Unavailable) => {
+            tracing::warn!(%client_id, ?kind, r#type = ty, code, %error, "ws-kit error");
+        }
+        _ => tracing::debug!(%client_id, ?kind, r#type = ty, code, %error, "ws-kit error"),
     }
 }

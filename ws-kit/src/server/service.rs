@@ -13,6 +13,7 @@ use crate::publisher::Publisher;
 use crate::pubsub::ClientId;
 use crate::read_loop::{self, LoopConfig, Reader};
 use crate::router::Router;
+use futures_util::future::Either;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,6 +24,7 @@ use tokio::task::JoinSet;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tracing::Instrument;
 
 /// A built router with its options: serves WebSocket connections from any byte stream.
 ///
@@ -297,7 +299,21 @@ impl<D: Send + Sync + 'static> Service<D> {
     {
         let opts = &self.inner.options;
         let app = self.inner.app.clone();
-        let conn = Connection::new(client_id, remote_addr, data, app.shared.clone());
+        // A span per connection only when a subscriber wants it (see `run` below).
+        let span = tracing::info_span!(
+            "ws.connection",
+            %client_id,
+            remote = remote_addr.map(tracing::field::display),
+            user = tracing::field::Empty,
+        );
+        let span = (!span.is_disabled()).then_some(span);
+        let conn = Connection::new(
+            client_id,
+            remote_addr,
+            data,
+            app.shared.clone(),
+            span.clone(),
+        );
         let loop_config = LoopConfig {
             max_payload_bytes: opts.max_payload_bytes,
             heartbeat_interval: opts.heartbeat_interval,
@@ -310,6 +326,12 @@ impl<D: Send + Sync + 'static> Service<D> {
         // `run` itself, not a block around it: every capture of a block would keep a slot in the
         // future's state, which every idle connection holds.
         let run = read_loop::run(socket, reader, shutdown, self.inner.connections.clone());
+        // Without a subscriber the connection's future is `run` as it is; with one, `run` inside
+        // its span, boxed (so the plain case pays no span in every idle connection's state).
+        let run = match span {
+            None => Either::Left(run),
+            Some(span) => Either::Right(Box::pin(run.instrument(span))),
+        };
         (conn, run)
     }
 }
