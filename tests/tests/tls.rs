@@ -48,15 +48,20 @@ async fn tls_server(
     (service, port, roots)
 }
 
+/// The Rust client on `wss://localhost:port`, trusting `roots`.
+async fn trusting_client(port: u16, roots: rustls::RootCertStore) -> Client {
+    Client::builder(format!("wss://localhost:{port}"))
+        .tls_roots(roots)
+        .connect()
+        .await
+        .expect("connect over TLS")
+}
+
 #[test]
 fn the_rust_client_speaks_wss_with_a_given_root_store() {
     bounded(async {
         let (service, port, roots) = tls_server(Duration::from_secs(5)).await;
-        let client = Client::builder(format!("wss://localhost:{port}"))
-            .tls_roots(roots)
-            .connect()
-            .await
-            .expect("connect over TLS");
+        let client = trusting_client(port, roots).await;
         let pong = client
             .request(&Ping {
                 text: "sealed by TLS".into(),
@@ -109,11 +114,7 @@ fn plain_sockets_and_silent_ones_get_nothing_and_the_server_goes_on() {
             "silent socket not closed: {read:?}"
         );
         // Meanwhile a real client is served.
-        let client = Client::builder(format!("wss://localhost:{port}"))
-            .tls_roots(roots)
-            .connect()
-            .await
-            .expect("connect over TLS");
+        let client = trusting_client(port, roots).await;
         let pong = client
             .request(&Ping {
                 text: "still here".into(),

@@ -53,8 +53,27 @@ where
     // A span per message only when a subscriber was ever installed: until then this is one
     // relaxed load, and the task is built exactly as without tracing.
     if tracing::dispatcher::has_been_set() {
-        return wrap_traced(work, conn, ty, cid, slot, deadline);
+        let span = message_span(ty, cid.as_deref());
+        return in_span(build(work, conn, ty, cid, slot, deadline), span);
     }
+    build(work, conn, ty, cid, slot, deadline)
+}
+
+/// The task itself: an event's, or a request's with its in-flight guard.
+#[inline]
+fn build<D, F, R>(
+    work: F,
+    conn: Connection<D>,
+    ty: &'static str,
+    cid: Option<Arc<str>>,
+    slot: Option<Arc<RpcSlot>>,
+    deadline: Option<Instant>,
+) -> Task
+where
+    D: Send + Sync + 'static,
+    F: Future<Output = Result<R, WsError>> + Send + 'static,
+    R: ReplyFrame,
+{
     match slot {
         None => Box::pin(EventTask {
             work,
@@ -76,57 +95,31 @@ where
     }
 }
 
-/// [`wrap`] with a `tracing` subscriber around: the task inside its message's span, when the
-/// subscriber wants the span.
+/// The `ws.message` span of a frame's task.
 #[cold]
 #[inline(never)]
-fn wrap_traced<D, F, R>(
-    work: F,
-    conn: Connection<D>,
-    ty: &'static str,
-    cid: Option<Arc<str>>,
-    slot: Option<Arc<RpcSlot>>,
-    deadline: Option<Instant>,
-) -> Task
-where
-    D: Send + Sync + 'static,
-    F: Future<Output = Result<R, WsError>> + Send + 'static,
-    R: ReplyFrame,
-{
-    let span = tracing::debug_span!(
+fn message_span(ty: &'static str, cid: Option<&str>) -> tracing::Span {
+    tracing::debug_span!(
         "ws.message",
         r#type = ty,
-        correlation_id = cid.as_deref(),
+        correlation_id = cid,
         outcome = "ok",
         duration_us = tracing::field::Empty,
-    );
-    let start = Instant::now();
-    let traced = |task: Task| -> Task {
-        if span.is_disabled() {
-            task
-        } else {
-            Box::pin(Traced { task, span, start })
-        }
-    };
-    match slot {
-        None => traced(Box::pin(EventTask {
-            work,
-            conn,
-            ty,
-            cid,
-        })),
-        Some(slot) => traced(Box::pin(RpcTask {
-            work,
-            guard: InflightGuard {
-                conn,
-                slot,
-                registered: false,
-            },
-            ty,
-            deadline,
-            timer: None,
-        })),
+    )
+}
+
+/// A task inside its span, when the subscriber wants the span.
+#[cold]
+#[inline(never)]
+fn in_span(task: Task, span: tracing::Span) -> Task {
+    if span.is_disabled() {
+        return task;
     }
+    Box::pin(Traced {
+        task,
+        span,
+        start: Instant::now(),
+    })
 }
 
 pin_project_lite::pin_project! {

@@ -330,6 +330,16 @@ impl<D: Send + Sync + 'static> Connection<D> {
         self.inner.out.is_sealed()
     }
 
+    /// The user id, borrowed for the length of `f` (no copy, unlike [`Connection::user_id`]).
+    pub(crate) fn with_user_id<R>(&self, f: impl FnOnce(Option<&str>) -> R) -> R {
+        f(self
+            .inner
+            .user_id
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_deref())
+    }
+
     /// The user id set with [`Connection::set_user_id`], if any.
     pub fn user_id(&self) -> Option<String> {
         self.inner

@@ -128,7 +128,7 @@ impl<D: Send + Sync + 'static> Clients<D> {
     pub fn of_user(&self, user_id: &str) -> Vec<Connection<D>> {
         match self.pubsub.local_members(&internal::user(user_id)) {
             Some(ids) => self.lookup(ids),
-            None => self.filter(|c| c.user_id().as_deref() == Some(user_id)),
+            None => self.filter(|c| c.with_user_id(|u| u == Some(user_id))),
         }
     }
 

@@ -359,13 +359,13 @@ impl<D: Send + Sync + 'static> RateLimit<D> {
         }
         match &self.who {
             Who::Client => push_client(key, incoming),
-            Who::User => match incoming.user_id() {
+            Who::User => incoming.with_user_id(|user| match user {
                 Some(user) => {
                     key.push_str("u:");
-                    key.push_str(&user);
+                    key.push_str(user);
                 }
                 None => push_client(key, incoming),
-            },
+            }),
             Who::Ip => match incoming.remote_addr() {
                 Some(addr) => push_ip(key, addr.ip()),
                 None => push_client(key, incoming),
