@@ -13,6 +13,7 @@ mod rpc;
 
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
+use support::binary::{KillOnDrop, example_binary};
 use support::{Client, TestServer, WAIT, bounded, serve};
 use ws_kit::ServeOptions;
 
@@ -427,89 +428,11 @@ fn rpc_countdown_deadline() {
 // ---------------------------------------------------------------------------------------------
 // The real binary.
 
-/// Kills the child (by its PID) and reaps it, whatever happens in the test.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `<target>/<profile>/examples/<name>`, next to this test's `<target>/<profile>/deps/<test>`,
-/// freshly built: `cargo test -p ws-kit-tests` does not build another package's examples.
-fn example_binary(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("<target>/<profile>/deps/<test>");
-    let target_dir = profile_dir.parent().expect("<target>/<profile>");
-    let profile = profile_dir
-        .file_name()
-        .and_then(|p| p.to_str())
-        .expect("profile dir name");
-    let mut cargo = std::process::Command::new(env!("CARGO"));
-    cargo
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "ws-kit-examples",
-            "--example",
-            name,
-        ])
-        .arg("--manifest-path")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml"))
-        .arg("--target-dir")
-        .arg(target_dir)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    match profile {
-        "debug" => {}
-        "release" => {
-            cargo.arg("--release");
-        }
-        other => {
-            cargo.args(["--profile", other]);
-        }
-    }
-    let build = KillOnDrop(cargo.spawn().expect("run cargo"));
-    let started = Instant::now();
-    let mut build = build;
-    let status = loop {
-        if let Some(status) = build.0.try_wait().expect("cargo build") {
-            break status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "building example {name} took over 300 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    if !status.success() {
-        let mut stderr = String::new();
-        if let Some(mut pipe) = build.0.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
-        }
-        panic!("building example {name} failed: {stderr}");
-    }
-    let binary = profile_dir.join("examples").join(name);
-    assert!(
-        binary.exists(),
-        "{} missing after the build",
-        binary.display()
-    );
-    binary
-}
-
 /// `PORT=0 chat` prints exactly one line `listening on ws://127.0.0.1:<port>` and greets a client.
 #[test]
 fn chat_binary_listens_and_welcomes() {
     use std::io::BufRead;
-    let binary = example_binary("chat");
+    let binary = example_binary("chat", &[]);
     let child = std::process::Command::new(&binary)
         .env("PORT", "0")
         .stdin(std::process::Stdio::null())

@@ -68,8 +68,8 @@ pub use routes::Routes;
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub use server::TlsConfig;
 pub use server::{
-    IntoAuth, PayloadLimit, Rejection, ServeOptions, Server, Service, UpgradeRequest, query_param,
-    serve,
+    HttpResponse, IntoAuth, PayloadLimit, Rejection, ServeOptions, Server, Service, UpgradeRequest,
+    query_param, serve,
 };
 pub use ws_kit_macros::{Message, Payload, handler, routes};
 

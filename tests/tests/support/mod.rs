@@ -1,6 +1,8 @@
 //! Shared test helpers: a server on `127.0.0.1:0` and a raw JSON WebSocket client.
 #![allow(dead_code, missing_docs)]
 
+pub(crate) mod binary;
+
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use std::time::Duration;

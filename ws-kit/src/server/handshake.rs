@@ -15,6 +15,12 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 /// `authenticate` sees it.
 pub type UpgradeRequest = tokio_tungstenite::tungstenite::http::Request<()>;
 
+/// The app's answer to a plain HTTP `GET` on the WebSocket port ([`ServeOptions::pages`]).
+pub type HttpResponse = tokio_tungstenite::tungstenite::http::Response<Vec<u8>>;
+
+/// The page handler: a plain `GET`'s answer, or `None` for the usual 400.
+pub(super) type PageHook = Arc<dyn Fn(&UpgradeRequest) -> Option<HttpResponse> + Send + Sync>;
+
 /// An upgrade refused by `authenticate`: HTTP status and body (401 `Unauthorized` by default).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rejection {

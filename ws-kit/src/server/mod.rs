@@ -9,7 +9,7 @@ mod service;
 mod tls;
 mod upgrade;
 
-pub use handshake::{IntoAuth, Rejection, UpgradeRequest, query_param};
+pub use handshake::{HttpResponse, IntoAuth, Rejection, UpgradeRequest, query_param};
 pub use options::{PayloadLimit, ServeOptions};
 pub use service::Service;
 #[cfg(feature = "tls")]

@@ -1,7 +1,7 @@
 //! [`ServeOptions`]: where to listen, how to authenticate, and the limits of every connection.
 
 use super::admission::default_max_connections;
-use super::handshake::{AuthHook, IntoAuth, UpgradeRequest};
+use super::handshake::{AuthHook, HttpResponse, IntoAuth, PageHook, UpgradeRequest};
 use crate::connection::shared::Limits;
 use crate::outbound::OverflowPolicy;
 use std::sync::Arc;
@@ -24,6 +24,7 @@ pub struct ServeOptions<D> {
     pub(super) port: u16,
     pub(super) path: Option<String>,
     pub(super) authenticate: AuthHook<D>,
+    pub(super) pages: Option<PageHook>,
     pub(super) allowed_origins: Option<Vec<String>>,
     pub(super) subprotocols: Vec<String>,
     pub(super) max_payload_bytes: usize,
@@ -116,6 +117,7 @@ impl<D: Send + Sync + 'static> ServeOptions<D> {
             port: 3000,
             path: None,
             authenticate,
+            pages: None,
             allowed_origins: None,
             subprotocols: Vec::new(),
             max_payload_bytes: 1024 * 1024,
@@ -174,6 +176,33 @@ impl<D: Send + Sync + 'static> ServeOptions<D> {
         R: IntoAuth<D>,
     {
         self.authenticate = async_hook(authenticate);
+        self
+    }
+
+    /// Answers plain HTTP `GET` requests (no `Upgrade: websocket`) on the WebSocket port: a
+    /// page for people next to the socket for programs, as the chat example serves its page at
+    /// `/`. The function sees the request (path, headers) and returns the response, written with
+    /// `Content-Length` and `Connection: close`; `None` gives the usual `400 Not a WebSocket
+    /// upgrade request`. Upgrades never reach it. For anything more than a few fixed pages, host
+    /// the router on axum (feature `axum`).
+    ///
+    /// ```
+    /// use ws_kit::{ServeOptions, http};
+    ///
+    /// let options = ServeOptions::<()>::new().pages(|req| {
+    ///     (req.uri().path() == "/").then(|| {
+    ///         http::Response::builder()
+    ///             .header("content-type", "text/html; charset=utf-8")
+    ///             .body(b"<h1>hello</h1>".to_vec())
+    ///             .unwrap()
+    ///     })
+    /// });
+    /// ```
+    pub fn pages<F>(mut self, pages: F) -> Self
+    where
+        F: Fn(&UpgradeRequest) -> Option<HttpResponse> + Send + Sync + 'static,
+    {
+        self.pages = Some(Arc::new(pages));
         self
     }
 

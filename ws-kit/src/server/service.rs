@@ -148,7 +148,26 @@ impl<D: Send + Sync + 'static> Service<D> {
     {
         let opts = &self.inner.options;
         let (head, mut request) = match upgrade::read_head(&mut stream).await {
-            Ok(read) => read,
+            Ok(upgrade::Head::Upgrade(head, request)) => (head, request),
+            Ok(upgrade::Head::Plain(request, refusal)) => {
+                let page = opts.pages.as_ref().map(|pages| {
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pages(&request)))
+                });
+                let refusal = match page {
+                    Some(Ok(Some(page))) => {
+                        upgrade::send_page(&mut stream, page).await;
+                        return Ok(None);
+                    }
+                    Some(Ok(None)) | None => refusal,
+                    // A page handler that panics costs its one request a 500.
+                    Some(Err(_)) => Refusal::rejected(Rejection {
+                        status: 500,
+                        body: "Internal Server Error".into(),
+                    }),
+                };
+                refusal.send(&mut stream).await;
+                return Err(Error::Refused(refusal.status));
+            }
             Err(Some(refusal)) => {
                 refusal.send(&mut stream).await;
                 return Err(Error::Refused(refusal.status));

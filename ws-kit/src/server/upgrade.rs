@@ -3,7 +3,7 @@
 //! protocol version `426 Upgrade Required` with `Sec-WebSocket-Version: 13`, and neither holds the
 //! connection any longer than it takes to say so.
 
-use super::handshake::{Rejection, UpgradeRequest};
+use super::handshake::{HttpResponse, Rejection, UpgradeRequest};
 use crate::http_syntax::is_token;
 use std::borrow::Cow;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
@@ -86,12 +86,21 @@ impl Refusal {
     }
 }
 
-/// Reads the request head (to its blank line). `Ok`: every byte read (the head and whatever the
-/// client sent after it) and the request the head holds; `Err(Some(..))`: the answer to send;
+/// A request head that is well formed.
+pub(super) enum Head {
+    /// A WebSocket upgrade: every byte read (the head and whatever the client sent after it) and
+    /// the request.
+    Upgrade(Vec<u8>, UpgradeRequest),
+    /// A plain `GET` (no `Upgrade: websocket`): the request, for the app's page handler, and the
+    /// refusal it gets when the app has no page for it.
+    Plain(UpgradeRequest, Refusal),
+}
+
+/// Reads the request head (to its blank line). `Err(Some(..))`: the answer to send;
 /// `Err(None)`: the peer went away.
 pub(super) async fn read_head<S: AsyncRead + Unpin>(
     stream: &mut S,
-) -> Result<(Vec<u8>, UpgradeRequest), Option<Refusal>> {
+) -> Result<Head, Option<Refusal>> {
     let mut buf = Vec::with_capacity(1024);
     loop {
         let searched = buf.len().saturating_sub(3);
@@ -105,8 +114,10 @@ pub(super) async fn read_head<S: AsyncRead + Unpin>(
             .position(|w| w == b"\r\n\r\n")
             .map(|i| searched + i + 4)
         {
-            let request = check(&buf[..end])?;
-            return Ok((buf, request));
+            return match check(&buf[..end])? {
+                Checked::Upgrade(request) => Ok(Head::Upgrade(buf, request)),
+                Checked::Plain(request, refusal) => Ok(Head::Plain(request, refusal)),
+            };
         }
         if buf.len() > MAX_HEAD_BYTES {
             return Err(Some(Refusal::bad("Request head too large")));
@@ -114,9 +125,18 @@ pub(super) async fn read_head<S: AsyncRead + Unpin>(
     }
 }
 
+/// What [`check`] found in a well-formed head.
+#[derive(Debug)]
+enum Checked {
+    Upgrade(UpgradeRequest),
+    Plain(UpgradeRequest, Refusal),
+}
+
 /// Checks what RFC 6455 section 4.2.1 asks of an opening handshake (the path, Origin and
-/// authentication are checked later, with the app's options) and returns the request.
-fn check(head: &[u8]) -> Result<UpgradeRequest, Refusal> {
+/// authentication are checked later, with the app's options) and returns the request. A plain
+/// `GET` without `Upgrade: websocket` is returned as such, with the 400 it gets unless the app
+/// answers it.
+fn check(head: &[u8]) -> Result<Checked, Refusal> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(head) {
@@ -143,9 +163,15 @@ fn check(head: &[u8]) -> Result<UpgradeRequest, Refusal> {
     if values("host").next().is_none() {
         return Err(Refusal::bad("Missing Host header"));
     }
-    if !lists("upgrade").any(|v| v.eq_ignore_ascii_case("websocket"))
-        || !lists("connection").any(|v| v.eq_ignore_ascii_case("upgrade"))
-    {
+    let path = request.path.unwrap_or("/");
+    if !lists("upgrade").any(|v| v.eq_ignore_ascii_case("websocket")) {
+        let refusal = Refusal::bad("Not a WebSocket upgrade request");
+        return match to_request(path, headers) {
+            Some(plain) => Ok(Checked::Plain(plain, refusal)),
+            None => Err(refusal),
+        };
+    }
+    if !lists("connection").any(|v| v.eq_ignore_ascii_case("upgrade")) {
         return Err(Refusal::bad("Not a WebSocket upgrade request"));
     }
     match values("sec-websocket-version").next() {
@@ -171,8 +197,35 @@ fn check(head: &[u8]) -> Result<UpgradeRequest, Refusal> {
     {
         return Err(Refusal::bad("Invalid Sec-WebSocket-Protocol header"));
     }
-    to_request(request.path.unwrap_or("/"), headers)
+    to_request(path, headers)
+        .map(Checked::Upgrade)
         .ok_or_else(|| Refusal::bad("Malformed HTTP request"))
+}
+
+/// Writes the app's answer to a plain `GET` and closes, best effort (as [`Refusal::send`]).
+pub(super) async fn send_page<S: AsyncWrite + Unpin>(stream: &mut S, page: HttpResponse) {
+    use tokio::io::AsyncWriteExt;
+    let (parts, body) = page.into_parts();
+    let status = parts.status;
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    for (name, value) in &parts.headers {
+        let skip = [http::header::CONNECTION, http::header::CONTENT_LENGTH];
+        if let (false, Ok(value)) = (skip.contains(name), value.to_str()) {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+    }
+    head.push_str("\r\n");
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(&body).await?;
+        stream.shutdown().await
+    })
+    .await;
 }
 
 /// The checked head as the `http` request the hooks see.
@@ -225,8 +278,8 @@ mod tests {
 
     fn status(head: &str) -> u16 {
         match check(head.as_bytes()) {
-            Ok(_) => 101,
-            Err(refusal) => refusal.status,
+            Ok(Checked::Upgrade(_)) => 101,
+            Ok(Checked::Plain(_, refusal)) | Err(refusal) => refusal.status,
         }
     }
 
@@ -268,6 +321,14 @@ mod tests {
             "not http at all\r\n\r\n".to_string(),
         ] {
             assert_eq!(status(&head), 400, "{head}");
+        }
+        // A plain GET is handed to the app's page handler, with the 400 it gets otherwise.
+        match check(request("Accept: text/html\r\n").as_bytes()) {
+            Ok(Checked::Plain(req, refusal)) => {
+                assert_eq!((req.uri().path(), refusal.status), ("/chat", 400));
+                assert_eq!(req.headers()["accept"], "text/html");
+            }
+            other => panic!("{other:?}"),
         }
         assert!(
             is_key("dGhlIHNhbXBsZSBub25jZQ==")
