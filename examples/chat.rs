@@ -1,6 +1,8 @@
-//! Chat rooms over WebSocket.
+//! Chat rooms over WebSocket, with a page for people.
 //!
-//! Run: `cargo run --example chat` (PORT=3000 by default; PORT=0 picks a free port).
+//! Run: `cargo run --example chat` (PORT=3000 by default; PORT=0 picks a free port), then open
+//! <http://127.0.0.1:3000/> in a browser or two: the page (`chat.html`, plain JS, no build step) is
+//! served on the WebSocket port itself (`ServeOptions::pages`); upgrades work on every path.
 //! Several instances sharing rooms through Redis:
 //!   `REDIS_URL=redis://127.0.0.1:6379 PORT=3001 cargo run --example chat --features redis`
 //!   `REDIS_URL=redis://127.0.0.1:6379 PORT=3002 cargo run --example chat --features redis`
@@ -10,8 +12,10 @@
 //!   {"type":"LEAVE_ROOM","payload":{"roomId":"0190f3a4-8a4e-7cc0-9a3e-2f1f0d1c2b3a"}}
 
 use uuid::Uuid;
+use ws_kit::http::{HeaderValue, header};
 use ws_kit::{
-    Connection, Ctx, Message, PublishOptions, Router, ServeOptions, WsError, handler, routes,
+    Connection, Ctx, HttpResponse, Message, PublishOptions, Router, ServeOptions, UpgradeRequest,
+    WsError, handler, routes,
 };
 
 /// What the server remembers about each connection.
@@ -66,7 +70,7 @@ fn topic(room_id: &Uuid) -> String {
     format!("room:{room_id}")
 }
 
-fn username(conn: &Connection<ChatData>) -> String {
+pub(crate) fn username(conn: &Connection<ChatData>) -> String {
     conn.data().username.clone().unwrap_or_default()
 }
 
@@ -150,6 +154,26 @@ pub(crate) fn router() -> Router<ChatData> {
         })
 }
 
+/// The chat page, compiled into the binary.
+const PAGE: &str = include_str!("chat.html");
+
+/// Plain HTTP `GET`s on the WebSocket port: the page at `/` and `/index.html`; any other path gets
+/// the usual `400` (`None`).
+pub(crate) fn page(req: &UpgradeRequest) -> Option<HttpResponse> {
+    if !matches!(req.uri().path(), "/" | "/index.html") {
+        return None;
+    }
+    let mut response = HttpResponse::new(PAGE.as_bytes().to_vec());
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Some(response)
+}
+
 #[tokio::main]
 async fn main() -> Result<(), ws_kit::Error> {
     let port = std::env::var("PORT")
@@ -162,5 +186,5 @@ async fn main() -> Result<(), ws_kit::Error> {
         Ok(url) => router.pubsub(ws_kit::redis::RedisPubSub::connect(url).await?),
         Err(_) => router,
     };
-    ws_kit::serve(router, ServeOptions::new().port(port)).await
+    ws_kit::serve(router, ServeOptions::new().port(port).pages(page)).await
 }

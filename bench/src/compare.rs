@@ -337,7 +337,7 @@ struct Plan {
 }
 
 /// Runs the comparison; prints progress to stderr and the table to stdout.
-pub(crate) fn run(quick: bool) -> ExitCode {
+pub(crate) fn run(quick: bool, idle_only: bool) -> ExitCode {
     let plan = if quick {
         Plan {
             rounds: 1,
@@ -405,7 +405,7 @@ pub(crate) fn run(quick: bool) -> ExitCode {
             for (kind, v) in got {
                 match kind {
                     Kind::Baseline => b = v,
-                    Kind::WsKit => w = v,
+                    Kind::WsKit | Kind::WsKitAxum => w = v,
                 }
             }
             out.push((b, w));
@@ -413,104 +413,108 @@ pub(crate) fn run(quick: bool) -> ExitCode {
         Some(Rounds(out))
     };
 
-    // RPC throughput.
-    let label = format!("rpc {}×{} RPC/s", plan.rpc_conns, plan.rpc_inflight);
-    if let Some(rr) = pair(
-        &label,
-        plan.rounds,
-        &[
-            "rpc",
-            "--conns",
-            &plan.rpc_conns,
-            "--inflight",
-            &plan.rpc_inflight,
-            "--secs",
-            &plan.secs,
-        ],
-    ) {
-        rows.push(rr.row(label.clone(), "rps", Some(("≥ 0.90×", |r| r >= 0.90))));
-        rows.push(cpu_row(&label, &rr));
-        let faults = |wskit: bool| rr.sum("errors", wskit) + rr.sum("mismatches", wskit);
-        rows.push(Row {
-            mode: format!("{label}: p99 µs / errors+mismatches"),
-            baseline: format!("{:.0} / {}", rr.median("p99_us", false), faults(false)),
-            wskit: format!("{:.0} / {}", rr.median("p99_us", true), faults(true)),
-            ratio: rr.ratio_text("p99_us"),
-            target: "no errors".into(),
-            met: Some(faults(false) == 0 && faults(true) == 0),
-        });
-    }
-
-    // RPC latency, one request at a time.
-    if let Some(rr) = pair(
-        "rpc 1×1",
-        plan.latency_rounds,
-        &[
-            "rpc",
-            "--conns",
-            "1",
-            "--inflight",
-            "1",
-            "--secs",
-            &plan.secs,
-        ],
-    ) {
-        rows.push(rr.row("rpc 1×1 p50 µs".into(), "p50_us", None));
-        rows.push(rr.row(
-            "rpc 1×1 p99 µs".into(),
-            "p99_us",
-            Some(("≤ 1.2×", |r| r <= 1.2)),
-        ));
-    }
-
-    // Fan-out at a fixed rate and at full speed.
-    for (rate, name) in [
-        (plan.rate.as_str(), format!("{} msg/s", plan.rate)),
-        ("max", "full speed".into()),
-    ] {
-        let fixed_rate = rate != "max";
-        let label = format!("fanout 1→{} {name}", plan.subs);
-        let rounds = if fixed_rate {
-            plan.latency_rounds
-        } else {
-            plan.rounds
-        };
-        let Some(rr) = pair(
+    // `--idle`: the idle rows alone.
+    if !idle_only {
+        // RPC throughput.
+        let label = format!("rpc {}×{} RPC/s", plan.rpc_conns, plan.rpc_inflight);
+        if let Some(rr) = pair(
             &label,
-            rounds,
+            plan.rounds,
             &[
-                "fanout", "--subs", &plan.subs, "--pubs", "1", "--rate", rate, "--secs", &plan.secs,
+                "rpc",
+                "--conns",
+                &plan.rpc_conns,
+                "--inflight",
+                &plan.rpc_inflight,
+                "--secs",
+                &plan.secs,
             ],
-        ) else {
-            continue;
-        };
-        rows.push(rr.row(
-            format!("{label}: deliveries/s"),
-            "deliveries_per_sec",
-            Some(("≥ 0.90×", |r| r >= 0.90)),
-        ));
-        rows.push(cpu_row(&label, &rr));
-        let losses = |wskit: bool| {
-            format!(
-                "{} / {} / {}",
-                rr.sum("missing", wskit),
-                rr.sum("duplicates", wskit),
-                rr.sum("errors", wskit)
-            )
-        };
-        rows.push(Row {
-            mode: format!("{label}: missing / dup / errors (all rounds)"),
-            baseline: losses(false),
-            wskit: losses(true),
-            ratio: "—".into(),
-            target: "0 / 0 / 0".into(),
-            met: Some(losses(true) == "0 / 0 / 0"),
-        });
-        rows.push(rr.row(format!("{label}: p50 µs"), "p50_us", None));
-        // The issue sets a latency target at the fixed rate only; at full speed it is context.
-        let p99_target: Option<Target> =
-            fixed_rate.then_some(("≤ 1.0× (no worse)", |r| r <= 1.0));
-        rows.push(rr.row(format!("{label}: p99 µs"), "p99_us", p99_target));
+        ) {
+            rows.push(rr.row(label.clone(), "rps", Some(("≥ 0.90×", |r| r >= 0.90))));
+            rows.push(cpu_row(&label, &rr));
+            let faults = |wskit: bool| rr.sum("errors", wskit) + rr.sum("mismatches", wskit);
+            rows.push(Row {
+                mode: format!("{label}: p99 µs / errors+mismatches"),
+                baseline: format!("{:.0} / {}", rr.median("p99_us", false), faults(false)),
+                wskit: format!("{:.0} / {}", rr.median("p99_us", true), faults(true)),
+                ratio: rr.ratio_text("p99_us"),
+                target: "no errors".into(),
+                met: Some(faults(false) == 0 && faults(true) == 0),
+            });
+        }
+
+        // RPC latency, one request at a time.
+        if let Some(rr) = pair(
+            "rpc 1×1",
+            plan.latency_rounds,
+            &[
+                "rpc",
+                "--conns",
+                "1",
+                "--inflight",
+                "1",
+                "--secs",
+                &plan.secs,
+            ],
+        ) {
+            rows.push(rr.row("rpc 1×1 p50 µs".into(), "p50_us", None));
+            rows.push(rr.row(
+                "rpc 1×1 p99 µs".into(),
+                "p99_us",
+                Some(("≤ 1.2×", |r| r <= 1.2)),
+            ));
+        }
+
+        // Fan-out at a fixed rate and at full speed.
+        for (rate, name) in [
+            (plan.rate.as_str(), format!("{} msg/s", plan.rate)),
+            ("max", "full speed".into()),
+        ] {
+            let fixed_rate = rate != "max";
+            let label = format!("fanout 1→{} {name}", plan.subs);
+            let rounds = if fixed_rate {
+                plan.latency_rounds
+            } else {
+                plan.rounds
+            };
+            let Some(rr) = pair(
+                &label,
+                rounds,
+                &[
+                    "fanout", "--subs", &plan.subs, "--pubs", "1", "--rate", rate, "--secs",
+                    &plan.secs,
+                ],
+            ) else {
+                continue;
+            };
+            rows.push(rr.row(
+                format!("{label}: deliveries/s"),
+                "deliveries_per_sec",
+                Some(("≥ 0.90×", |r| r >= 0.90)),
+            ));
+            rows.push(cpu_row(&label, &rr));
+            let losses = |wskit: bool| {
+                format!(
+                    "{} / {} / {}",
+                    rr.sum("missing", wskit),
+                    rr.sum("duplicates", wskit),
+                    rr.sum("errors", wskit)
+                )
+            };
+            rows.push(Row {
+                mode: format!("{label}: missing / dup / errors (all rounds)"),
+                baseline: losses(false),
+                wskit: losses(true),
+                ratio: "—".into(),
+                target: "0 / 0 / 0".into(),
+                met: Some(losses(true) == "0 / 0 / 0"),
+            });
+            rows.push(rr.row(format!("{label}: p50 µs"), "p50_us", None));
+            // The issue sets a latency target at the fixed rate only; at full speed it is context.
+            let p99_target: Option<Target> =
+                fixed_rate.then_some(("≤ 1.0× (no worse)", |r| r <= 1.0));
+            rows.push(rr.row(format!("{label}: p99 µs"), "p99_us", p99_target));
+        }
     }
 
     // Idle connections: 10,000, then as many as the open-files limit allows (up to 50,000).
@@ -523,21 +527,22 @@ pub(crate) fn run(quick: bool) -> ExitCode {
     }
     for n in idle_sizes {
         let mut out = Vec::new();
-        for kind in [Kind::Baseline, Kind::WsKit] {
+        for kind in [Kind::Baseline, Kind::WsKit, Kind::WsKitAxum] {
             match measure_idle(kind, n) {
                 Ok(v) => {
                     eprintln!("idle {n} {}: {v}", kind.name());
-                    out.push(v);
+                    out.push(Some(v));
                 }
                 Err(e) => {
                     eprintln!("idle {n} {}: FAILED: {e}", kind.name());
                     failures += 1;
+                    out.push(None);
                 }
             }
         }
-        if let [b, w] = &out[..] {
+        let opened = |v: &Value| v["opened"].as_u64().unwrap_or(0);
+        if let [Some(b), Some(w), _] = &out[..] {
             let (bb, wb) = (f(b, "bytes_per_conn"), f(w, "bytes_per_conn"));
-            let opened = |v: &Value| v["opened"].as_u64().unwrap_or(0);
             rows.push(Row {
                 mode: format!(
                     "idle {n} conns: bytes/conn (opened {}/{})",
@@ -549,6 +554,22 @@ pub(crate) fn run(quick: bool) -> ExitCode {
                 ratio: ratio_text(ratio(bb, wb)),
                 target: "≤ 6144 B".into(),
                 met: Some(wb <= 6144.0 && opened(w) as usize == n),
+            });
+        }
+        // The same router on axum, against ws-kit's own server (in the baseline column).
+        if let [_, Some(w), Some(a)] = &out[..] {
+            let (wb, ab) = (f(w, "bytes_per_conn"), f(a, "bytes_per_conn"));
+            rows.push(Row {
+                mode: format!(
+                    "idle {n} conns on axum: bytes/conn vs ws-kit's own server (opened {}/{})",
+                    opened(w),
+                    opened(a)
+                ),
+                baseline: format!("{wb:.0}"),
+                wskit: format!("{ab:.0}"),
+                ratio: ratio_text(ratio(wb, ab)),
+                target: "≤ 6144 B".into(),
+                met: Some(ab <= 6144.0 && opened(a) as usize == n),
             });
         }
     }

@@ -1,11 +1,11 @@
 //! `ws-kit-bench`: ws-kit against a hand-written tokio-tungstenite server, measured in the same run.
 //!
 //! ```text
-//! ws-kit-bench server ws-kit|baseline [--port P]
+//! ws-kit-bench server ws-kit|baseline|ws-kit-axum [--port P]
 //! ws-kit-bench load rpc    --url ws://127.0.0.1:P [--conns 64] [--inflight 16] [--secs 5]
 //! ws-kit-bench load fanout --url ws://127.0.0.1:P [--subs 1000] [--pubs 1] [--rate 2000|max] [--window 64] [--secs 5]
 //! ws-kit-bench load idle   --url ws://127.0.0.1:P [--conns 10000] [--hold 10]
-//! ws-kit-bench compare [--quick]
+//! ws-kit-bench compare [--quick] [--idle]   (--idle: the idle-memory rows alone)
 //! ws-kit-bench fuzz [--secs 10] [--inputs N] [--seed 1]
 //! ```
 //!
@@ -50,7 +50,7 @@ impl Flags {
     }
 }
 
-const USAGE: &str = "usage: ws-kit-bench server ws-kit|baseline [--port P] | load rpc|fanout|idle [--url ws://127.0.0.1:P ...] | compare [--quick] | fuzz [--secs S] [--inputs N] [--seed X]";
+const USAGE: &str = "usage: ws-kit-bench server ws-kit|baseline|ws-kit-axum [--port P] | load rpc|fanout|idle [--url ws://127.0.0.1:P ...] | compare [--quick] [--idle] | fuzz [--secs S] [--inputs N] [--seed X]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -71,7 +71,10 @@ fn main() -> ExitCode {
             let flags = Flags::parse(&args[2..]);
             run_load(&mode, &flags)
         }
-        Some("compare") => compare::run(args.iter().any(|a| a == "--quick")),
+        Some("compare") => compare::run(
+            args.iter().any(|a| a == "--quick"),
+            args.iter().any(|a| a == "--idle"),
+        ),
         Some("fuzz") => {
             let flags = Flags::parse(&args[1..]);
             fuzz::run(

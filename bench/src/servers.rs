@@ -24,6 +24,8 @@ pub(crate) enum Kind {
     WsKit,
     /// The hand-written tokio-tungstenite + serde_json server.
     Baseline,
+    /// The ws-kit router hosted on axum (`Service::axum_route`), for the idle-memory figure.
+    WsKitAxum,
 }
 
 impl Kind {
@@ -32,6 +34,7 @@ impl Kind {
         match s {
             "ws-kit" | "wskit" => Some(Kind::WsKit),
             "baseline" => Some(Kind::Baseline),
+            "ws-kit-axum" => Some(Kind::WsKitAxum),
             _ => None,
         }
     }
@@ -41,6 +44,7 @@ impl Kind {
         match self {
             Kind::WsKit => "ws-kit",
             Kind::Baseline => "baseline",
+            Kind::WsKitAxum => "ws-kit-axum",
         }
     }
 }
@@ -66,6 +70,22 @@ pub(crate) async fn bind(
                 addr,
                 Box::pin(async move {
                     let _ = server.run().await;
+                }),
+            ))
+        }
+        Kind::WsKitAxum => {
+            let options = ServeOptions::new().max_connections(usize::MAX);
+            let service = wskit_router()
+                .into_service(options)
+                .map_err(std::io::Error::other)?;
+            let app = axum::Router::new().route("/", service.axum_route());
+            let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+            let addr = listener.local_addr()?;
+            Ok((
+                addr,
+                Box::pin(async move {
+                    let make = app.into_make_service_with_connect_info::<SocketAddr>();
+                    let _ = axum::serve(listener, make).await;
                 }),
             ))
         }

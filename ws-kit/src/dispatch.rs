@@ -11,6 +11,7 @@ use crate::error::{Issue, WsError};
 use crate::event::ErrorKind;
 use crate::handler::{Handler, Route};
 use crate::message::{Message, Meta};
+use crate::metrics::{self, MessageType};
 use crate::middleware::{Chain, Next};
 use crate::task::{self, Task};
 use crate::wire::{self, Envelope};
@@ -95,6 +96,7 @@ fn launch<H: Handler>(
     global: &Chain<H::Data>,
 ) -> Option<Task> {
     let ty = H::Message::TYPE;
+    let metric = MessageType::of::<H::Message>();
     let rpc = H::Message::IS_RPC;
     let limits = &conn.inner.shared.limits;
     let cid = meta.correlation_id.clone();
@@ -134,6 +136,7 @@ fn launch<H: Handler>(
                     let err = WsError::already_exists(format!(
                         "correlation id `{id}` is already in flight"
                     ));
+                    metrics::message_answered(metric, Some(err.code()));
                     conn.report(ErrorKind::DuplicateCorrelation, Some(ty), Some(id), err);
                     return None;
                 }
@@ -144,6 +147,8 @@ fn launch<H: Handler>(
                     ))
                     .with_default_retry();
                     conn.push(wire::encode_error(true, &err, Some(id)));
+                    metrics::message_answered(metric, Some(err.code()));
+                    metrics::rpc_terminal(Some(err.code()));
                     conn.report(ErrorKind::InflightLimit, Some(ty), Some(id), err);
                     return None;
                 }
@@ -153,7 +158,7 @@ fn launch<H: Handler>(
     let message = match message {
         Ok(message) => message,
         Err(issues) => {
-            reject(conn, rpc, ty, cid.as_deref(), issues);
+            reject(conn, (ty, metric), rpc, cid.as_deref(), issues);
             return None;
         }
     };
@@ -190,7 +195,7 @@ fn launch<H: Handler>(
         Some(task::wrap(
             route.handler.call(ctx),
             conn,
-            ty,
+            (ty, metric),
             cid,
             slot,
             deadline,
@@ -210,19 +215,23 @@ fn launch<H: Handler>(
             Ok(())
         });
         let chain = Next::new(global.clone(), route.middleware.clone(), incoming, endpoint).run();
-        Some(task::wrap(chain, conn, ty, cid, slot, deadline))
+        Some(task::wrap(chain, conn, (ty, metric), cid, slot, deadline))
     }
 }
 
 /// Replies `INVALID_ARGUMENT` with `details.issues`.
 fn reject<D: Send + Sync + 'static>(
     conn: &Connection<D>,
+    (ty, metric): (&'static str, MessageType),
     rpc: bool,
-    ty: &str,
     cid: Option<&str>,
     issues: Vec<Issue>,
 ) {
     let err = WsError::validation(issues);
     conn.push(wire::encode_error(rpc, &err, cid));
+    metrics::message_answered(metric, Some(err.code()));
+    if rpc {
+        metrics::rpc_terminal(Some(err.code()));
+    }
     conn.report(ErrorKind::Validation, Some(ty), cid, err);
 }

@@ -29,6 +29,7 @@ mod handler;
 mod http_syntax;
 mod lazy_read;
 mod message;
+mod metrics;
 mod middleware;
 mod outbound;
 mod publisher;

@@ -1,5 +1,6 @@
 //! The per-connection outbound queue, bounded in bytes, drained by one writer task.
 
+use crate::metrics::{self, QueuedBytes};
 use crate::seal::SealKey;
 use futures_util::{Sink, SinkExt};
 use std::collections::VecDeque;
@@ -50,6 +51,8 @@ pub(crate) struct Outbound {
     reader: Notify,
     max_bytes: usize,
     policy: OverflowPolicy,
+    /// This queue's share of `ws_kit_outbound_queued_bytes`: follows `State::bytes`.
+    queued: QueuedBytes,
 }
 
 #[derive(Default)]
@@ -123,6 +126,7 @@ impl Outbound {
             reader: Notify::new(),
             max_bytes,
             policy,
+            queued: QueuedBytes::new(),
         }
     }
 
@@ -200,7 +204,9 @@ impl Outbound {
             match self.policy {
                 OverflowPolicy::Close => {
                     state.queue.clear();
+                    self.queued.sub(state.bytes);
                     state.bytes = 0;
+                    metrics::overflow_closed();
                     if let Some(sealing) = state.sealing.as_mut() {
                         sealing.clear = 0;
                     }
@@ -216,6 +222,7 @@ impl Outbound {
                         match state.queue.pop_front() {
                             Some(old) => {
                                 state.bytes -= old.len();
+                                self.queued.sub(old.len());
                                 if let Some(sealing) = state.sealing.as_mut() {
                                     sealing.clear = sealing.clear.saturating_sub(1);
                                 }
@@ -230,6 +237,7 @@ impl Outbound {
             }
         }
         state.bytes += len;
+        self.queued.add(len);
         state.queue.push_back(msg);
         Pushed::Queued {
             first: state.queue.len() == 1,
@@ -305,6 +313,7 @@ impl Outbound {
     #[cfg(feature = "bench")]
     pub(crate) fn take_all(&self) -> VecDeque<WsMessage> {
         let mut state = self.lock();
+        self.queued.sub(state.bytes);
         state.bytes = 0;
         std::mem::take(&mut state.queue)
     }
@@ -315,6 +324,8 @@ impl Outbound {
                 let mut state = self.lock();
                 let new_close = state.closing.is_some() && !state.close_taken;
                 if !state.queue.is_empty() || new_close || state.finished {
+                    // Taken to be written: no longer waiting.
+                    self.queued.sub(state.bytes);
                     state.bytes = 0;
                     state.close_taken |= new_close;
                     return Batch {
@@ -341,10 +352,19 @@ impl Outbound {
         let mut state = self.lock();
         state.dead = true;
         state.queue.clear();
+        self.queued.sub(state.bytes);
         state.bytes = 0;
         self.ended.store(true, Ordering::Release);
         drop(state);
         self.reader.notify_one();
+    }
+}
+
+impl Drop for Outbound {
+    /// What is still queued (a writer that never finished) leaves `ws_kit_outbound_queued_bytes`.
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        self.queued.sub(state.bytes);
     }
 }
 

@@ -88,7 +88,10 @@ impl Publisher {
         exclude: Option<ClientId>,
     ) -> PublishFuture {
         match wire::encode_message(msg, meta, layout) {
-            Ok(frame) => PublishFuture(self.pubsub.publish(topic, frame, exclude)),
+            Ok(frame) => {
+                crate::metrics::published();
+                PublishFuture(self.pubsub.publish(topic, frame, exclude))
+            }
             Err(e) => PublishFuture::failed(e),
         }
     }

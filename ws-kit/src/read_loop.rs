@@ -7,6 +7,7 @@ use crate::connection::Connection;
 use crate::error::{MAX_ISSUE_MESSAGE, MAX_QUOTED, WsError, clip};
 use crate::event::{CloseInfo, ErrorKind};
 use crate::lazy_read::{BudgetExhausted, ReadState};
+use crate::metrics::{self, MessageType};
 use crate::outbound::write_loop;
 use crate::task::{self, panic_message};
 use crate::wire;
@@ -45,8 +46,8 @@ pub(crate) fn now_ms(t: SystemTime) -> u64 {
 /// `reader` carries the connection, its router and its settings: one copy of each in this
 /// future's state, which every idle connection holds.
 ///
-/// A connection that comes in once shutdown has started is dropped at once. While it runs it is
-/// counted in `open`.
+/// A connection that comes in once shutdown has started (its upgrade was under way) is closed at
+/// once with 1001, never opened: no hooks run. While it runs it is counted in `open`.
 pub(crate) async fn run<D, S>(
     socket: S,
     mut reader: Reader<D>,
@@ -61,6 +62,17 @@ pub(crate) async fn run<D, S>(
         + 'static,
 {
     if *shutdown.borrow() {
+        use futures_util::SinkExt;
+        let mut socket = socket;
+        let close = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: close_code::AWAY.into(),
+            reason: "Server shutting down".into(),
+        };
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            socket.send(WsMessage::Close(Some(close))),
+        )
+        .await;
         return;
     }
     let _open = Counted::new(open);
@@ -258,12 +270,13 @@ async fn expired(timer: &mut Option<Pin<Box<Sleep>>>) {
     }
 }
 
-/// Counts a running connection while it lives.
+/// Counts a running connection while it lives (and in the `ws_kit_connections` gauge).
 struct Counted(Arc<AtomicUsize>);
 
 impl Counted {
     fn new(count: Arc<AtomicUsize>) -> Self {
         count.fetch_add(1, Ordering::Relaxed);
+        metrics::connection_opened();
         Counted(count)
     }
 }
@@ -271,6 +284,7 @@ impl Counted {
 impl Drop for Counted {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+        metrics::connection_closed();
     }
 }
 
@@ -564,6 +578,7 @@ impl<D: Send + Sync + 'static> Reader<D> {
     fn reject_unsealed(&self, message: &str) {
         let err = WsError::invalid_argument(message.to_string());
         self.conn.push(wire::encode_error(false, &err, None));
+        metrics::message_answered(MessageType::INVALID, Some(err.code()));
         self.conn.report(ErrorKind::Unsealed, None, None, err);
     }
 
@@ -616,6 +631,14 @@ impl<D: Send + Sync + 'static> Reader<D> {
             .filter(|cid| cid.len() <= wire::MAX_CORRELATION_ID);
         let err = WsError::unauthenticated(format!("not authenticated: send `{}` first", gate.tag));
         self.conn.push(wire::encode_error(cid.is_some(), &err, cid));
+        let metric = self
+            .app
+            .find(ty)
+            .map_or(MessageType::UNKNOWN, |route| route.metric());
+        metrics::message_answered(metric, Some(err.code()));
+        if cid.is_some() {
+            metrics::rpc_terminal(Some(err.code()));
+        }
         self.conn.report(
             ErrorKind::Unauthenticated,
             Some(&clip(ty, MAX_QUOTED)),
@@ -716,6 +739,7 @@ impl<D: Send + Sync + 'static> Reader<D> {
                 .with_details(serde_json::json!({ "size": text.len(), "limit": max }))
                 .with_default_retry();
             conn.push(wire::encode_error(false, &err, None));
+            metrics::message_answered(MessageType::INVALID, Some(err.code()));
             conn.report(ErrorKind::PayloadTooLarge, None, None, err);
             return;
         }
@@ -738,10 +762,12 @@ impl<D: Send + Sync + 'static> Reader<D> {
         match &*env.ty {
             "__heartbeat" => {
                 conn.push(wire::heartbeat_ack(now_ms(received_at)));
+                metrics::message_answered(MessageType::HEARTBEAT, None);
                 return;
             }
             "$ws:abort" => {
                 conn.abort(cid);
+                metrics::message_answered(MessageType::ABORT, None);
                 return;
             }
             ty if wire::is_reserved(ty) => {
@@ -750,6 +776,7 @@ impl<D: Send + Sync + 'static> Reader<D> {
                     clip(ty, MAX_QUOTED)
                 ));
                 conn.push(wire::encode_error(false, &err, cid));
+                metrics::message_answered(MessageType::RESERVED, Some(err.code()));
                 conn.report(ErrorKind::ReservedType, Some(ty), cid, err);
                 return;
             }
@@ -761,6 +788,10 @@ impl<D: Send + Sync + 'static> Reader<D> {
                 clip(&env.ty, MAX_QUOTED)
             ));
             conn.push(wire::encode_error(cid.is_some(), &err, cid));
+            metrics::message_answered(MessageType::UNKNOWN, Some(err.code()));
+            if cid.is_some() {
+                metrics::rpc_terminal(Some(err.code()));
+            }
             conn.report(ErrorKind::UnknownType, Some(&env.ty), cid, err);
             return;
         };
@@ -774,5 +805,6 @@ fn invalid_frame<D: Send + Sync + 'static>(conn: &Connection<D>, message: String
     // serde_json's messages may quote the input: keep the reply small whatever it was.
     let err = WsError::invalid_argument(clip(&message, MAX_ISSUE_MESSAGE).into_owned());
     conn.push(wire::encode_error(false, &err, None));
+    metrics::message_answered(MessageType::INVALID, Some(err.code()));
     conn.report(ErrorKind::InvalidFrame, None, None, err);
 }

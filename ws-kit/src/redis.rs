@@ -17,6 +17,7 @@
 //! with backoff and resubscribes every channel it still needs.
 
 use crate::error::{Error, ErrorCode, WsError};
+use crate::metrics::{self, Started};
 use crate::publisher::Publisher;
 use crate::pubsub::{Capability, ClientId, LocalTopics, PubSub, PublishResult, Subscriber};
 use bytes::Bytes;
@@ -167,6 +168,8 @@ struct PublishJob {
     channel: String,
     payload: Vec<u8>,
     done: oneshot::Sender<redis::RedisResult<()>>,
+    /// When `publish` queued it, for `ws_kit_redis_lag_seconds`.
+    queued: Started,
 }
 
 const STRIPES: usize = 64;
@@ -210,6 +213,7 @@ impl RedisPubSub {
             match push.kind {
                 PushKind::Message => deliver(&push_local, &prefix, instance, push.data),
                 PushKind::Disconnection if push_connected.swap(false, Ordering::SeqCst) => {
+                    metrics::redis_connected(false);
                     tracing::warn!("redis pub/sub connection lost; reconnecting");
                 }
                 _ => {}
@@ -241,6 +245,7 @@ impl RedisPubSub {
             connected,
             out_of_step: AtomicBool::new(false),
         });
+        metrics::redis_connected(true);
         tokio::spawn(publish_loop(job_queue, conn, options.publish_timeout));
         tokio::spawn(health(Arc::downgrade(&inner), options.health_interval));
         Ok(RedisPubSub { inner })
@@ -359,6 +364,7 @@ impl Inner {
 
     fn unavailable(&self, e: redis::RedisError) -> WsError {
         if self.connected.swap(false, Ordering::SeqCst) {
+            metrics::redis_connected(false);
             tracing::warn!(error = %e, "redis unreachable");
         }
         unavailable("pub/sub backend unavailable")
@@ -399,6 +405,9 @@ async fn publish_loop(
             ))),
         };
         for job in batch.drain(..) {
+            if result.is_ok() {
+                metrics::redis_published(job.queued);
+            }
             let _ = job.done.send(result.clone());
         }
     }
@@ -444,6 +453,7 @@ async fn health(inner: Weak<Inner>, interval: Duration) {
             .await
             .is_ok_and(|r| r.is_ok());
         let was = inner.connected.swap(ok, Ordering::SeqCst);
+        metrics::redis_connected(ok);
         match (was, ok) {
             (false, true) => {
                 tracing::info!("redis pub/sub connection restored");
@@ -571,6 +581,7 @@ impl PubSub for RedisPubSub {
             channel: self.inner.channel(topic),
             payload: encode_envelope(self.inner.instance, &frame, exclude),
             done,
+            queued: Started::now(),
         };
         if self.inner.jobs.try_send(job).is_err() {
             return Box::pin(std::future::ready(PublishResult::failed(unavailable(
@@ -590,6 +601,7 @@ impl PubSub for RedisPubSub {
                 Ok(Ok(Err(e))) => PublishResult::failed(inner.unavailable(e)),
                 Ok(Err(_)) | Err(_) => {
                     inner.connected.store(false, Ordering::SeqCst);
+                    metrics::redis_connected(false);
                     PublishResult::failed(unavailable("pub/sub backend timed out"))
                 }
             }

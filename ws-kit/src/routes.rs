@@ -5,6 +5,7 @@ use crate::connection::Connection;
 use crate::dispatch::{self, Declined};
 use crate::handler::{Handler, IntoRoute, Route};
 use crate::message::Message;
+use crate::metrics::MessageType;
 use crate::middleware::Chain;
 use crate::task::Task;
 use crate::wire::Envelope;
@@ -17,6 +18,8 @@ use std::time::SystemTime;
 pub(crate) trait DynRoute<D>: Send + Sync {
     /// Whether frames after this one wait until its handler finished.
     fn ordered(&self) -> bool;
+    /// The `type` label of its messages' metrics.
+    fn metric(&self) -> MessageType;
     /// The full path: a parsed envelope.
     fn dispatch(
         &self,
@@ -38,6 +41,10 @@ pub(crate) trait DynRoute<D>: Send + Sync {
 impl<H: Handler> DynRoute<H::Data> for Route<H> {
     fn ordered(&self) -> bool {
         self.ordered
+    }
+
+    fn metric(&self) -> MessageType {
+        MessageType::of::<H::Message>()
     }
 
     fn dispatch(

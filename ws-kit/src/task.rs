@@ -7,6 +7,7 @@ use crate::connection::Connection;
 use crate::connection::rpc::RpcSlot;
 use crate::error::{ErrorCode, WsError};
 use crate::event::ErrorKind;
+use crate::metrics::{self, MessageType, Started};
 use crate::wire;
 use futures_util::future::BoxFuture;
 use std::any::Any;
@@ -40,7 +41,7 @@ pub(crate) fn start(task: Task, tasks: &mut JoinSet<()>) {
 pub(crate) fn wrap<D, F, R>(
     work: F,
     conn: Connection<D>,
-    ty: &'static str,
+    (ty, metric): (&'static str, MessageType),
     cid: Option<Arc<str>>,
     slot: Option<Arc<RpcSlot>>,
     deadline: Option<Instant>,
@@ -54,9 +55,9 @@ where
     // relaxed load, and the task is built exactly as without tracing.
     if tracing::dispatcher::has_been_set() {
         let span = message_span(ty, cid.as_deref());
-        return in_span(build(work, conn, ty, cid, slot, deadline), span);
+        return in_span(build(work, conn, (ty, metric), cid, slot, deadline), span);
     }
-    build(work, conn, ty, cid, slot, deadline)
+    build(work, conn, (ty, metric), cid, slot, deadline)
 }
 
 /// The task itself: an event's, or a request's with its in-flight guard.
@@ -64,7 +65,7 @@ where
 fn build<D, F, R>(
     work: F,
     conn: Connection<D>,
-    ty: &'static str,
+    (ty, metric): (&'static str, MessageType),
     cid: Option<Arc<str>>,
     slot: Option<Arc<RpcSlot>>,
     deadline: Option<Instant>,
@@ -74,12 +75,16 @@ where
     F: Future<Output = Result<R, WsError>> + Send + 'static,
     R: ReplyFrame,
 {
+    // The handler's start, for its duration (no clock read without the `metrics` feature).
+    let started = Started::now();
     match slot {
         None => Box::pin(EventTask {
             work,
             conn,
             ty,
             cid,
+            metric,
+            started,
         }),
         Some(slot) => Box::pin(RpcTask {
             work,
@@ -91,6 +96,8 @@ where
             ty,
             deadline,
             timer: None,
+            metric,
+            started,
         }),
     }
 }
@@ -162,7 +169,9 @@ pub(crate) fn send_reply<D: Send + Sync + 'static, R: ReplyFrame>(
         return Ok(());
     };
     let frame = frame?;
-    if !slot.terminal(&conn.inner.out, || frame) {
+    if slot.terminal(&conn.inner.out, || frame) {
+        metrics::rpc_terminal(None);
+    } else {
         conn.report(
             ErrorKind::AfterTerminal,
             Some(ty),
@@ -193,6 +202,8 @@ pin_project_lite::pin_project! {
         conn: Connection<D>,
         ty: &'static str,
         cid: Option<Arc<str>>,
+        metric: MessageType,
+        started: Started,
     }
 }
 
@@ -208,12 +219,14 @@ where
         let end = std::task::ready!(poll_work(this.work, cx));
         let (conn, ty, cid) = (&*this.conn, *this.ty, this.cid.as_deref());
         match end {
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) => metrics::message_handled(*this.metric, None, *this.started),
             Ok(Err(err)) => {
+                metrics::message_handled(*this.metric, Some(err.code()), *this.started);
                 conn.push(wire::encode_error(false, &err, cid));
                 conn.report(ErrorKind::Handler, Some(ty), cid, err);
             }
             Err(panic) => {
+                metrics::message_handled(*this.metric, Some(&ErrorCode::Internal), *this.started);
                 conn.push(wire::encode_error(
                     false,
                     &WsError::from_code(ErrorCode::Internal).with_default_retry(),
@@ -293,6 +306,8 @@ pin_project_lite::pin_project! {
         ty: &'static str,
         deadline: Option<Instant>,
         timer: Option<Pin<Box<tokio::time::Sleep>>>,
+        metric: MessageType,
+        started: Started,
     }
 }
 
@@ -333,41 +348,48 @@ where
                 }
             }
         };
-        finish_rpc(&this.guard.conn, &this.guard.slot, this.ty, end);
+        let code = finish_rpc(&this.guard.conn, &this.guard.slot, this.ty, end);
+        metrics::message_handled(*this.metric, code.as_ref(), *this.started);
         Poll::Ready(())
     }
 }
 
-/// Sends a request's terminal frame if none was sent, and reports how it ended.
+/// Sends a request's terminal frame if none was sent, and reports how it ended. Returns its
+/// outcome for the metrics: `None` for a reply, else the error's code.
 fn finish_rpc<D: Send + Sync + 'static, R: ReplyFrame>(
     conn: &Connection<D>,
     slot: &RpcSlot,
     ty: &'static str,
     end: RpcEnd<R>,
-) {
+) -> Option<ErrorCode> {
     let cid = slot.correlation_id.as_deref();
     let out = &conn.inner.out;
     let terminal = |err: WsError, kind: ErrorKind, report: WsError| {
         if slot.terminal(out, || wire::encode_error(true, &err, cid)) {
+            metrics::rpc_terminal(Some(err.code()));
             conn.report(kind, Some(ty), cid, report);
         }
     };
     let failed = |err: WsError| {
+        let code = err.code().clone();
         if slot.terminal(out, || wire::encode_error(true, &err, cid)) {
+            metrics::rpc_terminal(Some(&code));
             conn.report(ErrorKind::Handler, Some(ty), cid, err);
         } else {
             conn.report(ErrorKind::AfterTerminal, Some(ty), cid, err);
         }
+        Some(code)
     };
     match end {
         // The common case: the handler's reply becomes the terminal.
         RpcEnd::Finished(Ok(Ok(reply))) => match send_reply(conn, slot, ty, cid, &reply) {
-            Ok(()) if slot.is_done() => {}
+            Ok(()) if slot.is_done() => None,
             // Only the middleware chain ends with `()` and no terminal: it never ran the handler.
             Ok(()) => {
                 let err = WsError::internal("RPC middleware finished without running the handler")
                     .with_default_retry();
                 terminal(err.clone(), ErrorKind::MissingTerminal, err);
+                Some(ErrorCode::Internal)
             }
             Err(err) => failed(err),
         },
@@ -378,11 +400,14 @@ fn finish_rpc<D: Send + Sync + 'static, R: ReplyFrame>(
                 ErrorKind::Panic,
                 WsError::internal(panic_message(&*panic)),
             );
+            Some(ErrorCode::Internal)
         }
-        RpcEnd::Cancelled => {}
+        // `$ws:abort` sent the terminal (`Connection::abort`).
+        RpcEnd::Cancelled => Some(ErrorCode::Cancelled),
         RpcEnd::DeadlineExceeded => {
             let err = WsError::deadline_exceeded("Request deadline exceeded").with_default_retry();
             terminal(err.clone(), ErrorKind::DeadlineExceeded, err);
+            Some(ErrorCode::DeadlineExceeded)
         }
     }
 }

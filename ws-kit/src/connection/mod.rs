@@ -433,6 +433,7 @@ impl<D: Send + Sync + 'static> Connection<D> {
             if slot.terminal(&self.inner.out, || {
                 wire::encode_error(true, &err, Some(cid))
             }) {
+                crate::metrics::rpc_terminal(Some(err.code()));
                 slot.cancel();
             }
         }

@@ -113,9 +113,12 @@ impl LocalTopics {
         let Some(subs) = topics.get(topic) else {
             return 0;
         };
-        subs.iter()
+        let delivered = subs
+            .iter()
             .filter(|s| Some(s.id) != exclude)
             .filter(|s| s.deliver(frame))
-            .count()
+            .count();
+        crate::metrics::delivered(delivered);
+        delivered
     }
 }

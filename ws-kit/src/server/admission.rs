@@ -44,7 +44,8 @@ impl Full {
 #[derive(Debug)]
 pub(super) struct Permit {
     admission: Arc<Admission>,
-    ip: IpAddr,
+    /// The address counted, when it is known.
+    ip: Option<IpAddr>,
 }
 
 impl Admission {
@@ -58,15 +59,25 @@ impl Admission {
 
     /// Counts a socket from `ip`, unless the instance or the address is full.
     pub(super) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, Full> {
+        self.admit_from(Some(ip))
+    }
+
+    /// Counts a socket from `ip`, or from an address not known (a stream handed over by a host
+    /// that does not say): that one counts against the instance only.
+    pub(super) fn admit_from(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<Permit, Full> {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         if counts.total >= self.max_total {
+            crate::metrics::upgrade_rejected(crate::metrics::reason::FULL);
             return Err(Full::Instance);
         }
-        let here = counts.per_ip.entry(ip).or_insert(0);
-        if *here >= self.max_per_ip {
-            return Err(Full::Address);
+        if let Some(ip) = ip {
+            let here = counts.per_ip.entry(ip).or_insert(0);
+            if *here >= self.max_per_ip {
+                crate::metrics::upgrade_rejected(crate::metrics::reason::FULL_PER_IP);
+                return Err(Full::Address);
+            }
+            *here += 1;
         }
-        *here += 1;
         counts.total += 1;
         Ok(Permit {
             admission: self.clone(),
@@ -88,10 +99,12 @@ impl Drop for Permit {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         counts.total -= 1;
-        if let Some(here) = counts.per_ip.get_mut(&self.ip) {
+        if let Some(ip) = self.ip
+            && let Some(here) = counts.per_ip.get_mut(&ip)
+        {
             *here -= 1;
             if *here == 0 {
-                counts.per_ip.remove(&self.ip);
+                counts.per_ip.remove(&ip);
             }
         }
     }

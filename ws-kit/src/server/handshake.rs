@@ -4,6 +4,7 @@
 
 use super::options::ServeOptions;
 use crate::http_syntax::percent_decode;
+use crate::metrics;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use std::panic::AssertUnwindSafe;
@@ -87,13 +88,15 @@ impl<D> Clone for AuthHook<D> {
 }
 
 /// The app's checks of an upgrade request, in order: path (404), Origin (403), then
-/// `authenticate` (401 or the hook's answer). A hook that panics refuses with 500.
+/// `authenticate` (401 or the hook's answer). A hook that panics refuses with 500. Every host
+/// comes through here, so the refusals are counted here (`ws_kit_upgrades_rejected_total`).
 pub(crate) async fn admit<D>(opts: &ServeOptions<D>, req: UpgradeRequest) -> Result<D, Rejection> {
     if opts
         .path
         .as_ref()
         .is_some_and(|path| req.uri().path() != path)
     {
+        metrics::upgrade_rejected(metrics::reason::PATH);
         return Err(Rejection {
             status: 404,
             body: "Not Found".into(),
@@ -102,6 +105,7 @@ pub(crate) async fn admit<D>(opts: &ServeOptions<D>, req: UpgradeRequest) -> Res
     if let Some(allowed) = &opts.allowed_origins {
         let origin = req.headers().get("origin").and_then(|o| o.to_str().ok());
         if !origin.is_some_and(|o| allowed.iter().any(|a| a == o)) {
+            metrics::upgrade_rejected(metrics::reason::ORIGIN);
             return Err(Rejection::forbidden());
         }
     }
@@ -115,14 +119,18 @@ pub(crate) async fn admit<D>(opts: &ServeOptions<D>, req: UpgradeRequest) -> Res
                 .await
         }
     };
-    outcome.unwrap_or_else(|panic| {
+    let outcome = outcome.unwrap_or_else(|panic| {
         let message = crate::task::panic_message(&*panic);
         tracing::error!(error = %message, "the authenticate hook panicked");
         Err(Rejection {
             status: 500,
             body: "Internal Server Error".into(),
         })
-    })
+    });
+    if outcome.is_err() {
+        metrics::upgrade_rejected(metrics::reason::UNAUTHORIZED);
+    }
+    outcome
 }
 
 /// The upgrade's answer: the subprotocol selected and `x-client-id`.

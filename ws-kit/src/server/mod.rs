@@ -2,6 +2,8 @@
 //! [`Service`] it drives, the handshake and the options live in the submodules.
 
 mod admission;
+#[cfg(feature = "axum")]
+mod axum;
 mod handshake;
 mod options;
 mod service;
@@ -169,9 +171,11 @@ impl<D: Send + Sync + 'static> Server<D> {
                         let stream = match tokio::time::timeout(timeout, handshake).await {
                             Ok(Ok(stream)) => stream,
                             Ok(Err(e)) => {
+                                crate::metrics::upgrade_rejected(crate::metrics::reason::TLS);
                                 return tracing::debug!(error = %e, %peer, "TLS handshake failed");
                             }
                             Err(_) => {
+                                crate::metrics::upgrade_rejected(crate::metrics::reason::TIMEOUT);
                                 return tracing::debug!(%peer, "TLS handshake timed out");
                             }
                         };

@@ -60,6 +60,9 @@ struct ServiceInner<D> {
     admission: Arc<Admission>,
     /// Bytes of unfinished messages every connection together may hold.
     budget: Arc<InboundBudget>,
+    /// Connections this service runs in tasks of its own (hosted on axum), for
+    /// [`Service::graceful_shutdown`] to wait for.
+    hosted: Arc<watch::Sender<usize>>,
 }
 
 impl<D: Send + Sync + 'static, S: Send + Sync + 'static> Router<D, S> {
@@ -80,6 +83,7 @@ impl<D: Send + Sync + 'static, S: Send + Sync + 'static> Router<D, S> {
                 connections: Arc::default(),
                 admission,
                 budget,
+                hosted: Arc::new(watch::channel(0).0),
             }),
         })
     }
@@ -127,7 +131,10 @@ impl<D: Send + Sync + 'static> Service<D> {
                 Ok(Ok(None)) => return Ok(()),
                 Ok(Err(e)) => return Err(e),
                 // The stream is dropped with the handshake: a client this slow gets no answer.
-                Err(_) => return Err(Error::HandshakeTimeout),
+                Err(_) => {
+                    crate::metrics::upgrade_rejected(crate::metrics::reason::TIMEOUT);
+                    return Err(Error::HandshakeTimeout);
+                }
             };
         let (_, run) = self.open_transport(socket, client_id, remote_addr, data, Some(state));
         run.await;
@@ -158,7 +165,10 @@ impl<D: Send + Sync + 'static> Service<D> {
                         upgrade::send_page(&mut stream, page).await;
                         return Ok(None);
                     }
-                    Some(Ok(None)) | None => refusal,
+                    Some(Ok(None)) | None => {
+                        crate::metrics::upgrade_rejected(crate::metrics::reason::MALFORMED);
+                        refusal
+                    }
                     // A page handler that panics costs its one request a 500.
                     Some(Err(_)) => Refusal::rejected(Rejection {
                         status: 500,
@@ -169,6 +179,7 @@ impl<D: Send + Sync + 'static> Service<D> {
                 return Err(Error::Refused(refusal.status));
             }
             Err(Some(refusal)) => {
+                crate::metrics::upgrade_rejected(crate::metrics::check_reason(refusal.status));
                 refusal.send(&mut stream).await;
                 return Err(Error::Refused(refusal.status));
             }
@@ -191,16 +202,7 @@ impl<D: Send + Sync + 'static> Service<D> {
         let callback = |req: &Request, response: Response| -> Result<Response, ErrorResponse> {
             Ok(handshake::respond(opts, req, response, client_id))
         };
-        let hard_max = self.max_frame_bytes();
-        let write_buffer = 8 * 1024;
-        let config = WebSocketConfig::default()
-            .read_buffer_size(opts.read_buffer_size)
-            .write_buffer_size(write_buffer)
-            // What tungstenite itself queues for the peer (pongs, the close reply, frames being
-            // written) is bounded too, by the same allowance as the outbound queue.
-            .max_write_buffer_size(write_buffer + opts.max_queued_bytes.max(1))
-            .max_message_size(Some(hard_max))
-            .max_frame_size(Some(hard_max));
+        let config = self.socket_config();
         let state = Arc::new(ReadState::new(Some(self.inner.budget.clone())));
         let socket = tokio_tungstenite::accept_hdr_async_with_config(
             LazyRead::new(stream, state.clone(), head),
@@ -209,12 +211,28 @@ impl<D: Send + Sync + 'static> Service<D> {
         )
         .await
         .map_err(Error::WebSocket)?;
+        crate::metrics::upgraded();
         Ok(Some((socket, client_id, data, (remote_addr, state))))
     }
 
+    /// tungstenite's configuration of every connection: buffers and frame limits.
+    pub(super) fn socket_config(&self) -> WebSocketConfig {
+        let opts = &self.inner.options;
+        let hard_max = self.max_frame_bytes();
+        let write_buffer = 8 * 1024;
+        WebSocketConfig::default()
+            .read_buffer_size(opts.read_buffer_size)
+            .write_buffer_size(write_buffer)
+            // What tungstenite itself queues for the peer (pongs, the close reply, frames being
+            // written) is bounded too, by the same allowance as the outbound queue.
+            .max_write_buffer_size(write_buffer + opts.max_queued_bytes.max(1))
+            .max_message_size(Some(hard_max))
+            .max_frame_size(Some(hard_max))
+    }
+
     /// Runs the app's checks of an upgrade request (path, Origin, `authenticate`) as an upgrade
-    /// would, without a socket: the testing harness's way in.
-    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    /// would, without a socket: the testing harness's way in, and axum's.
+    #[cfg_attr(not(any(feature = "testing", feature = "axum")), allow(dead_code))]
     pub(crate) async fn admit(&self, request: UpgradeRequest) -> Result<D, Rejection> {
         handshake::admit(&self.inner.options, request).await
     }
@@ -234,6 +252,30 @@ impl<D: Send + Sync + 'static> Service<D> {
     /// once they are done.
     pub fn shutdown(&self) {
         self.inner.shutdown.send_replace(true);
+    }
+
+    /// [`Service::shutdown`], then waits (at most `shutdown_timeout`) until the connections this
+    /// service runs in tasks of its own, those hosted on axum, have closed and their close hooks
+    /// have run. For axum's `with_graceful_shutdown`: the WebSocket connections end first, then
+    /// axum stops accepting and drains its HTTP requests. New upgrades meanwhile get `503`.
+    pub async fn graceful_shutdown(&self) {
+        self.shutdown();
+        let mut hosted = self.inner.hosted.subscribe();
+        let _ = tokio::time::timeout(
+            self.inner.options.shutdown_timeout,
+            hosted.wait_for(|open| *open == 0),
+        )
+        .await;
+    }
+}
+
+/// A connection this service runs in a task of its own, counted until dropped.
+#[cfg_attr(not(feature = "axum"), allow(dead_code))]
+pub(super) struct Hosted(Arc<watch::Sender<usize>>);
+
+impl Drop for Hosted {
+    fn drop(&mut self) {
+        self.0.send_modify(|open| *open -= 1);
     }
 }
 
@@ -255,13 +297,38 @@ impl<D> Service<D> {
         self.inner.shutdown.subscribe()
     }
 
+    /// Whether a graceful shutdown has started.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(super) fn shutting_down(&self) -> bool {
+        *self.inner.shutdown.borrow()
+    }
+
+    /// Counts a connection run in a task of its own until the guard drops.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(super) fn hosted(&self) -> Hosted {
+        self.inner.hosted.send_modify(|open| *open += 1);
+        Hosted(self.inner.hosted.clone())
+    }
+
+    /// The bytes of unfinished messages all connections together may hold.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(super) fn inbound_budget(&self) -> Arc<InboundBudget> {
+        self.inner.budget.clone()
+    }
+
+    /// The options the service was built with.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(super) fn options(&self) -> &ServeOptions<D> {
+        &self.inner.options
+    }
+
     /// How long graceful shutdown waits for connections to close.
     pub(super) fn shutdown_timeout(&self) -> Duration {
         self.inner.options.shutdown_timeout
     }
 
     /// How long an upgrade (and a TLS handshake before it) may take.
-    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "tls", feature = "axum")), allow(dead_code))]
     pub(super) fn handshake_timeout(&self) -> Duration {
         self.inner.options.handshake_timeout
     }

@@ -27,7 +27,17 @@ pub(super) struct Refusal {
 }
 
 impl Refusal {
-    fn bad(body: &'static str) -> Self {
+    /// `426` with the version we speak.
+    pub(super) fn version() -> Self {
+        Refusal {
+            status: 426,
+            reason: "Upgrade Required".into(),
+            body: "Unsupported WebSocket version; this server speaks 13".into(),
+            header: "Sec-WebSocket-Version: 13\r\n",
+        }
+    }
+
+    pub(super) fn bad(body: &'static str) -> Self {
         Refusal {
             status: 400,
             reason: "Bad Request".into(),
@@ -58,6 +68,18 @@ impl Refusal {
             body: rejection.body.into(),
             header: "",
         }
+    }
+
+    /// Status, extra header (name and value) and body, for a host's own response type (axum).
+    #[cfg(feature = "axum")]
+    pub(super) fn into_parts(self) -> (StatusCode, Option<(HeaderName, &'static str)>, String) {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_REQUEST);
+        let header = self
+            .header
+            .trim_end()
+            .split_once(": ")
+            .and_then(|(name, value)| Some((HeaderName::from_bytes(name.as_bytes()).ok()?, value)));
+        (status, header, self.body.into_owned())
     }
 
     /// The whole HTTP response.
@@ -152,10 +174,28 @@ fn check(head: &[u8]) -> Result<Checked, Refusal> {
     if version != Some(1) {
         return Err(Refusal::bad("A WebSocket upgrade needs HTTP/1.1"));
     }
-    let headers: &[httparse::Header<'_>] = request.headers;
-    let values = |name: &'static str| header_values(headers, name);
+    let path = request.path.unwrap_or("/");
+    let request =
+        to_request(path, request.headers).ok_or_else(|| Refusal::bad("Malformed HTTP request"))?;
+    match check_headers(request.headers())? {
+        None => Ok(Checked::Upgrade(request)),
+        Some(refusal) => Ok(Checked::Plain(request, refusal)),
+    }
+}
+
+/// The header checks of RFC 6455 section 4.2.1, on a request from our own parser or from hyper
+/// (axum). `Ok(None)`: a WebSocket upgrade; `Ok(Some(..))`: a plain request (no `Upgrade:
+/// websocket`) and the refusal it gets unless the app answers it; `Err`: a malformed upgrade.
+pub(super) fn check_headers(headers: &http::HeaderMap) -> Result<Option<Refusal>, Refusal> {
+    // A value that is not visible ASCII reads as a NUL, which no check accepts.
+    let values = |name: &'static str| {
+        headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap_or("\u{0}"))
+    };
     let lists = |name: &'static str| {
-        header_values(headers, name)
+        values(name)
             .flat_map(|v| v.split(','))
             .map(str::trim)
             .filter(|v| !v.is_empty())
@@ -163,13 +203,8 @@ fn check(head: &[u8]) -> Result<Checked, Refusal> {
     if values("host").next().is_none() {
         return Err(Refusal::bad("Missing Host header"));
     }
-    let path = request.path.unwrap_or("/");
     if !lists("upgrade").any(|v| v.eq_ignore_ascii_case("websocket")) {
-        let refusal = Refusal::bad("Not a WebSocket upgrade request");
-        return match to_request(path, headers) {
-            Some(plain) => Ok(Checked::Plain(plain, refusal)),
-            None => Err(refusal),
-        };
+        return Ok(Some(Refusal::bad("Not a WebSocket upgrade request")));
     }
     if !lists("connection").any(|v| v.eq_ignore_ascii_case("upgrade")) {
         return Err(Refusal::bad("Not a WebSocket upgrade request"));
@@ -177,14 +212,7 @@ fn check(head: &[u8]) -> Result<Checked, Refusal> {
     match values("sec-websocket-version").next() {
         None => return Err(Refusal::bad("Missing Sec-WebSocket-Version header")),
         Some(v) if v.trim() == "13" => {}
-        Some(_) => {
-            return Err(Refusal {
-                status: 426,
-                reason: "Upgrade Required".into(),
-                body: "Unsupported WebSocket version; this server speaks 13".into(),
-                header: "Sec-WebSocket-Version: 13\r\n",
-            });
-        }
+        Some(_) => return Err(Refusal::version()),
     }
     let mut keys = values("sec-websocket-key");
     match (keys.next(), keys.next()) {
@@ -197,9 +225,7 @@ fn check(head: &[u8]) -> Result<Checked, Refusal> {
     {
         return Err(Refusal::bad("Invalid Sec-WebSocket-Protocol header"));
     }
-    to_request(path, headers)
-        .map(Checked::Upgrade)
-        .ok_or_else(|| Refusal::bad("Malformed HTTP request"))
+    Ok(None)
 }
 
 /// Writes the app's answer to a plain `GET` and closes, best effort (as [`Refusal::send`]).
@@ -242,18 +268,6 @@ fn to_request(path: &str, headers: &[httparse::Header<'_>]) -> Option<UpgradeReq
         map.append(name, HeaderValue::from_bytes(header.value).ok()?);
     }
     Some(request)
-}
-
-/// The values of the header `name` (any case); a value that is not UTF-8 reads as a NUL, which
-/// no check accepts.
-fn header_values<'h>(
-    headers: &'h [httparse::Header<'h>],
-    name: &'static str,
-) -> impl Iterator<Item = &'h str> + 'h {
-    headers
-        .iter()
-        .filter(move |h| h.name.eq_ignore_ascii_case(name))
-        .map(|h| std::str::from_utf8(h.value).unwrap_or("\u{0}"))
 }
 
 /// Whether `key` is the base64 of 16 bytes: 22 characters of the alphabet, then `==`.
