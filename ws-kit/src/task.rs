@@ -52,12 +52,17 @@ where
     R: ReplyFrame,
 {
     // A span per message only when a subscriber was ever installed: until then this is one
-    // relaxed load, and the task is built exactly as without tracing.
-    if tracing::dispatcher::has_been_set() {
-        let span = message_span(ty, cid.as_deref());
-        return in_span(build(work, conn, (ty, metric), cid, slot, deadline), span);
+    // relaxed load. The task is built at one place either way (two would inline it twice).
+    let span = if tracing::dispatcher::has_been_set() {
+        message_span(ty, cid.as_deref())
+    } else {
+        None
+    };
+    let task = build(work, conn, (ty, metric), cid, slot, deadline);
+    match span {
+        None => task,
+        Some(span) => in_span(task, span),
     }
-    build(work, conn, (ty, metric), cid, slot, deadline)
 }
 
 /// The task itself: an event's, or a request's with its in-flight guard.
@@ -105,23 +110,21 @@ where
 /// The `ws.message` span of a frame's task.
 #[cold]
 #[inline(never)]
-fn message_span(ty: &'static str, cid: Option<&str>) -> tracing::Span {
-    tracing::debug_span!(
+fn message_span(ty: &'static str, cid: Option<&str>) -> Option<tracing::Span> {
+    let span = tracing::debug_span!(
         "ws.message",
         r#type = ty,
         correlation_id = cid,
         outcome = "ok",
         duration_us = tracing::field::Empty,
-    )
+    );
+    (!span.is_disabled()).then_some(span)
 }
 
 /// A task inside its span, when the subscriber wants the span.
 #[cold]
 #[inline(never)]
 fn in_span(task: Task, span: tracing::Span) -> Task {
-    if span.is_disabled() {
-        return task;
-    }
     Box::pin(Traced {
         task,
         span,
