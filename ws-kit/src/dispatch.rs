@@ -181,6 +181,7 @@ fn launch<H: Handler>(
         tokio::time::Instant::now().into_std() + budget.saturating_sub(since_read)
     });
 
+    let span = task::message_span(ty, cid.as_deref());
     let ctx = Ctx::new(
         message,
         conn.clone(),
@@ -199,6 +200,7 @@ fn launch<H: Handler>(
             cid,
             slot,
             deadline,
+            span,
         ))
     } else {
         // The chain ends in the handler, whose reply becomes the terminal right there; the
@@ -215,7 +217,15 @@ fn launch<H: Handler>(
             Ok(())
         });
         let chain = Next::new(global.clone(), route.middleware.clone(), incoming, endpoint).run();
-        Some(task::wrap(chain, conn, (ty, metric), cid, slot, deadline))
+        Some(task::wrap(
+            chain,
+            conn,
+            (ty, metric),
+            cid,
+            slot,
+            deadline,
+            span,
+        ))
     }
 }
 

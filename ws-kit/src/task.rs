@@ -36,7 +36,7 @@ pub(crate) fn start(task: Task, tasks: &mut JoinSet<()>) {
 /// The task of one frame: the handler's work with error, panic and RPC terminal handling. One
 /// allocation, which holds the handler's future in place. `work` ends with the handler's reply
 /// (a request's response), or `()` (an event, or a request whose reply the middleware chain's
-/// end already sent).
+/// end already sent). `span` is the frame's [`message_span`], made before `work` was.
 #[inline]
 pub(crate) fn wrap<D, F, R>(
     work: F,
@@ -45,23 +45,29 @@ pub(crate) fn wrap<D, F, R>(
     cid: Option<Arc<str>>,
     slot: Option<Arc<RpcSlot>>,
     deadline: Option<Instant>,
+    span: Option<tracing::Span>,
 ) -> Task
 where
     D: Send + Sync + 'static,
     F: Future<Output = Result<R, WsError>> + Send + 'static,
     R: ReplyFrame,
 {
-    // A span per message only when a subscriber was ever installed: until then this is one
-    // relaxed load. The task is built at one place either way (two would inline it twice).
-    let span = if tracing::dispatcher::has_been_set() {
-        message_span(ty, cid.as_deref())
-    } else {
-        None
-    };
     let task = build(work, conn, (ty, metric), cid, slot, deadline);
     match span {
         None => task,
         Some(span) => in_span(task, span),
+    }
+}
+
+/// The `ws.message` span of a frame, when a subscriber wants it; until a subscriber was ever
+/// installed, one relaxed load. Called before the handler's future is made: a call between
+/// making that future and boxing it would copy the future once more on every message.
+#[inline]
+pub(crate) fn message_span(ty: &'static str, cid: Option<&str>) -> Option<tracing::Span> {
+    if tracing::dispatcher::has_been_set() {
+        new_message_span(ty, cid)
+    } else {
+        None
     }
 }
 
@@ -107,10 +113,10 @@ where
     }
 }
 
-/// The `ws.message` span of a frame's task.
+/// The `ws.message` span itself, or `None` when the subscriber does not want it.
 #[cold]
 #[inline(never)]
-fn message_span(ty: &'static str, cid: Option<&str>) -> Option<tracing::Span> {
+fn new_message_span(ty: &'static str, cid: Option<&str>) -> Option<tracing::Span> {
     let span = tracing::debug_span!(
         "ws.message",
         r#type = ty,
