@@ -71,6 +71,15 @@ fn the_axum_example_serves_every_route_and_its_metrics_count_the_traffic() {
             let (status, health) = get(port, "/health").await;
             assert_eq!((status, health.as_str()), (200, "ok, 0 connections\n"));
 
+            // Before any traffic the scrape already lists the metrics, described, at 0.
+            let (status, scrape) = get(port, "/metrics").await;
+            assert_eq!(status, 200);
+            assert!(scrape.contains("# HELP ws_kit_connections "), "{scrape}");
+            assert!(
+                scrape.lines().any(|line| line == "ws_kit_connections 0"),
+                "{scrape}"
+            );
+
             // Real traffic on /ws: two joins, one message, one invalid join.
             let mut ada = joined(port, "ada").await;
             let mut bob = joined(port, "bob").await;

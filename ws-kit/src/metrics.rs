@@ -63,9 +63,7 @@ mod name {
     pub(super) const OVERFLOW_CLOSES: &str = "ws_kit_overflow_closes_total";
     pub(super) const PUBLICATIONS: &str = "ws_kit_publications_total";
     pub(super) const DELIVERIES: &str = "ws_kit_deliveries_total";
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(super) const REDIS_CONNECTED: &str = "ws_kit_redis_connected";
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(super) const REDIS_LAG: &str = "ws_kit_redis_lag_seconds";
 }
 
@@ -283,6 +281,81 @@ impl Started {
         Started {
             #[cfg(feature = "metrics")]
             at: Instant::now(),
+        }
+    }
+}
+
+/// Describes every metric to the recorder installed now (help text and unit) and registers the
+/// unlabeled ones at 0, so a scrape lists them before any traffic. Called when a service is built:
+/// install the recorder before building the router into a service.
+pub(crate) fn describe() {
+    #[cfg(feature = "metrics")]
+    {
+        use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+        describe_gauge!(
+            name::CONNECTIONS,
+            Unit::Count,
+            "Open WebSocket connections."
+        );
+        describe_counter!(name::UPGRADES, Unit::Count, "WebSocket upgrades accepted.");
+        describe_counter!(
+            name::UPGRADES_REJECTED,
+            Unit::Count,
+            "WebSocket upgrades refused, by reason."
+        );
+        describe_counter!(
+            name::MESSAGES,
+            Unit::Count,
+            "Inbound messages, by type and outcome (ok or the error code)."
+        );
+        describe_histogram!(
+            name::HANDLER_DURATION,
+            Unit::Seconds,
+            "Handler run time, from its start to its task's end, by type."
+        );
+        describe_counter!(
+            name::RPC_TERMINALS,
+            Unit::Count,
+            "RPC terminal replies, by code (ok or the error code)."
+        );
+        describe_gauge!(
+            name::OUTBOUND_QUEUED_BYTES,
+            Unit::Bytes,
+            "Bytes waiting in outbound queues, all connections."
+        );
+        describe_counter!(
+            name::OVERFLOW_CLOSES,
+            Unit::Count,
+            "Connections closed because their outbound queue overflowed."
+        );
+        describe_counter!(
+            name::PUBLICATIONS,
+            Unit::Count,
+            "Publications handed to the engine."
+        );
+        describe_counter!(
+            name::DELIVERIES,
+            Unit::Count,
+            "Frames handed to this instance's subscribers."
+        );
+        describe_gauge!(
+            name::REDIS_CONNECTED,
+            "Redis engine: 1 while Redis answers, 0 once it failed."
+        );
+        describe_histogram!(
+            name::REDIS_LAG,
+            Unit::Seconds,
+            "Redis engine: from publish to Redis's reply to the pipeline that carried it."
+        );
+        metrics::gauge!(name::CONNECTIONS).increment(0.0);
+        metrics::gauge!(name::OUTBOUND_QUEUED_BYTES).increment(0.0);
+        for counter in [
+            name::UPGRADES,
+            name::OVERFLOW_CLOSES,
+            name::PUBLICATIONS,
+            name::DELIVERIES,
+        ] {
+            metrics::counter!(counter).increment(0);
         }
     }
 }

@@ -69,6 +69,7 @@ impl<D: Send + Sync + 'static, S: Send + Sync + 'static> Router<D, S> {
     /// Builds the router into a [`Service`]. Fails if two routes handle one type tag.
     pub fn into_service(self, options: ServeOptions<D>) -> Result<Service<D>, Error> {
         let app = self.build(options.limits())?;
+        crate::metrics::describe();
         let (shutdown, _) = watch::channel(false);
         let admission = Arc::new(Admission::new(
             options.max_connections,
