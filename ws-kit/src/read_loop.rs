@@ -41,6 +41,23 @@ pub(crate) fn now_ms(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// A connection that comes in once shutdown has started: 1001, best effort, within a second.
+async fn close_at_once<S>(mut socket: S)
+where
+    S: Sink<WsMessage> + Unpin,
+{
+    use futures_util::SinkExt;
+    let close = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: close_code::AWAY.into(),
+        reason: "Server shutting down".into(),
+    };
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        socket.send(WsMessage::Close(Some(close))),
+    )
+    .await;
+}
+
 /// Runs a connection to its end: `on_open`, the read loop, then `on_close` and cleanup.
 ///
 /// `reader` carries the connection, its router and its settings: one copy of each in this
@@ -62,18 +79,9 @@ pub(crate) async fn run<D, S>(
         + 'static,
 {
     if *shutdown.borrow() {
-        use futures_util::SinkExt;
-        let mut socket = socket;
-        let close = tokio_tungstenite::tungstenite::protocol::CloseFrame {
-            code: close_code::AWAY.into(),
-            reason: "Server shutting down".into(),
-        };
-        let _ = tokio::time::timeout(
-            Duration::from_secs(1),
-            socket.send(WsMessage::Close(Some(close))),
-        )
-        .await;
-        return;
+        // Boxed: this rare path's state (the close frame, its timer) stays out of the future
+        // every idle connection holds.
+        return Box::pin(close_at_once(socket)).await;
     }
     let _open = Counted::new(open);
     // `auth_timeout` counts from the open (kept in the reader, not in this future's state).
