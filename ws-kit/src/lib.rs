@@ -74,6 +74,11 @@ pub use server::{
 };
 pub use ws_kit_macros::{Message, Payload, handler, routes};
 
+/// rustls, re-exported (feature `tls`) so an app builds the `RootCertStore` or `ServerConfig` it
+/// hands to [`TlsConfig`] and the client with the very version ws-kit links.
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub use rustls;
 /// JSON values (`WsError::with_details`, user meta), re-exported so apps need no direct dependency.
 pub use serde_json;
 /// The WebSocket implementation underneath, part of the API (frames in the testing harness).
@@ -81,7 +86,7 @@ pub use tokio_tungstenite::tungstenite;
 /// HTTP types of the upgrade request ([`UpgradeRequest`] is `http::Request<()>`).
 pub use tokio_tungstenite::tungstenite::http;
 
-/// The README's code sample, compiled as a doctest so it cannot rot.
+/// The README's code samples, compiled as doctests so they cannot rot.
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
