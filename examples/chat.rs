@@ -10,9 +10,18 @@
 //!   {"type":"JOIN_ROOM","payload":{"roomId":"0190f3a4-8a4e-7cc0-9a3e-2f1f0d1c2b3a","username":"ada"}}
 //!   {"type":"SEND_MESSAGE","payload":{"roomId":"0190f3a4-8a4e-7cc0-9a3e-2f1f0d1c2b3a","text":"hi"}}
 //!   {"type":"LEAVE_ROOM","payload":{"roomId":"0190f3a4-8a4e-7cc0-9a3e-2f1f0d1c2b3a"}}
+//!
+//! Requests (none yet; `WHO_IS_HERE` is to come) answer within `MAX_RPC_TIMEOUT` (10 s) or get
+//! `RPC_ERROR DEADLINE_EXCEEDED`: the server's own cap (`ServeOptions::max_rpc_timeout`), so a
+//! request whose client gave up (WS-Kit's TypeScript client sends no `$ws:abort` nor
+//! `meta.timeoutMs`) cannot run for ever.
+//!
+//! `cargo run --example chat -- --emit-typescript web/chat.ts` writes the TypeScript module of
+//! these messages (zod schemas for WS-Kit's client) and exits.
 
 use uuid::Uuid;
 use ws_kit::http::{HeaderValue, header};
+use ws_kit::typescript::TypeScript;
 use ws_kit::{
     Connection, Ctx, HttpResponse, Message, PublishOptions, Router, ServeOptions, UpgradeRequest,
     WsError, handler, routes,
@@ -174,8 +183,26 @@ pub(crate) fn page(req: &UpgradeRequest) -> Option<HttpResponse> {
     Some(response)
 }
 
+/// The server's cap on a request's deadline: chat requests read local or Redis state, well under
+/// a second even across instances.
+const MAX_RPC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The TypeScript module of the chat: what the server receives, and what it sends.
+pub(crate) fn typescript() -> TypeScript {
+    TypeScript::new()
+        .title("the chat example")
+        .router(&router())
+        .message::<Welcome>()
+        .message::<UserJoined>()
+        .message::<NewMessage>()
+        .message::<UserLeft>()
+}
+
 #[tokio::main]
 async fn main() -> Result<(), ws_kit::Error> {
+    if ws_kit_examples::emit_typescript(typescript) {
+        return Ok(());
+    }
     let port = std::env::var("PORT")
         .ok()
         .and_then(|p| p.parse().ok())
@@ -186,5 +213,9 @@ async fn main() -> Result<(), ws_kit::Error> {
         Ok(url) => router.pubsub(ws_kit::redis::RedisPubSub::connect(url).await?),
         Err(_) => router,
     };
-    ws_kit::serve(router, ServeOptions::new().port(port).pages(page)).await
+    let options = ServeOptions::new()
+        .port(port)
+        .pages(page)
+        .max_rpc_timeout(MAX_RPC_TIMEOUT);
+    ws_kit::serve(router, options).await
 }

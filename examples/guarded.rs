@@ -14,9 +14,17 @@
 //!   {"type":"COSTLY","meta":{"correlationId":"c1"}}
 //! An `AUTHENTICATE` with `publicKey` (base64 of an uncompressed P-256 point) switches the
 //! connection to sealed delivery after its reply (docs/protocol.md, "Sealed delivery").
+//!
+//! Every request answers within `MAX_RPC_TIMEOUT` (10 s) or gets `RPC_ERROR DEADLINE_EXCEEDED`:
+//! the server's own cap (`ServeOptions::max_rpc_timeout`), so a request whose client gave up
+//! (WS-Kit's TypeScript client sends no `$ws:abort` nor `meta.timeoutMs`) cannot run for ever.
+//!
+//! `cargo run --example guarded -- --emit-typescript web/guarded.ts` writes the TypeScript module
+//! of these messages and exits.
 
 use std::time::Duration;
 use ws_kit::rate_limit::{Bucket, RateLimit};
+use ws_kit::typescript::TypeScript;
 use ws_kit::{
     Ctx, InBandAuth, Message, Rejection, Router, ServeOptions, UpgradeRequest, WsError, handler,
     query_param, routes,
@@ -102,11 +110,16 @@ fn token_of(req: &UpgradeRequest) -> Option<String> {
     })
 }
 
+/// The server's cap on a request's deadline. Every request here answers in milliseconds (the
+/// user lookup waits ~10 ms, Redis calls are bounded), so 10 s only stops what went wrong.
+const MAX_RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Upgrade: a valid token authenticates at once, a wrong one gets 401, none leaves the
-/// connection to authenticate in-band.
+/// connection to authenticate in-band. Requests are capped at `MAX_RPC_TIMEOUT`.
 pub(crate) fn options(port: u16) -> ServeOptions<Session> {
     ServeOptions::new()
         .port(port)
+        .max_rpc_timeout(MAX_RPC_TIMEOUT)
         .authenticate_async(|req| async move {
             let Some(token) = token_of(&req) else {
                 return Ok(Session::default());
@@ -201,8 +214,20 @@ fn bucket() -> Bucket {
     Bucket::new(2, 1.0)
 }
 
+/// The TypeScript module of these messages: the requests with their replies, and `DIRECT`.
+pub(crate) fn typescript() -> TypeScript {
+    let limit = RateLimit::in_memory("guarded", bucket()).by_user();
+    TypeScript::new()
+        .title("the guarded example")
+        .router(&router(limit))
+        .message::<Direct>()
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if ws_kit_examples::emit_typescript(typescript) {
+        return Ok(());
+    }
     let port = std::env::var("PORT")
         .ok()
         .and_then(|p| p.parse().ok())

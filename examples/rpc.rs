@@ -6,8 +6,23 @@
 //!   {"type":"GET_USER","payload":{"id":"3"},"meta":{"correlationId":"c2"}}
 //!   {"type":"COUNTDOWN","payload":{"from":5,"intervalMs":500},"meta":{"correlationId":"c3"}}
 //!   {"type":"$ws:abort","meta":{"correlationId":"c3"}}
+//!
+//! A request ends by `MAX_RPC_TIMEOUT` (17 minutes, just over the longest COUNTDOWN) at the latest,
+//! whatever `meta.timeoutMs` says or when it says nothing: a client that gave up on a request
+//! without a `$ws:abort` (the WS-Kit TypeScript client sends none, nor `timeoutMs`) cannot leave
+//! its handler running for ever.
+//!
+//! `WSKIT_CLIENT_COMPAT=1` turns on `ServeOptions::progress_data_compat`: COUNTDOWN's progress
+//! frames then carry their value under `data` too, beside `payload`, which is where the WS-Kit
+//! TypeScript client (0.10) reads it for `onProgress`:
+//!   `WSKIT_CLIENT_COMPAT=1 cargo run --example rpc`
+//!
+//! `cargo run --example rpc -- --emit-typescript web/rpc.ts` writes the TypeScript module of
+//! these messages (zod schemas and `rpc(..)` definitions for WS-Kit's client) and exits.
+//!   {"type":"$ws:rpc-progress","meta":{"correlationId":"c3"},"payload":{"n":5,"done":false},"data":{"n":5,"done":false}}
 
 use std::time::Duration;
+use ws_kit::typescript::TypeScript;
 use ws_kit::{Ctx, Message, Router, ServeOptions, WsError, handler, routes};
 
 #[derive(Message)]
@@ -88,11 +103,30 @@ pub(crate) fn router() -> Router {
     Router::new().routes(routes![ping, get_user, countdown])
 }
 
+/// The server's cap on every request's deadline. The longest valid COUNTDOWN (from 100, every
+/// 10 s) takes 1000 s; the cap leaves it room, so every request EXAMPLES.md allows still finishes,
+/// and no request outlives it.
+const MAX_RPC_TIMEOUT: Duration = Duration::from_secs(17 * 60);
+
+/// The TypeScript module of these requests and their replies.
+pub(crate) fn typescript() -> TypeScript {
+    TypeScript::new().title("the rpc example").router(&router())
+}
+
 #[tokio::main]
 async fn main() -> Result<(), ws_kit::Error> {
+    if ws_kit_examples::emit_typescript(typescript) {
+        return Ok(());
+    }
     let port = std::env::var("PORT")
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(3000);
-    ws_kit::serve(router(), ServeOptions::new().port(port)).await
+    let mut options = ServeOptions::new()
+        .port(port)
+        .max_rpc_timeout(MAX_RPC_TIMEOUT);
+    if std::env::var("WSKIT_CLIENT_COMPAT").as_deref() == Ok("1") {
+        options = options.progress_data_compat();
+    }
+    ws_kit::serve(router(), options).await
 }

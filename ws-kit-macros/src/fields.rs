@@ -335,3 +335,28 @@ fn is_option(ty: &Type) -> bool {
         _ => false,
     }
 }
+
+/// A `Vec<ws_kit::schema::FieldSchema>` expression: the fields' wire names, types and rules, for
+/// generated front-end schemas. Each type is described by an autoref pick: a type ws-kit knows
+/// (or a `#[derive(Payload)]` struct) by its `Describe` impl, any other as `Other`.
+pub(crate) fn describe_fields(fields: &[&Field]) -> TokenStream {
+    let ws = quote!(::ws_kit::__private);
+    let entries = fields.iter().map(|f| {
+        let ident = f.ident.to_string();
+        let rust_name = ident.strip_prefix("r#").unwrap_or(&ident);
+        let (ty, wire) = (&f.ty, &f.wire);
+        let rules = validate::describe(&f.rules);
+        quote! {
+            ::ws_kit::schema::FieldSchema {
+                rust_name: #rust_name,
+                wire_name: #wire,
+                ty: (&&#ws::Pick::<#ty>::new()).describe_type(),
+                rules: ::std::vec![#(#rules),*],
+            }
+        }
+    });
+    quote! {{
+        use #ws::{PickDescribe as _, PickUndescribed as _};
+        ::std::vec![#(#entries),*]
+    }}
+}

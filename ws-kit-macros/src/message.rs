@@ -371,6 +371,16 @@ fn generate(m: &Message) -> TokenStream {
         ),
     };
 
+    let describe_payload = fields::describe_fields(&payload_fields);
+    let describe_meta = fields::describe_fields(&meta_fields);
+    let describe_response = if m.response.is_some() {
+        quote!(::core::option::Option::Some(
+            <Self as ::ws_kit::RpcMessage>::__response_schema()
+        ))
+    } else {
+        quote!(::core::option::Option::None)
+    };
+
     let (use_read, use_write) = if meta_fields.is_empty() {
         (quote!(), quote!())
     } else {
@@ -436,6 +446,20 @@ fn generate(m: &Message) -> TokenStream {
                     __serializer: __S,
                 ) -> ::core::result::Result<__S::Ok, __S::Error> {
                     #serialize_payload
+                }
+
+                // Rule arguments are cast to `u64` / `f64` whatever their type.
+                #[allow(trivial_numeric_casts, clippy::unnecessary_cast, clippy::needless_borrow)]
+                fn schema() -> ::ws_kit::schema::MessageSchema {
+                    ::ws_kit::schema::MessageSchema::__new(
+                        #name,
+                        #tag,
+                        #has_payload,
+                        #describe_payload,
+                        #describe_meta,
+                        #describe_response,
+                        #ws::check_payload::<Self>,
+                    )
                 }
 
                 #[allow(clippy::needless_borrow)]

@@ -72,6 +72,7 @@ fn generate(input: &DeriveInput, fields: &[Field]) -> TokenStream {
     let deserialize = fields::deserialize_impl(&quote!(#ident), &name, &fields);
     let serialize = fields::serialize_body(&name, &fields);
     let validations = fields::validations(&fields, &quote!(__path), None);
+    let describe = fields::describe_fields(&fields);
     quote! {
         const _: () = {
             #checks
@@ -85,6 +86,22 @@ fn generate(input: &DeriveInput, fields: &[Field]) -> TokenStream {
                     __serializer: __S,
                 ) -> ::core::result::Result<__S::Ok, __S::Error> {
                     #serialize
+                }
+            }
+
+            #[automatically_derived]
+            impl ::ws_kit::schema::Describe for #ident {
+                fn describe() -> ::ws_kit::schema::TypeSchema {
+                    // Rule arguments are cast to `u64` / `f64` whatever their type.
+                    #[allow(trivial_numeric_casts, clippy::unnecessary_cast, clippy::needless_borrow)]
+                    fn fields() -> ::std::vec::Vec<::ws_kit::schema::FieldSchema> {
+                        #describe
+                    }
+                    ::ws_kit::schema::TypeSchema::Object(::ws_kit::schema::ObjectSchema {
+                        rust_name: #name,
+                        path: ::std::any::type_name::<#ident>(),
+                        fields,
+                    })
                 }
             }
 

@@ -16,6 +16,8 @@ pub(crate) struct Rule {
     check: TokenStream,
     /// Tokens of a `String` expression for the default message.
     message: TokenStream,
+    /// Tokens of a `ws_kit::schema::Rule` expression: the rule for generated front-end schemas.
+    describe: TokenStream,
 }
 
 /// Parses one `#[validate(...)]` attribute into rules.
@@ -30,6 +32,7 @@ pub(crate) fn parse(attr: &syn::Attribute, errors: &mut Errors) -> Vec<Rule> {
         let v = quote!(__value);
         let mut span = meta.path.span();
         let p = quote!(::ws_kit::__private::validator);
+        let r = quote!(::ws_kit::schema::Rule);
         let rule = match name.as_str() {
             "length" => {
                 let args = Args::parse(&meta, &["min", "max", "equal"])?;
@@ -48,6 +51,7 @@ pub(crate) fn parse(attr: &syn::Attribute, errors: &mut Errors) -> Vec<Rule> {
                 Rule {
                     check: quote!(#p::ValidateLength::<u64>::validate_length(#v, #min, #max, #equal)),
                     message: args.message_or(message),
+                    describe: quote!(#r::Length { min: #min, max: #max, equal: #equal }),
                 }
             }
             "range" => {
@@ -72,39 +76,57 @@ pub(crate) fn parse(attr: &syn::Attribute, errors: &mut Errors) -> Vec<Rule> {
                     return Err(meta.error("`range` needs at least one of `min`, `max`, `exclusive_min`, `exclusive_max`"));
                 }
                 let message = quote!(::std::format!("must be {}", [#(#parts),*].join(" and ")));
+                let [dmin, dmax, dxmin, dxmax] = keys.map(|k| args.opt_f64(k));
                 Rule {
                     check: quote!(#p::ValidateRange::validate_range(#v, #min, #max, #xmin, #xmax)),
                     message: args.message_or(message),
+                    describe: quote!(#r::Range {
+                        min: #dmin,
+                        max: #dmax,
+                        exclusive_min: #dxmin,
+                        exclusive_max: #dxmax,
+                    }),
                 }
             }
             "email" | "url" | "non_control_character" => {
                 let args = Args::parse(&meta, &[])?;
-                let (check, text) = match name.as_str() {
-                    "email" => (quote!(#p::ValidateEmail::validate_email(#v)), "must be a valid email address"),
-                    "url" => (quote!(#p::ValidateUrl::validate_url(#v)), "must be a valid URL"),
+                let (check, text, describe) = match name.as_str() {
+                    "email" => (quote!(#p::ValidateEmail::validate_email(#v)), "must be a valid email address", quote!(#r::Email)),
+                    "url" => (quote!(#p::ValidateUrl::validate_url(#v)), "must be a valid URL", quote!(#r::Url)),
                     _ => (
                         quote!(#p::ValidateNonControlCharacter::validate_non_control_character(#v)),
                         "must not contain control characters",
+                        quote!(#r::NonControlCharacter),
                     ),
                 };
-                Rule { check, message: args.message_or(quote!(::std::string::String::from(#text))) }
+                Rule {
+                    check,
+                    message: args.message_or(quote!(::std::string::String::from(#text))),
+                    describe,
+                }
             }
             "contains" | "does_not_contain" => {
                 let args = Args::parse(&meta, &["pattern"])?;
                 let Some(pattern) = args.get("pattern") else {
                     return Err(meta.error(format!("`{name}` needs `pattern = \"...\"`")));
                 };
-                let (check, text) = if name == "contains" {
-                    (quote!(#p::ValidateContains::validate_contains(#v, #pattern)), "must contain")
+                let (check, text, describe) = if name == "contains" {
+                    (
+                        quote!(#p::ValidateContains::validate_contains(#v, #pattern)),
+                        "must contain",
+                        quote!(#r::Contains(::std::string::ToString::to_string(&#pattern))),
+                    )
                 } else {
                     (
                         quote!(#p::ValidateDoesNotContain::validate_does_not_contain(#v, #pattern)),
                         "must not contain",
+                        quote!(#r::DoesNotContain(::std::string::ToString::to_string(&#pattern))),
                     )
                 };
                 Rule {
                     check,
                     message: args.message_or(quote!(::std::format!("{} `{}`", #text, #pattern))),
+                    describe,
                 }
             }
             "regex" => {
@@ -115,6 +137,9 @@ pub(crate) fn parse(attr: &syn::Attribute, errors: &mut Errors) -> Vec<Rule> {
                 Rule {
                     check: quote!(#p::ValidateRegex::validate_regex(#v, &#path)),
                     message: args.message_or(quote!(::std::string::String::from("does not match the expected pattern"))),
+                    describe: quote!(#r::Regex(::std::string::ToString::to_string(
+                        #p::AsRegex::as_regex(&&#path).as_str()
+                    ))),
                 }
             }
             "custom" => {
@@ -130,6 +155,7 @@ pub(crate) fn parse(attr: &syn::Attribute, errors: &mut Errors) -> Vec<Rule> {
                     }
                     other => quote!(#other),
                 };
+                let function_text = function.to_string().replace(' ', "");
                 // A custom check returns `Result<(), E: Display>`; its error text is the message.
                 Rule {
                     check: quote!(match ::ws_kit::__private::custom_error(#function(#v)) {
@@ -140,6 +166,7 @@ pub(crate) fn parse(attr: &syn::Attribute, errors: &mut Errors) -> Vec<Rule> {
                         ::core::option::Option::None => true,
                     }),
                     message: args.message_or(quote!(::std::string::String::from("is invalid"))),
+                    describe: quote!(#r::Custom(#function_text)),
                 }
             }
             _ => {
@@ -148,7 +175,11 @@ pub(crate) fn parse(attr: &syn::Attribute, errors: &mut Errors) -> Vec<Rule> {
                 )));
             }
         };
-        rules.push(Rule { check: respan(rule.check, span), message: rule.message });
+        rules.push(Rule {
+            check: respan(rule.check, span),
+            message: rule.message,
+            describe: rule.describe,
+        });
         Ok(())
     });
     if let Err(e) = result {
@@ -175,10 +206,24 @@ fn respan(tokens: TokenStream, span: proc_macro2::Span) -> TokenStream {
         .collect()
 }
 
+/// The rules of one field as `ws_kit::schema::RuleSchema` expressions.
+pub(crate) fn describe(rules: &[Rule]) -> Vec<TokenStream> {
+    rules
+        .iter()
+        .map(
+            |Rule {
+                 message, describe, ..
+             }| {
+                quote!(::ws_kit::schema::RuleSchema { rule: #describe, message: #message })
+            },
+        )
+        .collect()
+}
+
 /// Expands the rules of one field into statements that push issues. `wire_path` is an expression
 /// of the field's path, evaluated only when a rule fails.
 pub(crate) fn expand(rules: &[Rule], access: TokenStream, wire_path: &TokenStream) -> TokenStream {
-    let checks = rules.iter().map(|Rule { check, message }| {
+    let checks = rules.iter().map(|Rule { check, message, .. }| {
         quote! {
             {
                 let __value = &#access;
@@ -247,6 +292,14 @@ impl Args {
     fn opt(&self, key: &str) -> TokenStream {
         match self.get(key) {
             Some(e) => quote!(::core::option::Option::Some((#e) as u64)),
+            None => quote!(::core::option::Option::None),
+        }
+    }
+
+    /// `Some(expr as f64)` or `None`: a `range` bound for the schema.
+    fn opt_f64(&self, key: &str) -> TokenStream {
+        match self.get(key) {
+            Some(e) => quote!(::core::option::Option::Some((#e) as f64)),
             None => quote!(::core::option::Option::None),
         }
     }

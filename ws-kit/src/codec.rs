@@ -44,6 +44,9 @@ pub trait Codec: Sized {
     /// Writes the payload object.
     fn serialize_payload<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error>;
 
+    /// The message's schema (fields, types, rules, response), for generated front-end schemas.
+    fn schema() -> crate::schema::MessageSchema;
+
     /// Writes the declared meta fields into an outbound `meta` object.
     fn serialize_meta<M: SerializeMap>(&self, map: &mut M) -> Result<(), M::Error>;
 }

@@ -7,7 +7,7 @@ use crate::error::WsError;
 use crate::event::ErrorKind;
 use crate::message::{EventMessage, Message, Meta, RpcMessage};
 use crate::middleware::Incoming;
-use crate::wire::{self, Layout, OutMeta};
+use crate::wire::{self, OutMeta};
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::Deref;
@@ -138,7 +138,9 @@ impl<M: RpcMessage, D: Send + Sync + 'static, S: Send + Sync + 'static> Ctx<M, D
             correlation_id: cid,
             user: None,
         };
-        match wire::encode_message_as("$ws:rpc-progress", update, meta, Layout::Direct) {
+        // `ServeOptions::progress_data_compat`: the value also under `data`, for WS-Kit clients.
+        let data_too = self.conn.inner.shared.limits.progress_data_compat;
+        match wire::encode_progress(update, meta, data_too) {
             Ok(frame) => slot.progress(&self.conn.inner.out, frame),
             Err(e) => {
                 self.conn.report(ErrorKind::Encode, Some(M::TYPE), cid, e);

@@ -42,12 +42,14 @@ pub mod redis;
 mod router;
 mod routes;
 mod scan;
+pub mod schema;
 pub mod seal;
 mod server;
 mod task;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
+pub mod typescript;
 mod wire;
 
 pub use auth::InBandAuth;

@@ -59,6 +59,13 @@ pub trait Message: Codec + Send + Sync + 'static {
 pub trait RpcMessage: Message {
     /// The reply type: what the handler returns, and what `ctx.progress` accepts.
     type Response: Message;
+
+    /// The response's schema, for the derive's `schema()` (named here, where `Response` is
+    /// known to be a message, so a wrong response type is reported once, at `#[rpc]`).
+    #[doc(hidden)]
+    fn __response_schema() -> crate::schema::MessageSchema {
+        crate::schema::MessageSchema::of::<Self::Response>()
+    }
 }
 
 /// An event message: fire-and-forget, no reply expected.
@@ -83,4 +90,11 @@ pub struct Meta {
     pub timeout_ms: Option<u64>,
     /// The client's idempotency key.
     pub idempotency_key: Option<Box<str>>,
+}
+
+impl crate::schema::MessageSchema {
+    /// The schema of `M`: wire names, types, rules, meta fields and response.
+    pub fn of<M: Message>() -> Self {
+        <M as Codec>::schema()
+    }
 }

@@ -7,6 +7,7 @@ pub use crate::field::{
 };
 pub use crate::handler::{CtxParts, IntoReply};
 pub use crate::scan::{FastField, Pick, PickFast, PickNone, PickSerde, Scan};
+pub use crate::schema::{PickDescribe, PickUndescribed};
 pub use serde;
 pub use serde_json::value::RawValue;
 pub use validator;
@@ -164,4 +165,16 @@ pub const fn str_eq(a: &str, b: &str) -> bool {
         i += 1;
     }
     true
+}
+
+/// The server's full decoding path for `M` and its validation, for `MessageSchema::check_payload`.
+pub fn check_payload<M: Message>(payload: Option<&RawValue>) -> Result<(), Vec<Issue>> {
+    let message = M::decode(payload, &[])?;
+    let mut issues = Vec::new();
+    message.validate(&mut issues);
+    if issues.is_empty() {
+        Ok(())
+    } else {
+        Err(issues)
+    }
 }

@@ -199,6 +199,14 @@ impl<D: Send + Sync + 'static, S: Send + Sync + 'static> Router<D, S> {
         self
     }
 
+    /// The schemas of the messages this router dispatches, in the order their routes were
+    /// added; a request's carries its response's. What [`TypeScript::router`] renders.
+    ///
+    /// [`TypeScript::router`]: crate::typescript::TypeScript::router
+    pub fn message_schemas(&self) -> Vec<crate::schema::MessageSchema> {
+        self.tables.iter().flat_map(|t| t.schemas()).collect()
+    }
+
     /// Adds a route table built by `routes![..]` (events and RPCs alike).
     pub fn routes(mut self, routes: Routes<D, S>) -> Self {
         self.tables.push(routes.erase());

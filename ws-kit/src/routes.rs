@@ -7,6 +7,7 @@ use crate::handler::{Handler, IntoRoute, Route};
 use crate::message::Message;
 use crate::metrics::MessageType;
 use crate::middleware::Chain;
+use crate::schema::MessageSchema;
 use crate::task::Task;
 use crate::wire::Envelope;
 use std::fmt;
@@ -20,6 +21,8 @@ pub(crate) trait DynRoute<D>: Send + Sync {
     fn ordered(&self) -> bool;
     /// The `type` label of its messages' metrics.
     fn metric(&self) -> MessageType;
+    /// Its message's schema (and its response's, for a request).
+    fn schema(&self) -> MessageSchema;
     /// The full path: a parsed envelope.
     fn dispatch(
         &self,
@@ -45,6 +48,10 @@ impl<H: Handler> DynRoute<H::Data> for Route<H> {
 
     fn metric(&self) -> MessageType {
         MessageType::of::<H::Message>()
+    }
+
+    fn schema(&self) -> MessageSchema {
+        MessageSchema::of::<H::Message>()
     }
 
     fn dispatch(
@@ -130,6 +137,11 @@ impl<D, S> Routes<D, S> {
             None => self.tags.iter().position(|t| *t == tag)?,
         };
         self.routes.get(i).map(|r| &**r)
+    }
+
+    /// The schemas of its routes' messages, in order.
+    pub(crate) fn schemas(&self) -> impl Iterator<Item = MessageSchema> + '_ {
+        self.routes.iter().map(|r| r.schema())
     }
 
     /// Whether some route is dispatched in order.

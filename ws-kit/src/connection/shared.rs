@@ -28,7 +28,7 @@ pub(crate) type UserIdFn<D> = Arc<dyn Fn(&D) -> Option<String> + Send + Sync>;
 pub(crate) type AuthorizeHook<D> =
     Arc<dyn Fn(&Connection<D>, &str, TopicAction) -> bool + Send + Sync>;
 
-/// Per-connection limits, from `ServeOptions`.
+/// Per-connection limits and wire settings, from `ServeOptions`.
 #[derive(Clone, Debug)]
 pub(crate) struct Limits {
     pub(crate) max_inflight_rpcs: usize,
@@ -36,6 +36,9 @@ pub(crate) struct Limits {
     pub(crate) overflow: OverflowPolicy,
     pub(crate) max_topics_per_connection: usize,
     pub(crate) max_rpc_timeout: Option<Duration>,
+    /// Progress frames also carry their value under `data`
+    /// (`ServeOptions::progress_data_compat`, for the WS-Kit TypeScript client).
+    pub(crate) progress_data_compat: bool,
 }
 
 impl Default for Limits {
@@ -47,6 +50,7 @@ impl Default for Limits {
             overflow: OverflowPolicy::Close,
             max_topics_per_connection: 1000,
             max_rpc_timeout: None,
+            progress_data_compat: false,
         }
     }
 }

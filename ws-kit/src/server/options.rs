@@ -34,6 +34,7 @@ pub struct ServeOptions<D> {
     pub(super) overflow: OverflowPolicy,
     pub(super) max_topics_per_connection: usize,
     pub(super) max_rpc_timeout: Option<Duration>,
+    pub(super) progress_data_compat: bool,
     pub(super) heartbeat_interval: Duration,
     pub(super) heartbeat_timeout: Duration,
     pub(super) read_buffer_size: usize,
@@ -61,6 +62,7 @@ impl<D> std::fmt::Debug for ServeOptions<D> {
             .field("overflow", &self.overflow)
             .field("max_topics_per_connection", &self.max_topics_per_connection)
             .field("max_rpc_timeout", &self.max_rpc_timeout)
+            .field("progress_data_compat", &self.progress_data_compat)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("heartbeat_timeout", &self.heartbeat_timeout)
             .field("read_buffer_size", &self.read_buffer_size)
@@ -127,6 +129,7 @@ impl<D: Send + Sync + 'static> ServeOptions<D> {
             overflow: OverflowPolicy::Close,
             max_topics_per_connection: 1000,
             max_rpc_timeout: None,
+            progress_data_compat: false,
             heartbeat_interval: Duration::from_secs(30),
             heartbeat_timeout: Duration::from_secs(90),
             read_buffer_size: 256,
@@ -270,8 +273,42 @@ impl<D: Send + Sync + 'static> ServeOptions<D> {
     }
 
     /// The server's own cap on RPC deadlines (default: none; `meta.timeoutMs` alone decides).
+    /// A request without `meta.timeoutMs` gets the cap as its deadline; past it the handler is
+    /// stopped and the request ends with `RPC_ERROR` `DEADLINE_EXCEEDED`. Worth setting when
+    /// clients may give up on a request without telling the server: the WS-Kit TypeScript client
+    /// sends neither `$ws:abort` nor `meta.timeoutMs`, so without a cap a handler it abandoned
+    /// runs until it ends on its own, if ever.
     pub fn max_rpc_timeout(mut self, timeout: Duration) -> Self {
         self.max_rpc_timeout = Some(timeout);
+        self
+    }
+
+    /// Compatibility with the WS-Kit TypeScript client (0.10): every `$ws:rpc-progress` frame
+    /// also carries its value under `data`, beside `payload` (off by default).
+    ///
+    /// The protocol puts a progress value under `payload`, like every other frame
+    /// (docs/protocol.md, section 3), and so do WS-Kit's own server and ws-kit's clients. The
+    /// WS-Kit client, however, reads it from `data`, so its `onProgress` callbacks get
+    /// `undefined` from a server that follows the protocol. With this switch on, a progress frame
+    /// is
+    ///
+    /// ```json
+    /// {"type":"$ws:rpc-progress","meta":{"correlationId":"c1"},"payload":{"n":3},"data":{"n":3}}
+    /// ```
+    ///
+    /// the same JSON value twice (encoded once, written twice). Clients that read `payload`
+    /// (ws-kit's Rust client and testing harness among them) ignore the extra key. Nothing else
+    /// changes: replies, errors, publications and every other frame are as without it. It costs
+    /// the bytes of the value once more per progress frame, so it is off by default and the wire
+    /// stays exactly WS-Kit's; turn it on when WS-Kit TypeScript clients use progress updates.
+    ///
+    /// ```
+    /// use ws_kit::ServeOptions;
+    ///
+    /// let options = ServeOptions::<()>::new().progress_data_compat();
+    /// ```
+    pub fn progress_data_compat(mut self) -> Self {
+        self.progress_data_compat = true;
         self
     }
 
@@ -347,6 +384,7 @@ impl<D: Send + Sync + 'static> ServeOptions<D> {
             overflow: self.overflow,
             max_topics_per_connection: self.max_topics_per_connection,
             max_rpc_timeout: self.max_rpc_timeout,
+            progress_data_compat: self.progress_data_compat,
         }
     }
 }

@@ -7,6 +7,7 @@ use crate::error::WsError;
 use crate::message::Message;
 use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -111,13 +112,40 @@ impl<P: Serialize, F: MetaFields> Serialize for Frame<'_, P, F> {
     }
 }
 
+/// A progress frame in the WS-Kit client's compatibility form
+/// (`ServeOptions::progress_data_compat`): the Direct layout with the payload, already encoded,
+/// written again under `data`.
+struct DataCompatFrame<'a, F> {
+    meta: OutMeta<'a>,
+    fields: &'a F,
+    payload: Option<&'a RawValue>,
+}
+
+impl<F: MetaFields> Serialize for DataCompatFrame<'_, F> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("type", PROGRESS)?;
+        let meta = MetaOut {
+            meta: self.meta,
+            fields: self.fields,
+        };
+        map.serialize_entry("meta", &meta)?;
+        if let Some(p) = self.payload {
+            map.serialize_entry("payload", p)?;
+            map.serialize_entry("data", p)?;
+        }
+        map.end()
+    }
+}
+
+fn encode_failed(e: &serde_json::Error) -> WsError {
+    WsError::internal(format!("could not encode frame: {}", strip_position(e))).with_default_retry()
+}
+
 fn to_frame<T: Serialize>(value: &T) -> Result<Utf8Bytes, WsError> {
     serde_json::to_string(value)
         .map(Utf8Bytes::from)
-        .map_err(|e| {
-            WsError::internal(format!("could not encode frame: {}", strip_position(&e)))
-                .with_default_retry()
-        })
+        .map_err(|e| encode_failed(&e))
 }
 
 /// Encodes a message under its own type tag (send, reply, publication).
@@ -129,8 +157,33 @@ pub(crate) fn encode_message<M: Message>(
     encode_message_as(M::TYPE, msg, meta, layout)
 }
 
-/// Encodes a message's payload under another type (progress frames).
-pub(crate) fn encode_message_as<M: Message>(
+/// The type tag of progress frames.
+const PROGRESS: &str = "$ws:rpc-progress";
+
+/// Encodes a progress frame (`$ws:rpc-progress`) carrying a response's payload. With `data_too`
+/// (`ServeOptions::progress_data_compat`) the payload is encoded once and written under both
+/// `payload` and `data`; without it the frame is exactly the protocol's.
+pub(crate) fn encode_progress<M: Message>(
+    msg: &M,
+    meta: OutMeta<'_>,
+    data_too: bool,
+) -> Result<Utf8Bytes, WsError> {
+    if !data_too {
+        return encode_message_as(PROGRESS, msg, meta, Layout::Direct);
+    }
+    let payload = M::HAS_PAYLOAD
+        .then(|| serde_json::value::to_raw_value(&PayloadOf(msg)))
+        .transpose()
+        .map_err(|e| encode_failed(&e))?;
+    to_frame(&DataCompatFrame {
+        meta,
+        fields: &msg,
+        payload: payload.as_deref(),
+    })
+}
+
+/// Encodes a message under the type tag `ty`: its own, or that of progress frames.
+fn encode_message_as<M: Message>(
     ty: &str,
     msg: &M,
     meta: OutMeta<'_>,

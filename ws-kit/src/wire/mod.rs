@@ -10,7 +10,7 @@ pub(crate) mod envelope;
 
 pub(crate) use direct::{decode_direct, peek_type};
 pub(crate) use encode::{
-    Layout, OutMeta, encode_error, encode_message, encode_message_as, heartbeat_ack,
+    Layout, OutMeta, encode_error, encode_message, encode_progress, heartbeat_ack,
 };
 pub(crate) use envelope::{Envelope, parse_envelope};
 
