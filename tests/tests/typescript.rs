@@ -117,6 +117,29 @@ struct ShowcaseOk {
 #[derive(Message)]
 struct Ping2 {}
 
+/// Declared meta, in both of WS-Kit's object forms (`message({..})`, `rpc({req, res})`).
+#[derive(Message)]
+struct Traced {
+    text: String,
+    #[message(meta)]
+    trace_id: Option<String>,
+}
+
+#[derive(Message)]
+#[rpc(response = ShowcaseOk)]
+struct TracedCall {
+    #[validate(range(min = 1))]
+    n: u16,
+    #[message(meta)]
+    trace_id: Option<String>,
+}
+
+#[derive(Message)]
+struct RequiredMeta {
+    #[message(meta)]
+    trace_id: String,
+}
+
 /// A message with a rule no front end can run, and a type the derive cannot see into.
 #[derive(Message)]
 struct Opaque {
@@ -144,6 +167,8 @@ fn showcase() -> TypeScript {
         .title("the parity test")
         .message::<Showcase>()
         .message::<Ping2>()
+        .message::<Traced>()
+        .message::<TracedCall>()
 }
 
 // ---- Tests ---------------------------------------------------------------------------------------
@@ -179,6 +204,9 @@ fn examples_emit_modules_that_type_check_and_agree_with_the_server() {
             "{name}: the flag writes the router's module"
         );
     }
+    // A hand-written front end's use of the modules (WS-Kit's typed router over them) must
+    // type-check too.
+    std::fs::copy(ts_dir().join("usage.ts"), generated.join("usage.ts")).unwrap();
     let showcase_module = showcase().render();
     assert!(
         showcase_module.warnings.is_empty(),
@@ -266,8 +294,16 @@ fn examples_emit_modules_that_type_check_and_agree_with_the_server() {
 
 #[test]
 fn what_cannot_be_mirrored_is_said_in_the_module_and_the_warnings() {
-    let module = TypeScript::new().message::<Opaque>().render();
-    assert_eq!(module.warnings.len(), 2, "{:?}", module.warnings);
+    let module = TypeScript::new()
+        .message::<Opaque>()
+        .message::<RequiredMeta>()
+        .render();
+    assert_eq!(module.warnings.len(), 3, "{:?}", module.warnings);
+    assert!(
+        module.warnings[2].starts_with("RequiredMeta.meta.traceId: a required meta field"),
+        "{:?}",
+        module.warnings
+    );
     assert!(
         module.warnings[0].contains("custom(even)"),
         "{:?}",

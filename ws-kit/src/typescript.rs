@@ -62,7 +62,7 @@
 //!
 //! Every rule's refinement carries the server's own message for that rule, so a front end shows
 //! the words the server would answer with. The parity test (`tests/tests/typescript.rs`) runs
-//! some 2,400 payloads through the generated zod schemas under Node and through the server's
+//! some 2,500 payloads through the generated zod schemas under Node and through the server's
 //! decoder ([`MessageSchema::check_payload`]) and requires the same verdict on every one.
 
 use crate::message::Message;
@@ -227,7 +227,8 @@ impl Renderer {
             let what = match (direction, &schema.response) {
                 (Direction::In, Some(_)) => "a request the server answers",
                 (Direction::In, None) => "an event the server receives",
-                (Direction::Out, _) => "sent by the server",
+                (Direction::Out, Some(_)) => "a request",
+                (Direction::Out, None) => "sent by the server",
             };
             let _ = writeln!(body, "/** `{}` ({what}). */", schema.rust_name);
             let payload_key = own
@@ -350,6 +351,13 @@ impl Renderer {
         for field in fields {
             let at = format!("{at}.{}", field.wire_name);
             let mut notes = Vec::new();
+            if at.contains(".meta.") && !matches!(field.ty, TypeSchema::Optional(_)) {
+                self.note(
+                    &mut notes,
+                    &at,
+                    "a required meta field: WS-Kit's definitions take a frame without `meta` (they default it to {} unchecked), the server refuses it".into(),
+                );
+            }
             let schema = self.field(&field.ty, &field.rules, &at, &mut notes);
             for note in &notes {
                 let _ = writeln!(out, "  // {note}");
