@@ -134,6 +134,18 @@ struct TracedCall {
     trace_id: Option<String>,
 }
 
+/// A struct that contains itself.
+#[derive(Payload)]
+struct Tree {
+    label: String,
+    children: Vec<Tree>,
+}
+
+#[derive(Message)]
+struct Forest {
+    trees: Vec<Tree>,
+}
+
 #[derive(Message)]
 struct RequiredMeta {
     #[message(meta)]
@@ -297,8 +309,14 @@ fn what_cannot_be_mirrored_is_said_in_the_module_and_the_warnings() {
     let module = TypeScript::new()
         .message::<Opaque>()
         .message::<RequiredMeta>()
+        .message::<Forest>()
         .render();
-    assert_eq!(module.warnings.len(), 3, "{:?}", module.warnings);
+    assert_eq!(module.warnings.len(), 4, "{:?}", module.warnings);
+    assert!(
+        module.warnings[3].starts_with("Tree: contains itself"),
+        "{:?}",
+        module.warnings
+    );
     assert!(
         module.warnings[2].starts_with("RequiredMeta.meta.traceId: a required meta field"),
         "{:?}",
@@ -343,6 +361,14 @@ fn what_cannot_be_mirrored_is_said_in_the_module_and_the_warnings() {
         verdicts[1]["ok"], false,
         "a negative u32 is refused before sending"
     );
+    let tree = |leaf_label: Value| {
+        json!({"module": "opaque", "type": "FOREST", "payload": {"trees": [
+            {"label": "a", "children": [{"label": leaf_label, "children": []}]}
+        ]}})
+    };
+    let verdicts = node_verdicts(&[tree(json!("b")), tree(json!(1))]);
+    assert_eq!(verdicts[0]["ok"], true, "a tree two levels deep");
+    assert_eq!(verdicts[1]["ok"], false, "a wrong type two levels deep");
 }
 
 // ---- Running TypeScript --------------------------------------------------------------------------

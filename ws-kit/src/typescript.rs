@@ -175,8 +175,9 @@ struct Renderer {
     names: BTreeSet<String>,
     /// Nested structs by path: their constant's name.
     objects: HashMap<&'static str, String>,
-    /// Nested structs whose definition is written (or being written).
-    written: BTreeSet<&'static str>,
+    /// Nested structs whose definition is complete (one met again before that contains
+    /// itself).
+    defined: BTreeSet<&'static str>,
     /// Definitions of nested structs, in dependency order.
     object_defs: String,
     /// Helpers the module needs, by name.
@@ -448,9 +449,7 @@ impl Renderer {
     /// The constant of a nested struct, defined (once) before the messages that use it.
     fn nested(&mut self, object: &ObjectSchema) -> String {
         if let Some(name) = self.objects.get(object.path) {
-            if self.written.contains(object.path)
-                && !self.object_defs.contains(&format!("export const {name} ="))
-            {
+            if !self.defined.contains(object.path) {
                 // A struct that contains itself: refer to it lazily.
                 self.warnings.push(format!(
                     "{}: contains itself; its TypeScript type is `unknown` inside itself",
@@ -462,8 +461,8 @@ impl Renderer {
         }
         let name = self.name(object.rust_name);
         self.objects.insert(object.path, name.clone());
-        self.written.insert(object.path);
         let shape = self.object(&(object.fields)(), object.rust_name);
+        self.defined.insert(object.path);
         let _ = writeln!(
             self.object_defs,
             "/** `{}` (nested). */\nexport const {name} = {shape};\nexport type {name} = z.infer<typeof {name}>;\n",
