@@ -19,8 +19,10 @@
 //! `cargo run --example chat -- --emit-typescript web/chat.ts` writes the TypeScript module of
 //! these messages (zod schemas for WS-Kit's client) and exits.
 
+use std::time::Duration;
 use uuid::Uuid;
 use ws_kit::http::{HeaderValue, header};
+use ws_kit::pubsub::{Keep, Position};
 use ws_kit::typescript::TypeScript;
 use ws_kit::{
     Connection, Ctx, HttpResponse, Message, PublishOptions, Router, ServeOptions, UpgradeRequest,
@@ -38,6 +40,17 @@ struct JoinRoom {
     room_id: Uuid,
     #[validate(length(min = 1, max = 20))]
     username: String,
+    /// Where the client left off: with it, the server answers `JOINED` and sends what it missed.
+    since: Option<Position>,
+}
+
+/// The answer to a join with `since`: whether what was missed follows, and the room's position.
+#[derive(Message)]
+struct Joined {
+    room_id: Uuid,
+    recovered: bool,
+    offset: u64,
+    epoch: String,
 }
 
 #[derive(Message)]
@@ -87,7 +100,20 @@ pub(crate) fn username(conn: &Connection<ChatData>) -> String {
 async fn join_room(ctx: Ctx<JoinRoom, ChatData>) -> Result<(), WsError> {
     let room = topic(&ctx.payload.room_id);
     ctx.assign(|data| data.username = Some(ctx.payload.username.clone()));
-    ctx.subscribe(&room).await?;
+    match &ctx.payload.since {
+        // JOINED first, then what was missed, then live frames, each with its position.
+        Some(since) => {
+            let room_id = ctx.payload.room_id;
+            ctx.subscribe_from(&room, since.clone(), move |at| Joined {
+                room_id,
+                recovered: at.recovered,
+                offset: at.position.offset,
+                epoch: at.position.epoch.clone(),
+            })
+            .await?;
+        }
+        None => ctx.subscribe(&room).await?,
+    }
     let user_count = ctx.subscriber_count(&room).await.unwrap_or(0);
     ctx.publish(
         &room,
@@ -137,8 +163,16 @@ async fn leave_room(ctx: Ctx<LeaveRoom, ChatData>) -> Result<(), WsError> {
 
 /// The chat router, also used by the integration tests.
 pub(crate) fn router() -> Router<ChatData> {
+    // Rooms keep their last 100 publications for 5 minutes: a client that comes back with
+    // `since` gets what it missed (docs/protocol.md 8a).
+    router_keeping(Keep::last(100).for_at_most(Duration::from_secs(300)))
+}
+
+/// The chat router with rooms kept as `rooms` says (tests use other sizes).
+pub(crate) fn router_keeping(rooms: Keep) -> Router<ChatData> {
     Router::new()
         .routes(routes![join_room, send_message, leave_room])
+        .keep("room:*", rooms)
         .on_open(|conn: Connection<ChatData>| async move {
             conn.send(&Welcome {
                 message: "Connected to chat server".into(),
@@ -185,7 +219,7 @@ pub(crate) fn page(req: &UpgradeRequest) -> Option<HttpResponse> {
 
 /// The server's cap on a request's deadline: chat requests read local or Redis state, well under
 /// a second even across instances.
-const MAX_RPC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const MAX_RPC_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The TypeScript module of the chat: what the server receives, and what it sends.
 pub(crate) fn typescript() -> TypeScript {
@@ -193,6 +227,7 @@ pub(crate) fn typescript() -> TypeScript {
         .title("the chat example")
         .router(&router())
         .message::<Welcome>()
+        .message::<Joined>()
         .message::<UserJoined>()
         .message::<NewMessage>()
         .message::<UserLeft>()

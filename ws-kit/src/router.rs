@@ -70,6 +70,7 @@ pub struct Router<D = (), S = ()> {
     state: Arc<S>,
     ordered: bool,
     auth: Option<AuthGate>,
+    kept: crate::pubsub::KeptTopics,
 }
 
 impl<D, S> fmt::Debug for Router<D, S> {
@@ -112,6 +113,7 @@ impl<D: Send + Sync + 'static, S: Send + Sync + 'static> Router<D, S> {
             state: Arc::new(state),
             ordered: false,
             auth: None,
+            kept: crate::pubsub::KeptTopics::default(),
         }
     }
 
@@ -299,6 +301,23 @@ impl<D: Send + Sync + 'static, S: Send + Sync + 'static> Router<D, S> {
         self
     }
 
+    /// Keeps the last publications of the topics matching `pattern` (a topic, or a prefix and
+    /// `*`: `"room:*"`), so a subscriber that comes back can recover what it missed
+    /// ([`Connection::subscribe_from`](crate::Connection::subscribe_from), docs/protocol.md 8a). The first
+    /// matching rule wins.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ws_kit::Router;
+    /// use ws_kit::pubsub::Keep;
+    ///
+    /// let router = Router::<()>::new().keep("room:*", Keep::last(100).for_at_most(Duration::from_secs(300)));
+    /// ```
+    pub fn keep(mut self, pattern: &str, keep: crate::pubsub::Keep) -> Self {
+        self.kept.add(pattern, keep);
+        self
+    }
+
     /// Replaces the pub/sub engine (in-memory by default).
     pub fn pubsub(mut self, engine: impl PubSub) -> Self {
         self.pubsub = Arc::new(engine);
@@ -329,6 +348,9 @@ impl<D: Send + Sync + 'static, S: Send + Sync + 'static> Router<D, S> {
                     return Err(Error::DuplicateType(tag));
                 }
             }
+        }
+        if !self.kept.is_empty() {
+            self.pubsub.keep(self.kept.clone());
         }
         let shared = Arc::new(Shared {
             pubsub: self.pubsub,

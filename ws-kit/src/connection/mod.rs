@@ -15,7 +15,9 @@ use crate::event::{ErrorEvent, ErrorKind};
 use crate::message::Message;
 use crate::outbound::Outbound;
 use crate::publisher::{PublishFuture, Publisher};
-use crate::pubsub::{ClientId, PublishOptions, Subscriber, internal, validate_topic};
+use crate::pubsub::{
+    Announce, ClientId, Position, PublishOptions, Subscribed, Subscriber, internal, validate_topic,
+};
 use crate::seal::Offer as SealOffer;
 use crate::wire::{self, Layout, OutMeta};
 use auth_state::AuthState;
@@ -161,6 +163,38 @@ impl<D: Send + Sync + 'static> Connection<D> {
     /// Errors: `INVALID_ARGUMENT` for a bad topic name, `RESOURCE_EXHAUSTED` past
     /// `max_topics_per_connection`, or the engine's error.
     pub async fn subscribe(&self, topic: &str) -> Result<(), WsError> {
+        self.subscribe_with(topic, None).await.map(|_| ())
+    }
+
+    /// Subscribes from a position in a kept topic (docs/protocol.md 8a): `announce`'s message
+    /// first (the app's `JOINED`, built from what the subscribe reports), then every publication
+    /// after `since` if all of them are still kept (none otherwise), then the live ones, each
+    /// with its position in `meta`, with no gap and no duplicate between recovered and live.
+    /// `Position::default()` (`{offset: 0, epoch: ""}`) subscribes from now on, with positions.
+    ///
+    /// A connection already subscribed to `topic` keeps its subscription as it is: nothing is
+    /// recovered, and the report is `recovered: false` at position zero.
+    pub async fn subscribe_from<M: Message>(
+        &self,
+        topic: &str,
+        since: Position,
+        announce: impl FnOnce(&Subscribed) -> M + Send + 'static,
+    ) -> Result<Subscribed, WsError> {
+        let announce: Announce = Box::new(move |subscribed| {
+            wire::encode_message(&announce(subscribed), OutMeta::default(), Layout::Direct).ok()
+        });
+        self.subscribe_with(topic, Some((since, announce))).await
+    }
+
+    async fn subscribe_with(
+        &self,
+        topic: &str,
+        from: Option<(Position, Announce)>,
+    ) -> Result<Subscribed, WsError> {
+        let unchanged = Subscribed {
+            recovered: false,
+            position: Position::default(),
+        };
         validate_topic(topic)?;
         self.inner
             .shared
@@ -168,7 +202,7 @@ impl<D: Send + Sync + 'static> Connection<D> {
         {
             let mut topics = self.inner.topics.lock().unwrap_or_else(|e| e.into_inner());
             if topics.contains(topic) {
-                return Ok(());
+                return Ok(unchanged);
             }
             let limit = self.inner.shared.limits.max_topics_per_connection;
             if topics.len() >= limit {
@@ -181,14 +215,29 @@ impl<D: Send + Sync + 'static> Connection<D> {
             topics.insert(topic.into());
         }
         let subscriber = Subscriber::new(self.inner.id, self.inner.out.clone());
-        if let Err(e) = self.inner.shared.pubsub.subscribe(topic, subscriber).await {
-            self.inner
-                .topics
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(topic);
-            return Err(e);
-        }
+        let engine = &self.inner.shared.pubsub;
+        let result = match from {
+            None => engine
+                .subscribe(topic, subscriber)
+                .await
+                .map(|()| unchanged),
+            Some((since, announce)) => {
+                engine
+                    .subscribe_from(topic, subscriber.with_positions(), since, announce)
+                    .await
+            }
+        };
+        let subscribed = match result {
+            Ok(subscribed) => subscribed,
+            Err(e) => {
+                self.inner
+                    .topics
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(topic);
+                return Err(e);
+            }
+        };
         if self.inner.closed.load(Ordering::SeqCst) {
             // Teardown may have drained the topic set before this subscription reached the engine.
             let _ = self
@@ -199,7 +248,7 @@ impl<D: Send + Sync + 'static> Connection<D> {
                 .await;
             return Err(WsError::unavailable("connection closed").with_default_retry());
         }
-        Ok(())
+        Ok(subscribed)
     }
 
     /// Unsubscribes this connection from a topic. Idempotent.

@@ -11,11 +11,29 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 pub struct Subscriber {
     id: ClientId,
     out: Arc<Outbound>,
+    /// It subscribed from a position: a kept topic's frames reach it with their position
+    /// (docs/protocol.md 8a).
+    positions: bool,
 }
 
 impl Subscriber {
     pub(crate) fn new(id: ClientId, out: Arc<Outbound>) -> Self {
-        Subscriber { id, out }
+        Subscriber {
+            id,
+            out,
+            positions: false,
+        }
+    }
+
+    /// The same subscriber, taking a kept topic's frames with their position.
+    pub fn with_positions(mut self) -> Self {
+        self.positions = true;
+        self
+    }
+
+    /// Whether it takes a kept topic's frames with their position.
+    pub fn wants_positions(&self) -> bool {
+        self.positions
     }
 
     /// The subscribing connection.
@@ -104,6 +122,28 @@ impl LocalTopics {
     pub fn count(&self, topic: &str) -> usize {
         let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
         topics.get(topic).map_or(0, Vec::len)
+    }
+
+    /// Like [`deliver`](Self::deliver), for a kept topic's publication: `positioned` to the
+    /// subscribers that subscribed from a position, `plain` to the others.
+    pub fn deliver_both(
+        &self,
+        topic: &str,
+        plain: &Utf8Bytes,
+        positioned: &Utf8Bytes,
+        exclude: Option<ClientId>,
+    ) -> usize {
+        let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
+        let Some(subs) = topics.get(topic) else {
+            return 0;
+        };
+        let delivered = subs
+            .iter()
+            .filter(|s| Some(s.id) != exclude)
+            .filter(|s| s.deliver(if s.positions { positioned } else { plain }))
+            .count();
+        crate::metrics::delivered(delivered);
+        delivered
     }
 
     /// Queues `frame` on every local subscriber of `topic` except `exclude`; returns how many

@@ -3,9 +3,11 @@
 //! (docs/protocol.md section 8). Applications publish through [`Connection`](crate::Connection) and
 //! [`Publisher`](crate::Publisher) and pick an engine with [`Router::pubsub`](crate::Router::pubsub).
 
+mod history;
 mod local;
 mod memory;
 
+pub use history::{Announce, History, Keep, KeptTopics, Position, Subscribed, positioned};
 pub use local::{LocalTopics, Subscriber};
 pub use memory::MemoryPubSub;
 
@@ -155,6 +157,40 @@ pub trait PubSub: Send + Sync + 'static {
     ) -> BoxFuture<'static, PublishResult>;
     /// How many connections subscribe to a topic, when the engine knows.
     fn subscriber_count<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Option<usize>>;
+    /// Which topics keep their last publications (docs/protocol.md 8a), from
+    /// [`Router::keep`](crate::Router::keep), given when the router is built. The default: the
+    /// engine keeps nothing, and every subscribe from a position reports `recovered: false`.
+    fn keep(&self, topics: KeptTopics) {
+        let _ = topics;
+    }
+
+    /// Adds a subscriber from a position (`subscriber` takes positioned frames): `announce`'s
+    /// frame first, then every publication after `since` if all of them are kept (none
+    /// otherwise), then the live ones, with no gap and no duplicate between the two.
+    ///
+    /// The default, for engines without history: the announcement, then a plain subscribe;
+    /// `recovered: false` at position zero.
+    fn subscribe_from<'a>(
+        &'a self,
+        topic: &'a str,
+        subscriber: Subscriber,
+        since: Position,
+        announce: Announce,
+    ) -> BoxFuture<'a, Result<Subscribed, WsError>> {
+        let _ = since;
+        Box::pin(async move {
+            let subscribed = Subscribed {
+                recovered: false,
+                position: Position::default(),
+            };
+            if let Some(first) = announce(&subscribed) {
+                subscriber.deliver(&first);
+            }
+            self.subscribe(topic, subscriber).await?;
+            Ok(subscribed)
+        })
+    }
+
     /// This process's subscribers of a topic, when the engine keeps them (both of ws-kit's do):
     /// the introspection views ([`Clients`](crate::Clients)) read them instead of scanning every
     /// connection. `None` (the default): the engine does not say.

@@ -430,4 +430,19 @@ impl PubSub for RecordingPubSub {
     fn local_members(&self, topic: &str) -> Option<Vec<ClientId>> {
         self.inner.local_members(topic)
     }
+
+    fn keep(&self, topics: crate::pubsub::KeptTopics) {
+        self.inner.keep(topics);
+    }
+
+    fn subscribe_from<'a>(
+        &'a self,
+        topic: &'a str,
+        subscriber: Subscriber,
+        since: crate::pubsub::Position,
+        announce: crate::pubsub::Announce,
+    ) -> BoxFuture<'a, Result<crate::pubsub::Subscribed, WsError>> {
+        self.inner
+            .subscribe_from(topic, subscriber, since, announce)
+    }
 }

@@ -1,0 +1,301 @@
+//! Kept topics and recovery (docs/protocol.md 8a) with the in-memory engine, over real sockets:
+//! the chat example's rooms, rejoined from a position while publications race the rejoin.
+
+mod support;
+
+#[allow(dead_code)]
+#[path = "../../examples/chat.rs"]
+mod chat;
+
+use serde_json::{Value, json};
+use std::time::Duration;
+use support::{Client, TestServer, bounded, bounded_multi_thread, serve};
+use ws_kit::pubsub::{Keep, MemoryPubSub};
+use ws_kit::{Message, Router, ServeOptions};
+
+const ROOM: &str = "0190f3a4-8a4e-7cc0-9a3e-2f1f0d1c2b3a";
+
+/// The chat's `NEW_MESSAGE`, published from outside the handlers.
+#[derive(Message)]
+#[message(type = "NEW_MESSAGE")]
+struct NewMessage {
+    username: String,
+    text: String,
+}
+
+async fn chat_server() -> TestServer<chat::ChatData> {
+    serve(chat::router(), ServeOptions::new()).await
+}
+
+/// Connects, skips the greeting, joins `ROOM` from `since` (or plainly) and returns the `JOINED`
+/// (or `Null`).
+async fn join(
+    server: &TestServer<chat::ChatData>,
+    name: &str,
+    since: Option<Value>,
+) -> (Client, Value) {
+    let mut client = server.client().await;
+    assert_eq!(client.recv().await["type"], "WELCOME");
+    let mut payload = json!({"roomId": ROOM, "username": name});
+    if let Some(since) = since {
+        payload["since"] = since;
+    }
+    client
+        .send(json!({"type": "JOIN_ROOM", "payload": payload}))
+        .await;
+    let joined = if payload.get("since").is_some() {
+        let joined = client.recv().await;
+        assert_eq!(joined["type"], "JOINED", "{joined}");
+        joined
+    } else {
+        Value::Null
+    };
+    (client, joined)
+}
+
+/// The room's frames a client gets, until (and with) the `NEW_MESSAGE` whose text is `last`.
+async fn frames_until(client: &mut Client, last: &str) -> Vec<Value> {
+    let mut frames = Vec::new();
+    loop {
+        let frame = client.recv().await;
+        let done = frame["type"] == "NEW_MESSAGE" && frame["payload"]["text"] == last;
+        frames.push(frame);
+        if done {
+            return frames;
+        }
+    }
+}
+
+fn offset(frame: &Value) -> u64 {
+    frame["meta"]["offset"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no offset in {frame}"))
+}
+
+#[test]
+fn a_rejoin_gets_exactly_what_it_missed_then_live_frames_while_publishers_race_it() {
+    bounded_multi_thread(async {
+        // Room for her USER_LEFT, the 100 she misses and the racers that beat her rejoin.
+        let rooms = Keep::last(200).for_at_most(Duration::from_secs(300));
+        let server = serve(chat::router_keeping(rooms), ServeOptions::new()).await;
+        let publisher = server.service.publisher();
+        let topic = format!("room:{ROOM}");
+        let say = |text: String| NewMessage {
+            username: "bob".into(),
+            text,
+        };
+
+        let (mut alice, joined) =
+            join(&server, "alice", Some(json!({"offset": 0, "epoch": ""}))).await;
+        assert_eq!(joined["payload"]["recovered"], false, "{joined}");
+        let epoch = joined["payload"]["epoch"].as_str().unwrap().to_string();
+        assert!(!epoch.is_empty());
+        let mut last = joined["payload"]["offset"].as_u64().unwrap();
+
+        for round in 0..50 {
+            // Alice has seen everything up to a marker; her position is its offset.
+            let marker = format!("marker {round}");
+            publisher.publish(&topic, &say(marker.clone())).await;
+            let seen = frames_until(&mut alice, &marker).await;
+            for frame in &seen {
+                assert_eq!(frame["meta"]["topic"], topic.as_str(), "{frame}");
+                assert_eq!(frame["meta"]["epoch"], epoch.as_str(), "{frame}");
+                assert_eq!(
+                    offset(frame),
+                    last + 1,
+                    "round {round}: a gap or a duplicate live"
+                );
+                last += 1;
+            }
+            drop(alice);
+
+            // 100 publications while she is away (her own USER_LEFT among the first)...
+            for i in 0..100 {
+                publisher
+                    .publish(&topic, &say(format!("missed {round}.{i}")))
+                    .await;
+            }
+            // ...and 20 more racing her rejoin, from another task.
+            let racer = {
+                let publisher = publisher.clone();
+                let topic = topic.clone();
+                tokio::spawn(async move {
+                    for i in 0..20 {
+                        publisher
+                            .publish(
+                                &topic,
+                                &NewMessage {
+                                    username: "carol".into(),
+                                    text: format!("race {round}.{i}"),
+                                },
+                            )
+                            .await;
+                        if i % 4 == 0 {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                })
+            };
+            let (client, joined) = join(
+                &server,
+                "alice",
+                Some(json!({"offset": last, "epoch": epoch})),
+            )
+            .await;
+            alice = client;
+            assert_eq!(
+                joined["payload"]["recovered"], true,
+                "round {round}: {joined}"
+            );
+            assert_eq!(joined["payload"]["epoch"], epoch.as_str());
+            let at_join = joined["payload"]["offset"].as_u64().unwrap();
+            assert!(
+                at_join >= last + 100,
+                "round {round}: JOINED at {at_join}, left at {last}"
+            );
+            racer.await.unwrap();
+
+            // Everything after `last`, in order, exactly once: the missed ones, the racers (some
+            // recovered, some live), her own USER_JOINED.
+            let frames = frames_until(&mut alice, &format!("race {round}.19")).await;
+            let mut texts = Vec::new();
+            for frame in &frames {
+                assert_eq!(
+                    offset(frame),
+                    last + 1,
+                    "round {round}: a gap or a duplicate at the seam: {frame}"
+                );
+                last += 1;
+                if frame["type"] == "NEW_MESSAGE" {
+                    texts.push(frame["payload"]["text"].as_str().unwrap().to_string());
+                }
+            }
+            let missed: Vec<String> = (0..100).map(|i| format!("missed {round}.{i}")).collect();
+            assert_eq!(
+                texts[..100],
+                missed[..],
+                "round {round}: the missed ones first, in order"
+            );
+            let raced: Vec<&String> = texts[100..].iter().collect();
+            let expected: Vec<String> = (0..20).map(|i| format!("race {round}.{i}")).collect();
+            assert_eq!(
+                raced,
+                expected.iter().collect::<Vec<_>>(),
+                "round {round}: then the racers, in order"
+            );
+        }
+    });
+}
+
+#[test]
+fn too_old_or_another_epoch_recovers_nothing() {
+    bounded(async {
+        let server = chat_server().await;
+        let publisher = server.service.publisher();
+        let topic = format!("room:{ROOM}");
+        let (_bob, _) = join(&server, "bob", None).await;
+        let (alice, joined) = join(&server, "alice", Some(json!({"offset": 0, "epoch": ""}))).await;
+        let epoch = joined["payload"]["epoch"].as_str().unwrap().to_string();
+        let left_at = joined["payload"]["offset"].as_u64().unwrap();
+        drop(alice);
+        // 150 publications: the room keeps 100, so the first 50 after her position are gone.
+        for i in 0..150 {
+            publisher
+                .publish(
+                    &topic,
+                    &NewMessage {
+                        username: "bob".into(),
+                        text: format!("m{i}"),
+                    },
+                )
+                .await;
+        }
+        for since in [
+            json!({"offset": left_at, "epoch": epoch}),
+            json!({"offset": left_at + 140, "epoch": "not-the-epoch"}),
+            json!({"offset": left_at + 10_000, "epoch": epoch}),
+        ] {
+            let (mut client, joined) = join(&server, "alice", Some(since.clone())).await;
+            assert_eq!(joined["payload"]["recovered"], false, "{since}: {joined}");
+            let now = joined["payload"]["offset"].as_u64().unwrap();
+            // Nothing old: the next frame is her own USER_JOINED, live, right after the position.
+            let next = client.recv().await;
+            assert_eq!(next["type"], "USER_JOINED", "{since}: {next}");
+            assert_eq!(offset(&next), now + 1);
+        }
+    });
+}
+
+#[test]
+fn a_join_without_since_gets_plain_frames_and_no_joined() {
+    bounded(async {
+        let server = chat_server().await;
+        let (mut plain, _) = join(&server, "bob", None).await;
+        let first = plain.recv().await;
+        assert_eq!(
+            first,
+            json!({"type": "USER_JOINED", "payload": {"username": "bob", "userCount": 1}}),
+            "exactly the frame of a room that is not kept"
+        );
+        let (mut positioned, _) =
+            join(&server, "alice", Some(json!({"offset": 0, "epoch": ""}))).await;
+        let to_plain = plain.recv().await;
+        let to_positioned = positioned.recv().await;
+        assert_eq!(
+            to_plain,
+            json!({"type": "USER_JOINED", "payload": {"username": "alice", "userCount": 2}})
+        );
+        assert_eq!(to_positioned["payload"], to_plain["payload"]);
+        assert_eq!(to_positioned["meta"]["topic"], format!("room:{ROOM}"));
+    });
+}
+
+#[test]
+fn a_kept_topic_holds_at_most_its_size_and_nothing_once_expired_and_unsubscribed() {
+    bounded(async {
+        let engine = MemoryPubSub::new();
+        let router = Router::<()>::new()
+            .keep(
+                "feed:*",
+                Keep::last(10).for_at_most(Duration::from_millis(300)),
+            )
+            .pubsub(engine.clone());
+        let server = serve(router, ServeOptions::new()).await;
+        let publisher = server.service.publisher();
+        for i in 0..250 {
+            publisher
+                .publish(
+                    "feed:a",
+                    &NewMessage {
+                        username: "x".into(),
+                        text: format!("{i}"),
+                    },
+                )
+                .await;
+            assert!(engine.kept_len("feed:a") <= 10);
+        }
+        assert_eq!(engine.kept_len("feed:a"), 10);
+        publisher
+            .publish(
+                "plain",
+                &NewMessage {
+                    username: "x".into(),
+                    text: "not kept".into(),
+                },
+            )
+            .await;
+        assert_eq!(
+            engine.kept_len("plain"),
+            0,
+            "only kept topics hold anything"
+        );
+        // No subscriber, every publication past its TTL: the sweep (every second) forgets it.
+        tokio::time::sleep(Duration::from_millis(2300)).await;
+        assert_eq!(engine.kept_len("feed:a"), 0);
+        assert_eq!(
+            engine.kept_topics(),
+            0,
+            "nothing is held for an expired, unsubscribed topic"
+        );
+    });
+}
