@@ -299,3 +299,273 @@ fn a_kept_topic_holds_at_most_its_size_and_nothing_once_expired_and_unsubscribed
         );
     });
 }
+
+// ---------------------------------------------------------------------------------------------
+// On Redis: two instances, one stream per room.
+
+#[cfg(feature = "redis")]
+mod on_redis {
+    use super::*;
+    use support::proxy::Proxy;
+    use support::{eventually, redis_url};
+    use ws_kit::redis::RedisOptions;
+
+    fn unique_prefix() -> String {
+        format!("wskit-test-{}:", uuid::Uuid::now_v7().simple())
+    }
+
+    async fn instance(url: &str, prefix: &str, rooms: Keep) -> TestServer<chat::ChatData> {
+        let engine = RedisOptions::new(url)
+            .prefix(prefix)
+            .connect()
+            .await
+            .expect("redis");
+        serve(
+            chat::router_keeping(rooms).pubsub(engine),
+            ServeOptions::new(),
+        )
+        .await
+    }
+
+    #[test]
+    fn a_rejoin_on_the_other_instance_gets_what_both_published_then_live_frames() {
+        let Some(url) = redis_url() else { return };
+        bounded_multi_thread(async move {
+            let prefix = unique_prefix();
+            let rooms = Keep::last(200).for_at_most(Duration::from_secs(300));
+            let one = instance(&url, &prefix, rooms).await;
+            let two = instance(&url, &prefix, rooms).await;
+            let publishers = [one.service.publisher(), two.service.publisher()];
+            let topic = format!("room:{ROOM}");
+
+            let (mut alice, joined) =
+                join(&one, "alice", Some(json!({"offset": 0, "epoch": ""}))).await;
+            assert_eq!(joined["payload"]["recovered"], false, "{joined}");
+            let epoch = joined["payload"]["epoch"].as_str().unwrap().to_string();
+            let mut last = joined["payload"]["offset"].as_u64().unwrap();
+
+            for round in 0..50 {
+                let marker = format!("marker {round}");
+                let result = publishers[round % 2]
+                    .publish(
+                        &topic,
+                        &NewMessage {
+                            username: "bob".into(),
+                            text: marker.clone(),
+                        },
+                    )
+                    .await;
+                assert!(result.ok, "{result:?}");
+                for frame in frames_until(&mut alice, &marker).await {
+                    assert_eq!(frame["meta"]["epoch"], epoch.as_str(), "{frame}");
+                    assert_eq!(
+                        offset(&frame),
+                        last + 1,
+                        "round {round}: a gap or a duplicate live: {frame}"
+                    );
+                    last += 1;
+                }
+                drop(alice);
+                // 100 publications from both instances while she is away.
+                for i in 0..100 {
+                    let result = publishers[i % 2]
+                        .publish(
+                            &topic,
+                            &NewMessage {
+                                username: "bob".into(),
+                                text: format!("missed {round}.{i}"),
+                            },
+                        )
+                        .await;
+                    assert!(result.ok, "{result:?}");
+                }
+                // 20 more from both, racing her rejoin on the other instance.
+                let racer = {
+                    let publishers = publishers.clone();
+                    let topic = topic.clone();
+                    tokio::spawn(async move {
+                        for i in 0..20 {
+                            publishers[i % 2]
+                                .publish(
+                                    &topic,
+                                    &NewMessage {
+                                        username: "carol".into(),
+                                        text: format!("race {round}.{i}"),
+                                    },
+                                )
+                                .await;
+                        }
+                    })
+                };
+                let rejoin_on = if round % 2 == 0 { &two } else { &one };
+                let (client, joined) = join(
+                    rejoin_on,
+                    "alice",
+                    Some(json!({"offset": last, "epoch": epoch})),
+                )
+                .await;
+                alice = client;
+                assert_eq!(
+                    joined["payload"]["recovered"], true,
+                    "round {round}: {joined}"
+                );
+                assert_eq!(joined["payload"]["epoch"], epoch.as_str());
+                racer.await.unwrap();
+                let frames = frames_until(&mut alice, &format!("race {round}.19")).await;
+                let mut texts = Vec::new();
+                for (k, frame) in frames.iter().enumerate() {
+                    assert_eq!(
+                        offset(frame),
+                        last + 1,
+                        "round {round}: a gap or a duplicate at the seam: {frame}; JOINED {joined}; before: {:?}",
+                        &frames[k.saturating_sub(3)..k]
+                    );
+                    last += 1;
+                    if frame["type"] == "NEW_MESSAGE" {
+                        texts.push(frame["payload"]["text"].as_str().unwrap().to_string());
+                    }
+                }
+                let missed: Vec<String> = (0..100).map(|i| format!("missed {round}.{i}")).collect();
+                assert_eq!(
+                    texts[..100],
+                    missed[..],
+                    "round {round}: all 100, in publish order"
+                );
+                let raced: Vec<String> = (0..20).map(|i| format!("race {round}.{i}")).collect();
+                assert_eq!(texts[100..], raced[..], "round {round}: then the racers");
+            }
+        });
+    }
+
+    #[test]
+    fn on_redis_too_old_or_another_epoch_recovers_nothing() {
+        let Some(url) = redis_url() else { return };
+        bounded_multi_thread(async move {
+            let prefix = unique_prefix();
+            let rooms = Keep::last(100).for_at_most(Duration::from_secs(300));
+            let one = instance(&url, &prefix, rooms).await;
+            let two = instance(&url, &prefix, rooms).await;
+            let topic = format!("room:{ROOM}");
+            let (alice, joined) =
+                join(&one, "alice", Some(json!({"offset": 0, "epoch": ""}))).await;
+            let epoch = joined["payload"]["epoch"].as_str().unwrap().to_string();
+            let left_at = joined["payload"]["offset"].as_u64().unwrap();
+            drop(alice);
+            let publisher = two.service.publisher();
+            for i in 0..150 {
+                let result = publisher
+                    .publish(
+                        &topic,
+                        &NewMessage {
+                            username: "bob".into(),
+                            text: format!("m{i}"),
+                        },
+                    )
+                    .await;
+                assert!(result.ok);
+            }
+            for since in [
+                json!({"offset": left_at, "epoch": epoch}),
+                json!({"offset": left_at + 140, "epoch": "not-the-epoch"}),
+                json!({"offset": left_at + 10_000, "epoch": epoch}),
+            ] {
+                let (mut client, joined) = join(&two, "alice", Some(since.clone())).await;
+                assert_eq!(joined["payload"]["recovered"], false, "{since}: {joined}");
+                let now = joined["payload"]["offset"].as_u64().unwrap();
+                let next = client.recv().await;
+                assert_eq!(next["type"], "USER_JOINED", "{since}: nothing old: {next}");
+                assert_eq!(offset(&next), now + 1);
+            }
+        });
+    }
+
+    /// While Redis is unreachable a kept room still delivers on its instance, at once and
+    /// without positions; once Redis is back the room's history starts a new epoch, so a client
+    /// that comes back with a position from before is told it did not recover.
+    #[test]
+    fn during_an_outage_a_kept_room_delivers_locally_and_then_starts_a_new_epoch() {
+        let Some(url) = redis_url() else { return };
+        bounded_multi_thread(async move {
+            let prefix = unique_prefix();
+            let rooms = Keep::last(100).for_at_most(Duration::from_secs(300));
+            let target = url
+                .trim_start_matches("redis://")
+                .trim_end_matches('/')
+                .to_string();
+            let proxy = Proxy::start(target).await;
+            let engine = RedisOptions::new(format!("redis://{}", proxy.addr))
+                .prefix(&prefix)
+                .health_interval(Duration::from_millis(100))
+                .connect()
+                .await
+                .expect("redis through the proxy");
+            let one = serve(
+                chat::router_keeping(rooms).pubsub(engine.clone()),
+                ServeOptions::new(),
+            )
+            .await;
+            let two = instance(&url, &prefix, rooms).await;
+            let topic = format!("room:{ROOM}");
+
+            let (mut alice, joined) =
+                join(&one, "alice", Some(json!({"offset": 0, "epoch": ""}))).await;
+            let epoch = joined["payload"]["epoch"].as_str().unwrap().to_string();
+            let own = alice.recv().await;
+            assert_eq!(own["type"], "USER_JOINED");
+            let last = offset(&own);
+
+            proxy.down();
+            eventually("the instance notices Redis is gone", || {
+                let engine = engine.clone();
+                async move { !engine.is_connected() }
+            })
+            .await;
+            let result = one
+                .service
+                .publisher()
+                .publish(
+                    &topic,
+                    &NewMessage {
+                        username: "bob".into(),
+                        text: "during".into(),
+                    },
+                )
+                .await;
+            assert!(
+                !result.ok,
+                "the other instances could not be told: {result:?}"
+            );
+            let during = alice.recv().await;
+            assert_eq!(
+                during,
+                json!({"type": "NEW_MESSAGE", "payload": {"username": "bob", "text": "during"}}),
+                "delivered here at once, without a position it does not have"
+            );
+
+            proxy.up();
+            eventually("the instance is back", || {
+                let engine = engine.clone();
+                async move { engine.is_connected() }
+            })
+            .await;
+            // Reconciliation after the reconnect drops the history; give it a moment to run.
+            eventually("the room's history starts over", || {
+                let two = &two;
+                let epoch = epoch.clone();
+                async move {
+                    let (_client, joined) =
+                        join(two, "probe", Some(json!({"offset": 0, "epoch": ""}))).await;
+                    joined["payload"]["epoch"] != epoch.as_str()
+                }
+            })
+            .await;
+            let (mut back, joined) =
+                join(&two, "alice", Some(json!({"offset": last, "epoch": epoch}))).await;
+            assert_eq!(joined["payload"]["recovered"], false, "{joined}");
+            assert_ne!(joined["payload"]["epoch"], epoch.as_str());
+            let next = back.recv().await;
+            assert_eq!(next["type"], "USER_JOINED", "nothing old: {next}");
+            assert_eq!(next["meta"]["epoch"], joined["payload"]["epoch"]);
+        });
+    }
+}

@@ -2,6 +2,7 @@
 #![allow(dead_code, missing_docs)]
 
 pub(crate) mod binary;
+pub(crate) mod proxy;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;

@@ -66,6 +66,11 @@ impl KeptTopics {
         self.rules.push((pattern.into(), keep));
     }
 
+    /// Appends `other`'s rules after these.
+    pub fn extend(&mut self, other: KeptTopics) {
+        self.rules.extend(other.rules);
+    }
+
     /// Whether no topic is kept.
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
@@ -185,7 +190,8 @@ pub fn positioned(frame: &str, topic: &str, offset: u64, epoch: &str) -> Option<
 }
 
 /// A fresh epoch: unique per history, short.
-pub(crate) fn new_epoch() -> String {
+#[doc(hidden)]
+pub fn new_epoch() -> String {
     let id = uuid::Uuid::now_v7().simple().to_string();
     id[id.len() - 12..].to_string()
 }

@@ -133,6 +133,41 @@ impl LocalTopics {
         positioned: &Utf8Bytes,
         exclude: Option<ClientId>,
     ) -> usize {
+        self.deliver_each(topic, exclude, |s| {
+            Some(if s.positions { positioned } else { plain })
+        })
+    }
+
+    /// A kept topic's publication whose plain form the others already have: `positioned` to
+    /// the subscribers that subscribed from a position.
+    pub fn deliver_positioned(
+        &self,
+        topic: &str,
+        positioned: &Utf8Bytes,
+        exclude: Option<ClientId>,
+    ) -> usize {
+        self.deliver_each(topic, exclude, |s| s.positions.then_some(positioned))
+    }
+
+    /// A kept topic's publication whose positioned form comes later (through Redis): `plain` to
+    /// the subscribers that did not ask for positions.
+    pub fn deliver_plain(
+        &self,
+        topic: &str,
+        plain: &Utf8Bytes,
+        exclude: Option<ClientId>,
+    ) -> usize {
+        self.deliver_each(topic, exclude, |s| (!s.positions).then_some(plain))
+    }
+
+    /// Queues on each subscriber of `topic` (but `exclude`) the frame `pick` chooses for it, if
+    /// any; returns how many it reached.
+    pub fn deliver_each<'f>(
+        &self,
+        topic: &str,
+        exclude: Option<ClientId>,
+        pick: impl Fn(&Subscriber) -> Option<&'f Utf8Bytes>,
+    ) -> usize {
         let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
         let Some(subs) = topics.get(topic) else {
             return 0;
@@ -140,7 +175,8 @@ impl LocalTopics {
         let delivered = subs
             .iter()
             .filter(|s| Some(s.id) != exclude)
-            .filter(|s| s.deliver(if s.positions { positioned } else { plain }))
+            .filter_map(|s| pick(s).map(|frame| (s, frame)))
+            .filter(|(s, frame)| s.deliver(frame))
             .count();
         crate::metrics::delivered(delivered);
         delivered

@@ -7,7 +7,9 @@ mod history;
 mod local;
 mod memory;
 
-pub use history::{Announce, History, Keep, KeptTopics, Position, Subscribed, positioned};
+pub use history::{
+    Announce, History, Keep, KeptTopics, Position, Subscribed, new_epoch, positioned,
+};
 pub use local::{LocalTopics, Subscriber};
 pub use memory::MemoryPubSub;
 

@@ -19,7 +19,10 @@
 use crate::error::{Error, ErrorCode, WsError};
 use crate::metrics::{self, Started};
 use crate::publisher::Publisher;
-use crate::pubsub::{Capability, ClientId, LocalTopics, PubSub, PublishResult, Subscriber};
+use crate::pubsub::{
+    Announce, Capability, ClientId, Keep, KeptTopics, LocalTopics, Position, PubSub, PublishResult,
+    Subscribed, Subscriber,
+};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -27,10 +30,12 @@ use redis::{AsyncCommands, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKi
 use std::collections::HashSet;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+mod kept;
 
 /// The default channel prefix.
 pub const DEFAULT_PREFIX: &str = "ws-kit:";
@@ -59,17 +64,38 @@ fn encode_envelope(origin: ClientId, frame: &Utf8Bytes, exclude: Option<ClientId
 /// A publication from Redis: its origin, the excluded client, the frame.
 type Envelope = (ClientId, Option<ClientId>, Utf8Bytes);
 
+/// The head of an envelope before its frame: `origin SP exclude`.
+fn envelope_head(origin: ClientId, exclude: Option<ClientId>) -> String {
+    match exclude {
+        Some(id) => format!("{} {}", origin.hyphenated(), id.hyphenated()),
+        None => format!("{} ", origin.hyphenated()),
+    }
+}
+
+#[cfg(test)]
 fn decode_envelope(payload: Vec<u8>) -> Option<Envelope> {
+    decode_kept_envelope(payload)
+        .and_then(|(envelope, position)| position.is_none().then_some(envelope))
+}
+
+/// Decodes an envelope, with the position a kept topic's publication carries
+/// (`origin SP exclude SP offset SP epoch LF frame`, written by the publish script).
+fn decode_kept_envelope(payload: Vec<u8>) -> Option<(Envelope, Option<(u64, String)>)> {
     let newline = payload.iter().position(|&b| b == b'\n')?;
     let head = std::str::from_utf8(&payload[..newline]).ok()?;
-    let (origin, exclude) = head.split_once(' ')?;
-    let origin = origin.parse().ok()?;
-    let exclude = match exclude {
+    let mut parts = head.split(' ');
+    let origin = parts.next()?.parse().ok()?;
+    let exclude = match parts.next()? {
         "" => None,
         id => Some(id.parse().ok()?),
     };
+    let position = match (parts.next(), parts.next(), parts.next()) {
+        (None, _, _) => None,
+        (Some(offset), Some(epoch), None) => Some((offset.parse().ok()?, epoch.to_string())),
+        _ => return None,
+    };
     let frame = Utf8Bytes::try_from(Bytes::from(payload).slice(newline + 1..)).ok()?;
-    Some((origin, exclude, frame))
+    Some(((origin, exclude, frame), position))
 }
 
 /// Options of a [`RedisPubSub`] (or [`Emitter`]) before it connects.
@@ -80,6 +106,7 @@ pub struct RedisOptions {
     publish_timeout: Duration,
     join_timeout: Duration,
     health_interval: Duration,
+    kept: KeptTopics,
 }
 
 impl RedisOptions {
@@ -91,7 +118,16 @@ impl RedisOptions {
             publish_timeout: Duration::from_secs(2),
             join_timeout: Duration::from_secs(1),
             health_interval: Duration::from_secs(1),
+            kept: KeptTopics::default(),
         }
+    }
+
+    /// Topics kept (docs/protocol.md 8a) by this engine before a router says so: what an
+    /// [`Emitter`] needs to publish to kept topics as the servers do (into the topic's history,
+    /// with its position). A router's [`keep`](crate::Router::keep) rules come after these.
+    pub fn keep(mut self, pattern: &str, keep: Keep) -> Self {
+        self.kept.add(pattern, keep);
+        self
     }
 
     /// The channel prefix, so several apps (or tests) can share one Redis.
@@ -162,14 +198,35 @@ struct Inner {
     /// A join or leave gave up waiting for Redis while it still looked connected (slow or just
     /// frozen): the next healthy ping reconciles.
     out_of_step: AtomicBool,
+    /// Kept topics: the options' rules, then the router's.
+    kept: RwLock<KeptTopics>,
+    options_kept: KeptTopics,
+    /// Subscribers from a position waiting for their history.
+    recovering: Arc<kept::Recovering>,
+    /// Kept topics published to on this instance only (Redis down or failing): their history is
+    /// dropped when Redis is back, so the next epoch tells every client it did not recover them.
+    dirty: Arc<Mutex<HashSet<String>>>,
+    read_script: redis::Script,
 }
 
 struct PublishJob {
     channel: String,
     payload: Vec<u8>,
+    /// A kept topic's publication: run through the publish script instead of PUBLISH.
+    kept: Option<KeptJob>,
     done: oneshot::Sender<redis::RedisResult<()>>,
     /// When `publish` queued it, for `ws_kit_redis_lag_seconds`.
     queued: Started,
+}
+
+/// What the publish script needs besides the channel, and what a failure needs to put right.
+struct KeptJob {
+    topic: String,
+    hash: String,
+    stream: String,
+    keep: Keep,
+    frame: Utf8Bytes,
+    exclude: Option<ClientId>,
 }
 
 const STRIPES: usize = 64;
@@ -209,9 +266,13 @@ impl RedisPubSub {
         let push_local = local.clone();
         let push_connected = connected.clone();
         let prefix = options.prefix.clone();
+        let recovering = Arc::new(kept::Recovering::default());
+        let push_recovering = recovering.clone();
         let on_push = move |push: PushInfo| -> Result<(), ()> {
             match push.kind {
-                PushKind::Message => deliver(&push_local, &prefix, instance, push.data),
+                PushKind::Message => {
+                    deliver(&push_local, &push_recovering, &prefix, instance, push.data)
+                }
                 PushKind::Disconnection if push_connected.swap(false, Ordering::SeqCst) => {
                     metrics::redis_connected(false);
                     tracing::warn!("redis pub/sub connection lost; reconnecting");
@@ -231,10 +292,11 @@ impl RedisPubSub {
             .await
             .map_err(Error::Redis)?;
         let (jobs, job_queue) = mpsc::channel(PUBLISH_QUEUE);
+        let dirty: Arc<Mutex<HashSet<String>>> = Arc::default();
         let inner = Arc::new(Inner {
             instance,
             prefix: options.prefix,
-            local,
+            local: local.clone(),
             conn: conn.clone(),
             subscribed: Mutex::default(),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
@@ -244,9 +306,20 @@ impl RedisPubSub {
             join_timeout: options.join_timeout,
             connected,
             out_of_step: AtomicBool::new(false),
+            kept: RwLock::new(options.kept.clone()),
+            options_kept: options.kept,
+            recovering,
+            dirty: dirty.clone(),
+            read_script: redis::Script::new(kept::READ_SCRIPT),
         });
         metrics::redis_connected(true);
-        tokio::spawn(publish_loop(job_queue, conn, options.publish_timeout));
+        tokio::spawn(publish_loop(
+            job_queue,
+            conn,
+            options.publish_timeout,
+            local,
+            dirty,
+        ));
         tokio::spawn(health(Arc::downgrade(&inner), options.health_interval));
         Ok(RedisPubSub { inner })
     }
@@ -288,7 +361,7 @@ impl Inner {
             .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
             % STRIPES;
         let _guard = self.stripes[stripe].lock().await;
-        let wanted = self.local.contains(topic);
+        let wanted = self.local.contains(topic) || self.recovering.wants(topic);
         let have = self.is_subscribed(topic);
         let mut conn = self.conn.clone();
         let result = if wanted && !have {
@@ -345,6 +418,24 @@ impl Inner {
                 let _: Result<i64, _> = conn.sadd(self.members_key(topic), members).await;
             }
         }
+        let dirty: Vec<String> = self
+            .dirty
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
+        for topic in dirty {
+            let keys = [
+                kept::hash_key(&self.prefix, &topic),
+                kept::stream_key(&self.prefix, &topic),
+            ];
+            if conn.del::<_, i64>(&keys[..]).await.is_err() {
+                self.dirty
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(topic);
+            }
+        }
         let removals = std::mem::take(
             &mut *self
                 .pending_removals
@@ -360,6 +451,21 @@ impl Inner {
                     .push((key, member));
             }
         }
+    }
+
+    /// How `topic` is kept, if it is.
+    fn kept(&self, topic: &str) -> Option<Keep> {
+        self.kept
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .of(topic)
+    }
+
+    fn mark_dirty(&self, topic: &str) {
+        self.dirty
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(topic.to_string());
     }
 
     fn unavailable(&self, e: redis::RedisError) -> WsError {
@@ -387,15 +493,37 @@ async fn publish_loop(
     mut queue: mpsc::Receiver<PublishJob>,
     mut conn: ConnectionManager,
     timeout: Duration,
+    local: Arc<LocalTopics>,
+    dirty: Arc<Mutex<HashSet<String>>>,
 ) {
+    let script = redis::Script::new(kept::PUBLISH_SCRIPT);
     let mut batch = Vec::new();
     while queue.recv_many(&mut batch, 1024).await > 0 {
         let mut pipe = redis::pipe();
+        if batch.iter().any(|job| job.kept.is_some()) {
+            pipe.load_script(&script).ignore();
+        }
         for job in &batch {
-            pipe.cmd("PUBLISH")
-                .arg(&job.channel)
-                .arg(&job.payload[..])
-                .ignore();
+            match &job.kept {
+                None => {
+                    pipe.cmd("PUBLISH")
+                        .arg(&job.channel)
+                        .arg(&job.payload[..])
+                        .ignore();
+                }
+                Some(k) => {
+                    let mut invocation = script.key(&k.hash);
+                    invocation
+                        .key(&k.stream)
+                        .arg(&job.channel)
+                        .arg(k.frame.as_str())
+                        .arg(k.keep.size())
+                        .arg(k.keep.ttl().as_millis().max(1) as u64)
+                        .arg(crate::pubsub::new_epoch())
+                        .arg(&job.payload[..]);
+                    pipe.invoke_script(&invocation).ignore();
+                }
+            }
         }
         let result = match tokio::time::timeout(timeout, pipe.query_async::<()>(&mut conn)).await {
             Ok(result) => result,
@@ -407,6 +535,15 @@ async fn publish_loop(
         for job in batch.drain(..) {
             if result.is_ok() {
                 metrics::redis_published(job.queued);
+            } else if let Some(k) = &job.kept {
+                // Its positioned subscribers here were waiting for the echo, which may never
+                // come: they get the plain frame now, and the topic's history starts a new
+                // epoch once Redis is back (so nobody believes it recovered around this).
+                local.deliver_positioned(&k.topic, &k.frame, k.exclude);
+                dirty
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(k.topic.clone());
             }
             let _ = job.done.send(result.clone());
         }
@@ -415,7 +552,13 @@ async fn publish_loop(
 
 /// Delivers one pushed message to this instance's subscribers, unless this instance published
 /// it (its subscribers got it when it was published).
-fn deliver(local: &LocalTopics, prefix: &str, instance: ClientId, data: Vec<Value>) {
+fn deliver(
+    local: &LocalTopics,
+    recovering: &kept::Recovering,
+    prefix: &str,
+    instance: ClientId,
+    data: Vec<Value>,
+) {
     let mut data = data.into_iter();
     let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
         (data.next(), data.next())
@@ -428,9 +571,15 @@ fn deliver(local: &LocalTopics, prefix: &str, instance: ClientId, data: Vec<Valu
     else {
         return;
     };
-    match decode_envelope(payload) {
-        Some((origin, _, _)) if origin == instance => {}
-        Some((_, exclude, frame)) => {
+    match decode_kept_envelope(payload) {
+        // A kept topic's publication: its position comes from Redis, so even this instance's
+        // positioned subscribers get it here (its plain subscribers got it when published).
+        Some(((origin, exclude, frame), Some((offset, epoch)))) => {
+            let own = origin == instance;
+            recovering.deliver(local, topic, &frame, offset, &epoch, exclude, own);
+        }
+        Some(((origin, _, _), None)) if origin == instance => {}
+        Some(((_, exclude, frame), None)) => {
             local.deliver(topic, &frame, exclude);
         }
         None => tracing::warn!(topic, "dropped a malformed publication from redis"),
@@ -549,6 +698,7 @@ impl PubSub for RedisPubSub {
         client: ClientId,
     ) -> BoxFuture<'a, Result<(), WsError>> {
         self.inner.local.remove(topic, client);
+        self.inner.recovering.remove(topic, client);
         Box::pin(async move {
             self.inner.settle(topic, client, false).await;
             Ok(())
@@ -568,8 +718,23 @@ impl PubSub for RedisPubSub {
         frame: Utf8Bytes,
         exclude: Option<ClientId>,
     ) -> BoxFuture<'static, PublishResult> {
-        self.inner.local.deliver(topic, &frame, exclude);
-        if !self.inner.connected.load(Ordering::SeqCst) {
+        let keep = self.inner.kept(topic);
+        let connected = self.inner.connected.load(Ordering::SeqCst);
+        match keep {
+            // A kept topic: the plain subscribers here now, the positioned ones with the echo,
+            // which carries the position Redis gave.
+            Some(_) if connected => {
+                self.inner.local.deliver_plain(topic, &frame, exclude);
+            }
+            Some(_) => {
+                self.inner.local.deliver(topic, &frame, exclude);
+                self.inner.mark_dirty(topic);
+            }
+            None => {
+                self.inner.local.deliver(topic, &frame, exclude);
+            }
+        }
+        if !connected {
             return Box::pin(std::future::ready(PublishResult::failed(unavailable(
                 "pub/sub backend unavailable; delivered on this instance only",
             ))));
@@ -577,13 +742,36 @@ impl PubSub for RedisPubSub {
         // Queued now, at call time: handlers call this in the order their frames arrived, so the
         // publish loop sends publications in that order.
         let (done, result) = oneshot::channel();
-        let job = PublishJob {
-            channel: self.inner.channel(topic),
-            payload: encode_envelope(self.inner.instance, &frame, exclude),
-            done,
-            queued: Started::now(),
+        let job = match keep {
+            None => PublishJob {
+                channel: self.inner.channel(topic),
+                payload: encode_envelope(self.inner.instance, &frame, exclude),
+                kept: None,
+                done,
+                queued: Started::now(),
+            },
+            Some(keep) => PublishJob {
+                channel: self.inner.channel(topic),
+                payload: envelope_head(self.inner.instance, exclude).into_bytes(),
+                kept: Some(KeptJob {
+                    topic: topic.to_string(),
+                    hash: kept::hash_key(&self.inner.prefix, topic),
+                    stream: kept::stream_key(&self.inner.prefix, topic),
+                    keep,
+                    frame: frame.clone(),
+                    exclude,
+                }),
+                done,
+                queued: Started::now(),
+            },
         };
-        if self.inner.jobs.try_send(job).is_err() {
+        if let Err(refused) = self.inner.jobs.try_send(job) {
+            if let Some(k) = refused.into_inner().kept {
+                self.inner
+                    .local
+                    .deliver_positioned(topic, &k.frame, exclude);
+                self.inner.mark_dirty(topic);
+            }
             return Box::pin(std::future::ready(PublishResult::failed(unavailable(
                 "pub/sub backend behind; delivered on this instance only",
             ))));
@@ -613,6 +801,88 @@ impl PubSub for RedisPubSub {
     /// while Redis is unreachable.
     fn local_members(&self, topic: &str) -> Option<Vec<ClientId>> {
         Some(self.inner.local.members(topic))
+    }
+
+    fn keep(&self, topics: KeptTopics) {
+        let mut rules = self.inner.options_kept.clone();
+        rules.extend(topics);
+        *self.inner.kept.write().unwrap_or_else(|e| e.into_inner()) = rules;
+    }
+
+    /// Recovers from the topic's stream (see `kept.rs`): the subscriber waits, buffering live
+    /// publications, while its channel is subscribed and the history read; then the
+    /// announcement, the history and the buffered frames after the position. While Redis is
+    /// down or slower than the join timeout: `recovered: false` at position zero, and the
+    /// subscriber is live at once (the join never waits longer than a plain one).
+    fn subscribe_from<'a>(
+        &'a self,
+        topic: &'a str,
+        subscriber: Subscriber,
+        since: Position,
+        announce: Announce,
+    ) -> BoxFuture<'a, Result<Subscribed, WsError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let id = subscriber.id();
+            let not_recovered = Subscribed {
+                recovered: false,
+                position: Position::default(),
+            };
+            let Some(keep) = inner.kept(topic) else {
+                if let Some(first) = announce(&not_recovered) {
+                    subscriber.deliver(&first);
+                }
+                self.subscribe(topic, subscriber).await?;
+                return Ok(not_recovered);
+            };
+            if !inner.connected.load(Ordering::SeqCst) {
+                if let Some(first) = announce(&not_recovered) {
+                    subscriber.deliver(&first);
+                }
+                self.subscribe(topic, subscriber).await?;
+                return Ok(not_recovered);
+            }
+            inner.recovering.start(topic, subscriber);
+            let read = async {
+                inner.sync_channel(topic).await?;
+                let mut conn = inner.conn.clone();
+                let value: Value = inner
+                    .read_script
+                    .key(kept::hash_key(&inner.prefix, topic))
+                    .key(kept::stream_key(&inner.prefix, topic))
+                    .arg(since.offset)
+                    .arg(&since.epoch)
+                    .arg(keep.size())
+                    .arg(keep.ttl().as_millis().max(1) as u64)
+                    .arg(crate::pubsub::new_epoch())
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(|e| inner.unavailable(e))?;
+                kept::Read::parse(value).ok_or_else(|| unavailable("unexpected history reply"))
+            };
+            let subscribed = match tokio::time::timeout(inner.join_timeout, read).await {
+                Ok(Ok(read)) => {
+                    let subscribed = Subscribed {
+                        recovered: read.recovered,
+                        position: read.position,
+                    };
+                    let first = announce(&subscribed);
+                    let history: &[Utf8Bytes] = if read.recovered { &read.frames } else { &[] };
+                    inner
+                        .recovering
+                        .finish(&inner.local, topic, id, &subscribed, first, history);
+                    subscribed
+                }
+                _ => {
+                    inner.out_of_step.store(true, Ordering::SeqCst);
+                    let first = announce(&not_recovered);
+                    inner.recovering.abandon(&inner.local, topic, id, first);
+                    not_recovered
+                }
+            };
+            inner.settle(topic, id, true).await;
+            Ok(subscribed)
+        })
     }
 
     fn subscriber_count<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Option<usize>> {
