@@ -22,11 +22,11 @@
 use std::time::Duration;
 use uuid::Uuid;
 use ws_kit::http::{HeaderValue, header};
-use ws_kit::pubsub::{Keep, Position};
+use ws_kit::pubsub::{Keep, Position, PresenceStats};
 use ws_kit::typescript::TypeScript;
 use ws_kit::{
-    Connection, Ctx, HttpResponse, Message, PublishOptions, Router, ServeOptions, UpgradeRequest,
-    WsError, handler, routes,
+    Connection, Ctx, HttpResponse, Message, Payload, PublishOptions, Router, ServeOptions,
+    UpgradeRequest, WsError, handler, routes,
 };
 
 /// What the server remembers about each connection.
@@ -42,6 +42,28 @@ struct JoinRoom {
     username: String,
     /// Where the client left off: with it, the server answers `JOINED` and sends what it missed.
     since: Option<Position>,
+}
+
+/// Who is in a room, on every instance (presence).
+#[derive(Message)]
+#[rpc(response = Here)]
+struct WhoIsHere {
+    room_id: Uuid,
+}
+
+/// One member of a room.
+#[derive(Payload)]
+struct Member {
+    username: String,
+    client_id: String,
+}
+
+/// The answer to `WHO_IS_HERE`: members sorted by client id, and the counts.
+#[derive(Message)]
+struct Here {
+    users: Vec<Member>,
+    clients: usize,
+    distinct_users: usize,
 }
 
 /// The answer to a join with `since`: whether what was missed follows, and the room's position.
@@ -114,6 +136,11 @@ async fn join_room(ctx: Ctx<JoinRoom, ChatData>) -> Result<(), WsError> {
         }
         None => ctx.subscribe(&room).await?,
     }
+    // Presence: distinct users are distinct usernames. A join works without it (an engine
+    // without presence, Redis unreachable).
+    let username = ctx.payload.username.clone();
+    let info = serde_json::json!({ "username": username });
+    let _ = ctx.set_presence(&room, Some(&username), info).await;
     let user_count = ctx.subscriber_count(&room).await.unwrap_or(0);
     ctx.publish(
         &room,
@@ -124,6 +151,24 @@ async fn join_room(ctx: Ctx<JoinRoom, ChatData>) -> Result<(), WsError> {
     )
     .await;
     Ok(())
+}
+
+#[handler]
+async fn who_is_here(ctx: Ctx<WhoIsHere, ChatData>) -> Result<Here, WsError> {
+    let entries = ctx.presence(&topic(&ctx.payload.room_id)).await?;
+    let stats = PresenceStats::of(&entries);
+    let users = entries
+        .into_iter()
+        .map(|e| Member {
+            username: e.info["username"].as_str().unwrap_or_default().to_string(),
+            client_id: e.client_id.to_string(),
+        })
+        .collect();
+    Ok(Here {
+        users,
+        clients: stats.clients,
+        distinct_users: stats.users,
+    })
 }
 
 #[handler]
@@ -171,7 +216,7 @@ pub(crate) fn router() -> Router<ChatData> {
 /// The chat router with rooms kept as `rooms` says (tests use other sizes).
 pub(crate) fn router_keeping(rooms: Keep) -> Router<ChatData> {
     Router::new()
-        .routes(routes![join_room, send_message, leave_room])
+        .routes(routes![join_room, send_message, leave_room, who_is_here])
         .keep("room:*", rooms)
         .on_open(|conn: Connection<ChatData>| async move {
             conn.send(&Welcome {

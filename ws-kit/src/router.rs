@@ -71,6 +71,7 @@ pub struct Router<D = (), S = ()> {
     ordered: bool,
     auth: Option<AuthGate>,
     kept: crate::pubsub::KeptTopics,
+    presence_hooks: Vec<crate::pubsub::PresenceHook>,
 }
 
 impl<D, S> fmt::Debug for Router<D, S> {
@@ -114,6 +115,7 @@ impl<D: Send + Sync + 'static, S: Send + Sync + 'static> Router<D, S> {
             ordered: false,
             auth: None,
             kept: crate::pubsub::KeptTopics::default(),
+            presence_hooks: Vec::new(),
         }
     }
 
@@ -318,6 +320,18 @@ impl<D: Send + Sync + 'static, S: Send + Sync + 'static> Router<D, S> {
         self
     }
 
+    /// Runs `hook` on every presence join and leave (docs/protocol.md 8b), of every topic,
+    /// whichever instance it happened on: a connection that set its presence
+    /// ([`Connection::set_presence`](crate::Connection::set_presence)), left the topic or closed,
+    /// or whose instance died (once its lease ran out). Hooks run inline: keep them short.
+    pub fn on_presence(
+        mut self,
+        hook: impl Fn(&crate::pubsub::PresenceEvent) + Send + Sync + 'static,
+    ) -> Self {
+        self.presence_hooks.push(Arc::new(hook));
+        self
+    }
+
     /// Replaces the pub/sub engine (in-memory by default).
     pub fn pubsub(mut self, engine: impl PubSub) -> Self {
         self.pubsub = Arc::new(engine);
@@ -351,6 +365,9 @@ impl<D: Send + Sync + 'static, S: Send + Sync + 'static> Router<D, S> {
         }
         if !self.kept.is_empty() {
             self.pubsub.keep(self.kept.clone());
+        }
+        for hook in self.presence_hooks {
+            self.pubsub.on_presence(hook);
         }
         let shared = Arc::new(Shared {
             pubsub: self.pubsub,

@@ -16,7 +16,8 @@ use crate::message::Message;
 use crate::outbound::Outbound;
 use crate::publisher::{PublishFuture, Publisher};
 use crate::pubsub::{
-    Announce, ClientId, Position, PublishOptions, Subscribed, Subscriber, internal, validate_topic,
+    Announce, ClientId, Position, PresenceEntry, PresenceStats, PublishOptions, Subscribed,
+    Subscriber, internal, validate_topic,
 };
 use crate::seal::Offer as SealOffer;
 use crate::wire::{self, Layout, OutMeta};
@@ -63,6 +64,8 @@ pub(crate) struct ConnInner<D> {
     pub(crate) topics: Mutex<HashSet<Box<str>>>,
     /// The framework's own topics for this connection (`#client:..`, `#all`, `#user:..`).
     pub(crate) internal_topics: Mutex<Vec<String>>,
+    /// Topics where this connection set its presence (docs/protocol.md 8b): left with the topic.
+    pub(crate) presence_topics: Mutex<Vec<Box<str>>>,
     pub(crate) user_id: Mutex<Option<String>>,
     pub(crate) inflight: Mutex<InflightTable>,
     /// What every connection of the router shares: engine, limits, hooks, state.
@@ -95,6 +98,7 @@ impl<D: Send + Sync + 'static> Connection<D> {
                 out,
                 topics: Mutex::default(),
                 internal_topics: Mutex::default(),
+                presence_topics: Mutex::default(),
                 user_id: Mutex::default(),
                 inflight: Mutex::default(),
                 auth: AuthState::new(!shared.in_band_auth),
@@ -261,6 +265,7 @@ impl<D: Send + Sync + 'static> Connection<D> {
             .unwrap_or_else(|e| e.into_inner())
             .remove(topic);
         if removed {
+            self.leave_presence(topic).await;
             self.inner
                 .shared
                 .pubsub
@@ -268,6 +273,71 @@ impl<D: Send + Sync + 'static> Connection<D> {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Sets this connection's presence in `topic`, which it must have joined (docs/protocol.md
+    /// 8b): `user_id` (distinct users are distinct ids) and `info`, a small JSON value of the
+    /// app's. Every instance's [`Router::on_presence`](crate::Router::on_presence) hooks see a
+    /// join; the entry goes when the connection leaves the topic or closes. Setting it again
+    /// replaces it.
+    pub async fn set_presence(
+        &self,
+        topic: &str,
+        user_id: Option<&str>,
+        info: Value,
+    ) -> Result<(), WsError> {
+        if !self.is_subscribed(topic) {
+            return Err(WsError::failed_precondition(
+                "join the topic before setting presence in it",
+            ));
+        }
+        let entry = PresenceEntry {
+            client_id: self.inner.id,
+            user_id: user_id.map(str::to_string),
+            info,
+        };
+        {
+            let mut topics = self
+                .inner
+                .presence_topics
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if !topics.iter().any(|t| **t == *topic) {
+                topics.push(topic.into());
+            }
+        }
+        self.inner.shared.pubsub.presence_join(topic, entry).await
+    }
+
+    /// Who is present in `topic`, on every instance, sorted by client id.
+    pub async fn presence(&self, topic: &str) -> Result<Vec<PresenceEntry>, WsError> {
+        validate_topic(topic)?;
+        self.inner.shared.pubsub.presence(topic).await
+    }
+
+    /// How many clients and distinct users are present in `topic`, on every instance.
+    pub async fn presence_stats(&self, topic: &str) -> Result<PresenceStats, WsError> {
+        Ok(PresenceStats::of(&self.presence(topic).await?))
+    }
+
+    async fn leave_presence(&self, topic: &str) {
+        let had = {
+            let mut topics = self
+                .inner
+                .presence_topics
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let before = topics.len();
+            topics.retain(|t| **t != *topic);
+            topics.len() != before
+        };
+        if had {
+            self.inner
+                .shared
+                .pubsub
+                .presence_leave(topic, self.inner.id)
+                .await;
+        }
     }
 
     /// Makes this connection reachable by `send_to_client` and `broadcast`, and lists it among
@@ -501,6 +571,7 @@ impl<D: Send + Sync + 'static> Connection<D> {
             .drain()
             .collect();
         for topic in topics {
+            self.leave_presence(&topic).await;
             let _ = inner.shared.pubsub.unsubscribe(&topic, inner.id).await;
         }
         let internal = std::mem::take(

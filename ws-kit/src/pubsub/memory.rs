@@ -1,8 +1,8 @@
 //! The in-memory engine.
 
 use super::{
-    Announce, ClientId, History, KeptTopics, LocalTopics, Position, PubSub, PublishResult,
-    Subscribed, Subscriber,
+    Announce, ClientId, History, KeptTopics, LocalTopics, Position, PresenceEntry, PresenceHook,
+    Presences, PubSub, PublishResult, Subscribed, Subscriber,
 };
 use crate::error::WsError;
 use futures_util::future::BoxFuture;
@@ -22,6 +22,7 @@ pub struct MemoryPubSub {
 struct Inner {
     local: LocalTopics,
     history: History,
+    presence: Presences,
     /// Whether the task that forgets expired histories runs.
     sweeping: AtomicBool,
 }
@@ -113,6 +114,31 @@ impl PubSub for MemoryPubSub {
 
     fn keep(&self, topics: KeptTopics) {
         self.inner.history.keep(topics);
+    }
+
+    fn presence_join<'a>(
+        &'a self,
+        topic: &'a str,
+        entry: PresenceEntry,
+    ) -> BoxFuture<'a, Result<(), WsError>> {
+        self.inner.presence.join(topic, entry);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn presence_leave<'a>(&'a self, topic: &'a str, client: ClientId) -> BoxFuture<'a, ()> {
+        self.inner.presence.leave(topic, client);
+        Box::pin(std::future::ready(()))
+    }
+
+    fn presence<'a>(
+        &'a self,
+        topic: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<PresenceEntry>, WsError>> {
+        Box::pin(std::future::ready(Ok(self.inner.presence.list(topic))))
+    }
+
+    fn on_presence(&self, hook: PresenceHook) {
+        self.inner.presence.hooks.add(hook);
     }
 
     fn subscribe_from<'a>(

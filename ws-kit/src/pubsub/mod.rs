@@ -6,12 +6,16 @@
 mod history;
 mod local;
 mod memory;
+mod presence;
 
 pub use history::{
     Announce, History, Keep, KeptTopics, Position, Subscribed, new_epoch, positioned,
 };
 pub use local::{LocalTopics, Subscriber};
 pub use memory::MemoryPubSub;
+pub use presence::{
+    PresenceEntry, PresenceEvent, PresenceHook, PresenceHooks, PresenceStats, Presences,
+};
 
 use crate::error::{ErrorCode, MAX_QUOTED, WsError, clip};
 use futures_util::future::BoxFuture;
@@ -191,6 +195,45 @@ pub trait PubSub: Send + Sync + 'static {
             self.subscribe(topic, subscriber).await?;
             Ok(subscribed)
         })
+    }
+
+    /// Records a subscription's presence (docs/protocol.md 8b), replacing the connection's
+    /// earlier entry in the topic; the hooks of every instance see a join. The default: the
+    /// engine has no presence (`UNIMPLEMENTED`).
+    fn presence_join<'a>(
+        &'a self,
+        topic: &'a str,
+        entry: PresenceEntry,
+    ) -> BoxFuture<'a, Result<(), WsError>> {
+        let _ = (topic, entry);
+        Box::pin(std::future::ready(Err(WsError::new(
+            ErrorCode::Unimplemented,
+            "this pub/sub engine has no presence",
+        ))))
+    }
+
+    /// Removes a connection's presence from a topic; the hooks of every instance see a leave.
+    fn presence_leave<'a>(&'a self, topic: &'a str, client: ClientId) -> BoxFuture<'a, ()> {
+        let _ = (topic, client);
+        Box::pin(std::future::ready(()))
+    }
+
+    /// A topic's presence on every instance, sorted by client id.
+    fn presence<'a>(
+        &'a self,
+        topic: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<PresenceEntry>, WsError>> {
+        let _ = topic;
+        Box::pin(std::future::ready(Err(WsError::new(
+            ErrorCode::Unimplemented,
+            "this pub/sub engine has no presence",
+        ))))
+    }
+
+    /// Runs `hook` on every join and leave of any topic, on this instance, whichever instance
+    /// they happened on (`Router::on_presence`).
+    fn on_presence(&self, hook: PresenceHook) {
+        let _ = hook;
     }
 
     /// This process's subscribers of a topic, when the engine keeps them (both of ws-kit's do):

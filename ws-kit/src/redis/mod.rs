@@ -20,14 +20,14 @@ use crate::error::{Error, ErrorCode, WsError};
 use crate::metrics::{self, Started};
 use crate::publisher::Publisher;
 use crate::pubsub::{
-    Announce, Capability, ClientId, Keep, KeptTopics, LocalTopics, Position, PubSub, PublishResult,
-    Subscribed, Subscriber,
+    Announce, Capability, ClientId, Keep, KeptTopics, LocalTopics, Position, PresenceEntry,
+    PresenceEvent, PresenceHook, PresenceHooks, PubSub, PublishResult, Subscribed, Subscriber,
 };
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -36,6 +36,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 mod kept;
+mod presence;
 
 /// The default channel prefix.
 pub const DEFAULT_PREFIX: &str = "ws-kit:";
@@ -107,6 +108,7 @@ pub struct RedisOptions {
     join_timeout: Duration,
     health_interval: Duration,
     kept: KeptTopics,
+    presence_lease: Duration,
 }
 
 impl RedisOptions {
@@ -119,7 +121,15 @@ impl RedisOptions {
             join_timeout: Duration::from_secs(1),
             health_interval: Duration::from_secs(1),
             kept: KeptTopics::default(),
+            presence_lease: Duration::from_secs(30),
         }
+    }
+
+    /// How long the presence entries of an instance outlive it when it dies without cleaning
+    /// up (default 30 s): its lease, renewed by its health loop (see `health_interval`).
+    pub fn presence_lease(mut self, lease: Duration) -> Self {
+        self.presence_lease = lease;
+        self
     }
 
     /// Topics kept (docs/protocol.md 8a) by this engine before a router says so: what an
@@ -207,6 +217,16 @@ struct Inner {
     /// dropped when Redis is back, so the next epoch tells every client it did not recover them.
     dirty: Arc<Mutex<HashSet<String>>>,
     read_script: redis::Script,
+    /// Presence hooks, also run by the push handler for other instances' events.
+    presence_hooks: Arc<PresenceHooks>,
+    /// This instance's presence entries, written again after an outage.
+    held: Mutex<HashMap<(String, ClientId), PresenceEntry>>,
+    presence_lease: Duration,
+    /// Whether this instance's lease is to be renewed (it holds or held presence).
+    holds_presence: AtomicBool,
+    /// Whether the presence events channel is subscribed (or being).
+    presence_events: AtomicBool,
+    presence_scripts: [redis::Script; 3],
 }
 
 struct PublishJob {
@@ -268,11 +288,18 @@ impl RedisPubSub {
         let prefix = options.prefix.clone();
         let recovering = Arc::new(kept::Recovering::default());
         let push_recovering = recovering.clone();
+        let presence_hooks = Arc::new(PresenceHooks::default());
+        let push_hooks = presence_hooks.clone();
         let on_push = move |push: PushInfo| -> Result<(), ()> {
             match push.kind {
-                PushKind::Message => {
-                    deliver(&push_local, &push_recovering, &prefix, instance, push.data)
-                }
+                PushKind::Message => deliver(
+                    &push_local,
+                    &push_recovering,
+                    &push_hooks,
+                    &prefix,
+                    instance,
+                    push.data,
+                ),
                 PushKind::Disconnection if push_connected.swap(false, Ordering::SeqCst) => {
                     metrics::redis_connected(false);
                     tracing::warn!("redis pub/sub connection lost; reconnecting");
@@ -311,6 +338,16 @@ impl RedisPubSub {
             recovering,
             dirty: dirty.clone(),
             read_script: redis::Script::new(kept::READ_SCRIPT),
+            presence_hooks,
+            held: Mutex::default(),
+            presence_lease: options.presence_lease,
+            holds_presence: AtomicBool::new(false),
+            presence_events: AtomicBool::new(false),
+            presence_scripts: [
+                redis::Script::new(presence::JOIN_SCRIPT),
+                redis::Script::new(presence::LEAVE_SCRIPT),
+                redis::Script::new(presence::CLEAN_SCRIPT),
+            ],
         });
         metrics::redis_connected(true);
         tokio::spawn(publish_loop(
@@ -436,6 +473,7 @@ impl Inner {
                     .insert(topic);
             }
         }
+        self.reconcile_presence().await;
         let removals = std::mem::take(
             &mut *self
                 .pending_removals
@@ -466,6 +504,180 @@ impl Inner {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(topic.to_string());
+    }
+
+    /// Writes one presence entry (and, with `event`, publishes its join).
+    async fn write_presence(
+        &self,
+        topic: &str,
+        entry: &PresenceEntry,
+        event: bool,
+    ) -> Result<(), WsError> {
+        #[derive(serde::Serialize)]
+        struct Stored<'a> {
+            #[serde(flatten)]
+            entry: &'a PresenceEntry,
+            instance: String,
+        }
+        let instance = self.instance.to_string();
+        let stored = serde_json::to_string(&Stored {
+            entry,
+            instance: instance.clone(),
+        })
+        .map_err(|_| unavailable("presence entry not encodable"))?;
+        let event = if event {
+            serde_json::to_string(&PresenceEvent::Join {
+                topic: topic.to_string(),
+                entry: entry.clone(),
+            })
+            .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let client = entry.client_id.to_string();
+        let mut conn = self.conn.clone();
+        self.presence_scripts[0]
+            .key(presence::hash_key(&self.prefix, topic))
+            .key(presence::instance_key(&self.prefix, &instance))
+            .key(presence::instances_key(&self.prefix))
+            .key(presence::lease_key(&self.prefix, &instance))
+            .arg(&client)
+            .arg(stored)
+            .arg(presence::member(&client, topic))
+            .arg(&instance)
+            .arg(self.presence_lease.as_millis().max(1) as u64)
+            .arg(self.channel(presence::EVENTS))
+            .arg(event)
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.unavailable(e))
+    }
+
+    /// Removes one presence entry of this instance and publishes its leave.
+    async fn erase_presence(&self, topic: &str, client: &str) -> Result<(), WsError> {
+        let instance = self.instance.to_string();
+        let mut conn = self.conn.clone();
+        self.presence_scripts[1]
+            .key(presence::hash_key(&self.prefix, topic))
+            .key(presence::instance_key(&self.prefix, &instance))
+            .arg(client)
+            .arg(presence::member(client, topic))
+            .arg(self.channel(presence::EVENTS))
+            .arg(topic)
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.unavailable(e))
+    }
+
+    async fn list_presence(&self, topic: &str) -> Result<Vec<PresenceEntry>, WsError> {
+        #[derive(serde::Deserialize)]
+        struct Stored {
+            #[serde(flatten)]
+            entry: PresenceEntry,
+            instance: String,
+        }
+        let mut conn = self.conn.clone();
+        let all: HashMap<String, String> = conn
+            .hgetall(presence::hash_key(&self.prefix, topic))
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        let stored: Vec<Stored> = all
+            .values()
+            .filter_map(|json| serde_json::from_str(json).ok())
+            .collect();
+        let me = self.instance.to_string();
+        let mut alive: HashMap<String, bool> = HashMap::new();
+        for s in &stored {
+            if alive.contains_key(&s.instance) {
+                continue;
+            }
+            let live = s.instance == me
+                || conn
+                    .exists::<_, bool>(presence::lease_key(&self.prefix, &s.instance))
+                    .await
+                    .map_err(|e| self.unavailable(e))?;
+            alive.insert(s.instance.clone(), live);
+        }
+        let mut entries: Vec<PresenceEntry> = stored
+            .into_iter()
+            .filter(|s| alive.get(&s.instance).copied().unwrap_or(false))
+            .map(|s| s.entry)
+            .collect();
+        entries.sort_by_key(|e| e.client_id);
+        Ok(entries)
+    }
+
+    /// On every healthy ping: renew this instance's lease (while it holds presence), and clean
+    /// up after instances whose lease ran out.
+    async fn presence_upkeep(&self) {
+        let mut conn = self.conn.clone();
+        let instance = self.instance.to_string();
+        if self.holds_presence.load(Ordering::SeqCst) {
+            let lease = self.presence_lease.as_millis().max(1) as u64;
+            let _: Result<(), _> = redis::cmd("SET")
+                .arg(presence::lease_key(&self.prefix, &instance))
+                .arg(1)
+                .arg("PX")
+                .arg(lease)
+                .query_async(&mut conn)
+                .await;
+        }
+        let Ok(instances) = conn
+            .smembers::<_, Vec<String>>(presence::instances_key(&self.prefix))
+            .await
+        else {
+            return;
+        };
+        for dead in instances.iter().filter(|i| **i != instance) {
+            let _: Result<i64, _> = self.presence_scripts[2]
+                .key(presence::instance_key(&self.prefix, dead))
+                .key(presence::instances_key(&self.prefix))
+                .key(presence::lease_key(&self.prefix, dead))
+                .arg(dead)
+                .arg(&self.prefix)
+                .arg(self.channel(presence::EVENTS))
+                .invoke_async(&mut conn)
+                .await;
+        }
+    }
+
+    /// After an outage: this instance's entries as they are here (no events for those written
+    /// again), and its leaves that did not reach Redis.
+    async fn reconcile_presence(&self) {
+        if !self.holds_presence.load(Ordering::SeqCst) {
+            return;
+        }
+        let held: Vec<(String, PresenceEntry)> = self
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|((topic, _), entry)| (topic.clone(), entry.clone()))
+            .collect();
+        for (topic, entry) in &held {
+            let _ = self.write_presence(topic, entry, false).await;
+        }
+        let mut conn = self.conn.clone();
+        let instance = self.instance.to_string();
+        let Ok(members) = conn
+            .smembers::<_, Vec<String>>(presence::instance_key(&self.prefix, &instance))
+            .await
+        else {
+            return;
+        };
+        for member in members {
+            let Some((client, topic)) = member.split_once('\n') else {
+                continue;
+            };
+            let still = held
+                .iter()
+                .any(|(t, e)| t == topic && e.client_id.to_string() == client);
+            if !still {
+                let _ = self.erase_presence(topic, client).await;
+            }
+        }
     }
 
     fn unavailable(&self, e: redis::RedisError) -> WsError {
@@ -555,6 +767,7 @@ async fn publish_loop(
 fn deliver(
     local: &LocalTopics,
     recovering: &kept::Recovering,
+    hooks: &PresenceHooks,
     prefix: &str,
     instance: ClientId,
     data: Vec<Value>,
@@ -571,6 +784,13 @@ fn deliver(
     else {
         return;
     };
+    if topic == presence::EVENTS {
+        match serde_json::from_slice::<PresenceEvent>(&payload) {
+            Ok(event) => hooks.emit(&event),
+            Err(_) => tracing::warn!("dropped a malformed presence event from redis"),
+        }
+        return;
+    }
     match decode_kept_envelope(payload) {
         // A kept topic's publication: its position comes from Redis, so even this instance's
         // positioned subscribers get it here (its plain subscribers got it when published).
@@ -603,6 +823,9 @@ async fn health(inner: Weak<Inner>, interval: Duration) {
             .is_ok_and(|r| r.is_ok());
         let was = inner.connected.swap(ok, Ordering::SeqCst);
         metrics::redis_connected(ok);
+        if ok {
+            inner.presence_upkeep().await;
+        }
         match (was, ok) {
             (false, true) => {
                 tracing::info!("redis pub/sub connection restored");
@@ -801,6 +1024,93 @@ impl PubSub for RedisPubSub {
     /// while Redis is unreachable.
     fn local_members(&self, topic: &str) -> Option<Vec<ClientId>> {
         Some(self.inner.local.members(topic))
+    }
+
+    /// Takes effect here at once and in Redis within the join timeout; while Redis is down the
+    /// entry is written (without a join event) when it is back. Never fails for an outage.
+    fn presence_join<'a>(
+        &'a self,
+        topic: &'a str,
+        entry: PresenceEntry,
+    ) -> BoxFuture<'a, Result<(), WsError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            inner.holds_presence.store(true, Ordering::SeqCst);
+            inner
+                .held
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert((topic.to_string(), entry.client_id), entry.clone());
+            if inner.connected.load(Ordering::SeqCst) {
+                let write = inner.write_presence(topic, &entry, true);
+                if !matches!(
+                    tokio::time::timeout(inner.join_timeout, write).await,
+                    Ok(Ok(()))
+                ) {
+                    inner.out_of_step.store(true, Ordering::SeqCst);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn presence_leave<'a>(&'a self, topic: &'a str, client: ClientId) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            inner
+                .held
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&(topic.to_string(), client));
+            if inner.connected.load(Ordering::SeqCst) {
+                let client = client.to_string();
+                let erase = inner.erase_presence(topic, &client);
+                if !matches!(
+                    tokio::time::timeout(inner.join_timeout, erase).await,
+                    Ok(Ok(()))
+                ) {
+                    inner.out_of_step.store(true, Ordering::SeqCst);
+                }
+            }
+        })
+    }
+
+    /// Every instance's entries, but those of instances whose lease ran out (even before they
+    /// are cleaned up). `UNAVAILABLE` while Redis is down.
+    fn presence<'a>(
+        &'a self,
+        topic: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<PresenceEntry>, WsError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            if !inner.connected.load(Ordering::SeqCst) {
+                return Err(unavailable("pub/sub backend unavailable"));
+            }
+            tokio::time::timeout(inner.publish_timeout, inner.list_presence(topic))
+                .await
+                .unwrap_or_else(|_| Err(unavailable("pub/sub backend timed out")))
+        })
+    }
+
+    fn on_presence(&self, hook: PresenceHook) {
+        self.inner.presence_hooks.add(hook);
+        if !self.inner.presence_events.swap(true, Ordering::SeqCst) {
+            let inner = self.inner.clone();
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let mut conn = inner.conn.clone();
+                    if conn
+                        .subscribe(inner.channel(presence::EVENTS))
+                        .await
+                        .is_err()
+                    {
+                        inner.presence_events.store(false, Ordering::SeqCst);
+                    }
+                });
+            } else {
+                self.inner.presence_events.store(false, Ordering::SeqCst);
+            }
+        }
     }
 
     fn keep(&self, topics: KeptTopics) {

@@ -435,6 +435,29 @@ impl PubSub for RecordingPubSub {
         self.inner.keep(topics);
     }
 
+    fn presence_join<'a>(
+        &'a self,
+        topic: &'a str,
+        entry: crate::pubsub::PresenceEntry,
+    ) -> BoxFuture<'a, Result<(), WsError>> {
+        self.inner.presence_join(topic, entry)
+    }
+
+    fn presence_leave<'a>(&'a self, topic: &'a str, client: ClientId) -> BoxFuture<'a, ()> {
+        self.inner.presence_leave(topic, client)
+    }
+
+    fn presence<'a>(
+        &'a self,
+        topic: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<crate::pubsub::PresenceEntry>, WsError>> {
+        self.inner.presence(topic)
+    }
+
+    fn on_presence(&self, hook: crate::pubsub::PresenceHook) {
+        self.inner.on_presence(hook);
+    }
+
     fn subscribe_from<'a>(
         &'a self,
         topic: &'a str,
