@@ -569,3 +569,112 @@ mod on_redis {
         });
     }
 }
+
+/// The Rust client tracks the position of the room's frames and, after the server drops it,
+/// rejoins from there (`Client::rejoin` in `on_reconnect`): every publication exactly once, in
+/// order, across the gap.
+#[cfg(feature = "client")]
+#[test]
+fn the_rust_client_rejoins_from_its_last_position_after_a_reconnect() {
+    use std::sync::{Arc, Mutex};
+    use ws_kit::client::{Client as RustClient, Reconnect};
+    use ws_kit::pubsub::Position;
+
+    #[derive(Message)]
+    #[message(type = "JOIN_ROOM")]
+    struct JoinRoom {
+        room_id: uuid::Uuid,
+        username: String,
+        since: Option<Position>,
+    }
+
+    bounded_multi_thread(async {
+        let rooms = Keep::last(200).for_at_most(Duration::from_secs(300));
+        let server = serve(chat::router_keeping(rooms), ServeOptions::new()).await;
+        let topic = format!("room:{ROOM}");
+        let room_id: uuid::Uuid = ROOM.parse().unwrap();
+        let join = move |since: Position| JoinRoom {
+            room_id,
+            username: "ada".into(),
+            since: Some(since),
+        };
+        let got: Arc<Mutex<Vec<String>>> = Arc::default();
+        let client = {
+            let (got, topic) = (got.clone(), topic.clone());
+            RustClient::builder(server.url())
+                .reconnect(
+                    Reconnect::new().delays(Duration::from_millis(10), Duration::from_millis(40)),
+                )
+                .on(move |m: NewMessage| got.lock().unwrap().push(m.text))
+                .on_reconnect(move |c| {
+                    let _ = c.rejoin(&topic, join);
+                })
+                .connect()
+                .await
+                .expect("connect")
+        };
+        client.rejoin(&topic, join).unwrap();
+        let publisher = server.service.publisher();
+        let publish = |text: String| {
+            let publisher = publisher.clone();
+            let topic = topic.clone();
+            async move {
+                publisher
+                    .publish(
+                        &topic,
+                        &NewMessage {
+                            username: "bob".into(),
+                            text,
+                        },
+                    )
+                    .await;
+            }
+        };
+        support::eventually("the join took effect", || async {
+            server.service.clients().all().len() == 1 && client.position(&topic).is_some()
+        })
+        .await;
+        for i in 0..10 {
+            publish(format!("before {i}")).await;
+        }
+        support::eventually("the first ten arrive", || async {
+            got.lock().unwrap().len() == 10
+        })
+        .await;
+        let at = client.position(&topic).expect("a position");
+
+        // The server drops the connection; publications go on while the client is away and
+        // while it comes back.
+        for conn in server.service.clients().all() {
+            conn.close(1012, "restart");
+        }
+        for i in 0..30 {
+            publish(format!("during {i}")).await;
+        }
+        support::eventually("the client is back", || async {
+            server.service.clients().all().len() == 1
+        })
+        .await;
+        for i in 0..10 {
+            publish(format!("after {i}")).await;
+        }
+        let expected: Vec<String> = (0..10)
+            .map(|i| format!("before {i}"))
+            .chain((0..30).map(|i| format!("during {i}")))
+            .chain((0..10).map(|i| format!("after {i}")))
+            .collect();
+        support::eventually("every publication arrives", || async {
+            got.lock().unwrap().len() >= expected.len()
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            *got.lock().unwrap(),
+            expected,
+            "each exactly once, in order"
+        );
+        let now = client.position(&topic).unwrap();
+        assert_eq!(now.epoch, at.epoch);
+        assert!(now.offset >= at.offset + 40, "{now:?} after {at:?}");
+    });
+}

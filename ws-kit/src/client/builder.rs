@@ -319,6 +319,7 @@ impl ClientBuilder {
             handlers: RwLock::new(handlers),
             next_id: AtomicU64::new(0),
             sealed: AtomicBool::new(false),
+            positions: std::sync::Mutex::default(),
         });
         tokio::spawn(run(shared.clone(), first));
         Ok(Client {

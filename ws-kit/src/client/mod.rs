@@ -73,6 +73,7 @@ pub use call::Call;
 pub use error::{ClientError, RequestError, ServerError};
 
 use crate::message::{Message, RpcMessage};
+use crate::pubsub::Position;
 use crate::wire::client_codec::{self, ClientMeta, ServerFrame};
 use call::millis_ceil;
 use shared::{DynHandler, Kind, Outgoing, Pending, Shared, erase, skip_undecodable};
@@ -247,6 +248,59 @@ impl Client {
     /// reconnect until the next reply.
     pub fn is_sealed(&self) -> bool {
         self.shared.sealed.load(Ordering::Acquire)
+    }
+
+    /// The last position received in the kept topic `topic` (docs/protocol.md 8a): the
+    /// `{offset, epoch}` of the newest frame that carried one. What a rejoin after a reconnect
+    /// passes as `since`; see [`rejoin`](Self::rejoin).
+    pub fn position(&self, topic: &str) -> Option<Position> {
+        self.shared
+            .positions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(topic)
+            .cloned()
+    }
+
+    /// Sets the position of `topic`, as the app's join answer reported it (a `JOINED` with
+    /// `recovered: false` moves the client to the topic's current position, though no frame
+    /// carried it yet).
+    pub fn set_position(&self, topic: &str, position: Position) {
+        self.shared
+            .positions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(topic.to_string(), position);
+    }
+
+    /// Sends the join that `join` builds from the last position in `topic`
+    /// (`Position::default()`, "from now on", when there is none): the typed way to come back
+    /// after a reconnect and recover what was missed.
+    ///
+    /// ```no_run
+    /// # use ws_kit::Message;
+    /// # use ws_kit::pubsub::Position;
+    /// # #[derive(Message)] struct JoinRoom { room_id: String, username: String, since: Option<Position> }
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = ws_kit::client::Client::builder("ws://127.0.0.1:3000")
+    ///     .on_reconnect(|c| {
+    ///         let _ = c.rejoin("room:r1", |since| JoinRoom {
+    ///             room_id: "r1".into(),
+    ///             username: "ada".into(),
+    ///             since: Some(since),
+    ///         });
+    ///     })
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn rejoin<M: Message>(
+        &self,
+        topic: &str,
+        join: impl FnOnce(Position) -> M,
+    ) -> Result<(), ClientError> {
+        let since = self.position(topic).unwrap_or_default();
+        self.send(&join(since))
     }
 
     /// The current state.

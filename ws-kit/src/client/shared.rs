@@ -6,6 +6,7 @@ use super::error::{ClientError, RequestError, ServerError};
 use super::{Client, State};
 use crate::http_syntax::{is_token, with_query_param};
 use crate::message::Message;
+use crate::pubsub::Position;
 use crate::wire::client_codec::{self, ServerFrame};
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
@@ -39,6 +40,8 @@ pub(super) struct Shared {
     /// The current connection's frames are sealed (`Client::is_sealed`); set and cleared by the
     /// session's `SessionSeal`.
     pub(super) sealed: AtomicBool,
+    /// The last position received per kept topic (frames with `meta.topic`, `offset`, `epoch`).
+    pub(super) positions: Mutex<HashMap<String, Position>>,
 }
 
 /// Frames waiting for the writer. While not open, it is the offline queue.
@@ -293,6 +296,38 @@ impl Shared {
         self.set_state(State::Closed);
     }
 
+    /// Remembers the position of a kept topic's frame (docs/protocol.md 8a, 9).
+    fn track_position(&self, frame: &ServerFrame<'_>) {
+        let field = |name: &str| {
+            frame
+                .meta
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.get())
+        };
+        let (Some(topic), Some(offset), Some(epoch)) =
+            (field("topic"), field("offset"), field("epoch"))
+        else {
+            return;
+        };
+        let (Ok(topic), Ok(offset), Ok(epoch)) = (
+            serde_json::from_str::<String>(topic),
+            serde_json::from_str::<u64>(offset),
+            serde_json::from_str::<String>(epoch),
+        ) else {
+            return;
+        };
+        let mut positions = self.positions.lock().unwrap_or_else(|e| e.into_inner());
+        match positions.get_mut(&topic) {
+            // Offsets only grow within an epoch; a new epoch starts over.
+            Some(p) if p.epoch == epoch && p.offset >= offset => {}
+            Some(p) => *p = Position { offset, epoch },
+            None => {
+                positions.insert(topic, Position { offset, epoch });
+            }
+        }
+    }
+
     /// Routes one frame from the server: to its pending request, the error hook, or the handlers.
     pub(super) fn dispatch(&self, text: &str) {
         let frame = match client_codec::parse_server_frame(text) {
@@ -306,6 +341,7 @@ impl Shared {
         if ty == "__heartbeat_ack" {
             return;
         }
+        self.track_position(&frame);
         if let Some(cid) = frame.correlation_id.as_deref() {
             let mut pending = self.pending();
             if ty == "$ws:rpc-progress" {
