@@ -80,31 +80,113 @@ impl<D: Send + Sync + 'static> Conn<D> {
 }
 
 /// The in-memory engine with `n` subscribers of one topic, each with its own outbound queue.
-#[derive(Debug)]
 pub struct Fanout {
+    engine: Arc<dyn PubSub>,
     publisher: Publisher,
     queues: Vec<Arc<Outbound>>,
+}
+
+impl fmt::Debug for Fanout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fanout")
+            .field("subscribers", &self.queues.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Fanout {
     /// `n` subscribers of `topic`, each with an outbound queue of `max_queued_bytes` bytes.
     pub fn new(topic: &str, n: usize, max_queued_bytes: usize) -> Self {
-        let engine: Arc<dyn PubSub> = Arc::new(MemoryPubSub::new());
+        Self::on(
+            Arc::new(MemoryPubSub::new()),
+            topic,
+            n,
+            max_queued_bytes,
+            false,
+        )
+        .now_or_never()
+        .expect("the in-memory engine is ready at once")
+    }
+
+    /// Like [`new`](Self::new), the topic kept (`keep`) by the in-memory engine; `positioned`:
+    /// the subscribers subscribed from a position (they take the positioned frames).
+    pub fn kept(
+        topic: &str,
+        n: usize,
+        max_queued_bytes: usize,
+        keep: crate::pubsub::Keep,
+        positioned: bool,
+    ) -> Self {
+        let engine = MemoryPubSub::new();
+        let mut rules = crate::pubsub::KeptTopics::default();
+        rules.add(topic, keep);
+        engine.keep(rules);
+        Self::on(Arc::new(engine), topic, n, max_queued_bytes, positioned)
+            .now_or_never()
+            .expect("the in-memory engine is ready at once")
+    }
+
+    /// `n` subscribers of `topic` on `engine` (whose kept topics are already set).
+    pub async fn on(
+        engine: Arc<dyn PubSub>,
+        topic: &str,
+        n: usize,
+        max_queued_bytes: usize,
+        positioned: bool,
+    ) -> Self {
         let queues: Vec<Arc<Outbound>> = (0..n)
             .map(|_| Arc::new(Outbound::new(max_queued_bytes, OverflowPolicy::Close)))
             .collect();
         for out in &queues {
             let subscriber = Subscriber::new(uuid::Uuid::now_v7(), out.clone());
-            engine
-                .subscribe(topic, subscriber)
-                .now_or_never()
-                .expect("the in-memory engine is ready at once")
-                .expect("subscribe");
+            if positioned {
+                let since = crate::pubsub::Position::default();
+                engine
+                    .subscribe_from(
+                        topic,
+                        subscriber.with_positions(),
+                        since,
+                        Box::new(|_| None),
+                    )
+                    .await
+                    .expect("subscribe");
+            } else {
+                engine
+                    .subscribe(topic, subscriber)
+                    .await
+                    .expect("subscribe");
+            }
         }
         Fanout {
-            publisher: Publisher::new(engine),
+            publisher: Publisher::new(engine.clone()),
+            engine,
             queues,
         }
+    }
+
+    /// Publishes and waits for the engine's answer (Redis: its reply).
+    pub async fn publish_async<M: Message>(&self, topic: &str, msg: &M) -> PublishResult {
+        self.publisher.publish(topic, msg).await
+    }
+
+    /// A new subscriber of `topic` from `since`, as a rejoin does: returns what the subscribe
+    /// reported and how many frames it queued (the recovered ones).
+    pub async fn recover(
+        &self,
+        topic: &str,
+        since: crate::pubsub::Position,
+    ) -> (crate::pubsub::Subscribed, usize) {
+        let out = Arc::new(Outbound::new(64 * 1024 * 1024, OverflowPolicy::Close));
+        let id = uuid::Uuid::now_v7();
+        let subscriber = Subscriber::new(id, out.clone()).with_positions();
+        let subscribed = self
+            .engine
+            .subscribe_from(topic, subscriber, since, Box::new(|_| None))
+            .await
+            .expect("subscribe");
+        let queued = out.take_all().len();
+        let _ = self.engine.unsubscribe(topic, id).await;
+        (subscribed, queued)
     }
 
     /// Publishes as `Publisher::publish` does: topic check, one encode, delivery to every queue.
