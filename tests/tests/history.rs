@@ -72,6 +72,72 @@ fn offset(frame: &Value) -> u64 {
         .unwrap_or_else(|| panic!("no offset in {frame}"))
 }
 
+/// Bob's message `text`.
+fn said(text: String) -> NewMessage {
+    NewMessage {
+        username: "bob".into(),
+        text,
+    }
+}
+
+/// After a rejoin: the frames up to the last racer, each exactly the next offset after `last`
+/// (which follows them); the missed ones first, in publish order, then the racers.
+fn check_seam(frames: &[Value], last: &mut u64, round: usize, joined: &Value) {
+    let mut texts = Vec::new();
+    for (k, frame) in frames.iter().enumerate() {
+        assert_eq!(
+            offset(frame),
+            *last + 1,
+            "round {round}: a gap or a duplicate at the seam: {frame}; JOINED {joined}; before: {:?}",
+            &frames[k.saturating_sub(3)..k]
+        );
+        *last += 1;
+        if frame["type"] == "NEW_MESSAGE" {
+            texts.push(frame["payload"]["text"].as_str().unwrap().to_string());
+        }
+    }
+    let missed: Vec<String> = (0..100).map(|i| format!("missed {round}.{i}")).collect();
+    assert_eq!(
+        texts[..100],
+        missed[..],
+        "round {round}: all 100, in publish order"
+    );
+    let raced: Vec<String> = (0..20).map(|i| format!("race {round}.{i}")).collect();
+    assert_eq!(
+        texts[100..],
+        raced[..],
+        "round {round}: then the racers, in order"
+    );
+}
+
+/// 150 publications after `left_at` in a room that keeps 100: joining from there, from
+/// another epoch or from the future recovers nothing, and the next frame is live.
+async fn expect_nothing_old(
+    server: &TestServer<chat::ChatData>,
+    publisher: &ws_kit::Publisher,
+    left_at: u64,
+    epoch: &str,
+) {
+    let topic = format!("room:{ROOM}");
+    for i in 0..150 {
+        assert!(publisher.publish(&topic, &said(format!("m{i}"))).await.ok);
+    }
+    for since in [
+        json!({"offset": left_at, "epoch": epoch}),
+        json!({"offset": left_at + 140, "epoch": "not-the-epoch"}),
+        json!({"offset": left_at + 10_000, "epoch": epoch}),
+    ] {
+        let (mut client, joined) = join(server, "alice", Some(since.clone())).await;
+        assert_eq!(joined["payload"]["recovered"], false, "{since}: {joined}");
+        let now = joined["payload"]["offset"].as_u64().unwrap();
+        // Nothing old: the next frame is live (her own USER_JOINED, or the USER_LEFT of the
+        // previous try's connection), right after the position.
+        let next = client.recv().await;
+        assert_ne!(next["type"], "NEW_MESSAGE", "{since}: an old frame: {next}");
+        assert_eq!(offset(&next), now + 1, "{since}: {next}");
+    }
+}
+
 #[test]
 fn a_rejoin_gets_exactly_what_it_missed_then_live_frames_while_publishers_race_it() {
     bounded_multi_thread(async {
@@ -158,31 +224,7 @@ fn a_rejoin_gets_exactly_what_it_missed_then_live_frames_while_publishers_race_i
             // Everything after `last`, in order, exactly once: the missed ones, the racers (some
             // recovered, some live), her own USER_JOINED.
             let frames = frames_until(&mut alice, &format!("race {round}.19")).await;
-            let mut texts = Vec::new();
-            for frame in &frames {
-                assert_eq!(
-                    offset(frame),
-                    last + 1,
-                    "round {round}: a gap or a duplicate at the seam: {frame}"
-                );
-                last += 1;
-                if frame["type"] == "NEW_MESSAGE" {
-                    texts.push(frame["payload"]["text"].as_str().unwrap().to_string());
-                }
-            }
-            let missed: Vec<String> = (0..100).map(|i| format!("missed {round}.{i}")).collect();
-            assert_eq!(
-                texts[..100],
-                missed[..],
-                "round {round}: the missed ones first, in order"
-            );
-            let raced: Vec<&String> = texts[100..].iter().collect();
-            let expected: Vec<String> = (0..20).map(|i| format!("race {round}.{i}")).collect();
-            assert_eq!(
-                raced,
-                expected.iter().collect::<Vec<_>>(),
-                "round {round}: then the racers, in order"
-            );
+            check_seam(&frames, &mut last, round, &joined);
         }
     });
 }
@@ -192,37 +234,13 @@ fn too_old_or_another_epoch_recovers_nothing() {
     bounded(async {
         let server = chat_server().await;
         let publisher = server.service.publisher();
-        let topic = format!("room:{ROOM}");
         let (_bob, _) = join(&server, "bob", None).await;
         let (alice, joined) = join(&server, "alice", Some(json!({"offset": 0, "epoch": ""}))).await;
         let epoch = joined["payload"]["epoch"].as_str().unwrap().to_string();
         let left_at = joined["payload"]["offset"].as_u64().unwrap();
         drop(alice);
-        // 150 publications: the room keeps 100, so the first 50 after her position are gone.
-        for i in 0..150 {
-            publisher
-                .publish(
-                    &topic,
-                    &NewMessage {
-                        username: "bob".into(),
-                        text: format!("m{i}"),
-                    },
-                )
-                .await;
-        }
-        for since in [
-            json!({"offset": left_at, "epoch": epoch}),
-            json!({"offset": left_at + 140, "epoch": "not-the-epoch"}),
-            json!({"offset": left_at + 10_000, "epoch": epoch}),
-        ] {
-            let (mut client, joined) = join(&server, "alice", Some(since.clone())).await;
-            assert_eq!(joined["payload"]["recovered"], false, "{since}: {joined}");
-            let now = joined["payload"]["offset"].as_u64().unwrap();
-            // Nothing old: the next frame is her own USER_JOINED, live, right after the position.
-            let next = client.recv().await;
-            assert_eq!(next["type"], "USER_JOINED", "{since}: {next}");
-            assert_eq!(offset(&next), now + 1);
-        }
+        // The room keeps 100, so the first 50 after her position are gone.
+        expect_nothing_old(&server, &publisher, left_at, &epoch).await;
     });
 }
 
@@ -412,27 +430,7 @@ mod on_redis {
                 assert_eq!(joined["payload"]["epoch"], epoch.as_str());
                 racer.await.unwrap();
                 let frames = frames_until(&mut alice, &format!("race {round}.19")).await;
-                let mut texts = Vec::new();
-                for (k, frame) in frames.iter().enumerate() {
-                    assert_eq!(
-                        offset(frame),
-                        last + 1,
-                        "round {round}: a gap or a duplicate at the seam: {frame}; JOINED {joined}; before: {:?}",
-                        &frames[k.saturating_sub(3)..k]
-                    );
-                    last += 1;
-                    if frame["type"] == "NEW_MESSAGE" {
-                        texts.push(frame["payload"]["text"].as_str().unwrap().to_string());
-                    }
-                }
-                let missed: Vec<String> = (0..100).map(|i| format!("missed {round}.{i}")).collect();
-                assert_eq!(
-                    texts[..100],
-                    missed[..],
-                    "round {round}: all 100, in publish order"
-                );
-                let raced: Vec<String> = (0..20).map(|i| format!("race {round}.{i}")).collect();
-                assert_eq!(texts[100..], raced[..], "round {round}: then the racers");
+                check_seam(&frames, &mut last, round, &joined);
             }
         });
     }
@@ -445,14 +443,27 @@ mod on_redis {
             let rooms = Keep::last(100).for_at_most(Duration::from_secs(300));
             let one = instance(&url, &prefix, rooms).await;
             let two = instance(&url, &prefix, rooms).await;
-            let topic = format!("room:{ROOM}");
             let (alice, joined) =
                 join(&one, "alice", Some(json!({"offset": 0, "epoch": ""}))).await;
             let epoch = joined["payload"]["epoch"].as_str().unwrap().to_string();
             let left_at = joined["payload"]["offset"].as_u64().unwrap();
             drop(alice);
-            let publisher = two.service.publisher();
-            for i in 0..150 {
+            expect_nothing_old(&two, &two.service.publisher(), left_at, &epoch).await;
+        });
+    }
+
+    /// The stream never holds much more than the room's size (Redis trims approximately, by
+    /// whole internal nodes), and a room nobody publishes to is gone after its TTL.
+    #[test]
+    fn on_redis_a_kept_topic_stays_near_its_size_and_expires() {
+        let Some(url) = redis_url() else { return };
+        bounded_multi_thread(async move {
+            let prefix = unique_prefix();
+            let rooms = Keep::last(50).for_at_most(Duration::from_millis(500));
+            let one = instance(&url, &prefix, rooms).await;
+            let publisher = one.service.publisher();
+            let topic = format!("room:{ROOM}");
+            for i in 0..1000 {
                 let result = publisher
                     .publish(
                         &topic,
@@ -464,18 +475,39 @@ mod on_redis {
                     .await;
                 assert!(result.ok);
             }
-            for since in [
-                json!({"offset": left_at, "epoch": epoch}),
-                json!({"offset": left_at + 140, "epoch": "not-the-epoch"}),
-                json!({"offset": left_at + 10_000, "epoch": epoch}),
-            ] {
-                let (mut client, joined) = join(&two, "alice", Some(since.clone())).await;
-                assert_eq!(joined["payload"]["recovered"], false, "{since}: {joined}");
-                let now = joined["payload"]["offset"].as_u64().unwrap();
-                let next = client.recv().await;
-                assert_eq!(next["type"], "USER_JOINED", "{since}: nothing old: {next}");
-                assert_eq!(offset(&next), now + 1);
-            }
+            let client = redis::Client::open(url.as_str()).unwrap();
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            let stream = format!("{prefix}h:{{{topic}}}:s");
+            let hash = format!("{prefix}h:{{{topic}}}:m");
+            let len: usize = redis::cmd("XLEN")
+                .arg(&stream)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert!(
+                (50..=150).contains(&len),
+                "the stream holds {len} entries for a size of 50"
+            );
+            let ttl: i64 = redis::cmd("PTTL")
+                .arg(&stream)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert!(
+                ttl > 0 && ttl <= 500,
+                "the stream expires with the TTL: {ttl} ms"
+            );
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            let left: usize = redis::cmd("EXISTS")
+                .arg(&stream)
+                .arg(&hash)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert_eq!(
+                left, 0,
+                "nothing is held once the TTL passed without publications"
+            );
         });
     }
 

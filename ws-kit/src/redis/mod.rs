@@ -23,7 +23,6 @@ use crate::pubsub::{
     Announce, Capability, ClientId, Keep, KeptTopics, LocalTopics, Position, PresenceEntry,
     PresenceEvent, PresenceHook, PresenceHooks, PubSub, PublishResult, Subscribed, Subscriber,
 };
-use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
@@ -36,141 +35,21 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 mod kept;
+mod options;
 mod presence;
+mod publish;
+
+pub use options::RedisOptions;
+
+use publish::{
+    KeptJob, PublishJob, decode_kept_envelope, encode_envelope, envelope_head, publish_loop,
+};
 
 /// The default channel prefix.
 pub const DEFAULT_PREFIX: &str = "ws-kit:";
 
 /// How many publications may wait for Redis; one more fails at once (`UNAVAILABLE`).
 const PUBLISH_QUEUE: usize = 8192;
-
-/// The length of a hyphenated UUID.
-const ID_LEN: usize = 36;
-
-/// A publication on the wire between instances: the publishing instance's id, a space, the
-/// excluded client id (or nothing), a newline, then the frame exactly as clients receive it.
-fn encode_envelope(origin: ClientId, frame: &Utf8Bytes, exclude: Option<ClientId>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(frame.len() + 2 * ID_LEN + 2);
-    let mut buffer = uuid::Uuid::encode_buffer();
-    out.extend_from_slice(origin.hyphenated().encode_lower(&mut buffer).as_bytes());
-    out.push(b' ');
-    if let Some(id) = exclude {
-        out.extend_from_slice(id.hyphenated().encode_lower(&mut buffer).as_bytes());
-    }
-    out.push(b'\n');
-    out.extend_from_slice(frame.as_bytes());
-    out
-}
-
-/// A publication from Redis: its origin, the excluded client, the frame.
-type Envelope = (ClientId, Option<ClientId>, Utf8Bytes);
-
-/// The head of an envelope before its frame: `origin SP exclude`.
-fn envelope_head(origin: ClientId, exclude: Option<ClientId>) -> String {
-    match exclude {
-        Some(id) => format!("{} {}", origin.hyphenated(), id.hyphenated()),
-        None => format!("{} ", origin.hyphenated()),
-    }
-}
-
-#[cfg(test)]
-fn decode_envelope(payload: Vec<u8>) -> Option<Envelope> {
-    decode_kept_envelope(payload)
-        .and_then(|(envelope, position)| position.is_none().then_some(envelope))
-}
-
-/// Decodes an envelope, with the position a kept topic's publication carries
-/// (`origin SP exclude SP offset SP epoch LF frame`, written by the publish script).
-fn decode_kept_envelope(payload: Vec<u8>) -> Option<(Envelope, Option<(u64, String)>)> {
-    let newline = payload.iter().position(|&b| b == b'\n')?;
-    let head = std::str::from_utf8(&payload[..newline]).ok()?;
-    let mut parts = head.split(' ');
-    let origin = parts.next()?.parse().ok()?;
-    let exclude = match parts.next()? {
-        "" => None,
-        id => Some(id.parse().ok()?),
-    };
-    let position = match (parts.next(), parts.next(), parts.next()) {
-        (None, _, _) => None,
-        (Some(offset), Some(epoch), None) => Some((offset.parse().ok()?, epoch.to_string())),
-        _ => return None,
-    };
-    let frame = Utf8Bytes::try_from(Bytes::from(payload).slice(newline + 1..)).ok()?;
-    Some(((origin, exclude, frame), position))
-}
-
-/// Options of a [`RedisPubSub`] (or [`Emitter`]) before it connects.
-#[derive(Clone, Debug)]
-pub struct RedisOptions {
-    url: String,
-    prefix: String,
-    publish_timeout: Duration,
-    join_timeout: Duration,
-    health_interval: Duration,
-    kept: KeptTopics,
-    presence_lease: Duration,
-}
-
-impl RedisOptions {
-    /// Options for `url` (`redis://127.0.0.1:6379`), prefix `ws-kit:`.
-    pub fn new(url: impl Into<String>) -> Self {
-        RedisOptions {
-            url: url.into(),
-            prefix: DEFAULT_PREFIX.to_string(),
-            publish_timeout: Duration::from_secs(2),
-            join_timeout: Duration::from_secs(1),
-            health_interval: Duration::from_secs(1),
-            kept: KeptTopics::default(),
-            presence_lease: Duration::from_secs(30),
-        }
-    }
-
-    /// How long the presence entries of an instance outlive it when it dies without cleaning
-    /// up (default 30 s): its lease, renewed by its health loop (see `health_interval`).
-    pub fn presence_lease(mut self, lease: Duration) -> Self {
-        self.presence_lease = lease;
-        self
-    }
-
-    /// Topics kept (docs/protocol.md 8a) by this engine before a router says so: what an
-    /// [`Emitter`] needs to publish to kept topics as the servers do (into the topic's history,
-    /// with its position). A router's [`keep`](crate::Router::keep) rules come after these.
-    pub fn keep(mut self, pattern: &str, keep: Keep) -> Self {
-        self.kept.add(pattern, keep);
-        self
-    }
-
-    /// The channel prefix, so several apps (or tests) can share one Redis.
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
-        self
-    }
-
-    /// How long a publish waits for Redis before it reports `UNAVAILABLE` (default 2 s).
-    pub fn publish_timeout(mut self, timeout: Duration) -> Self {
-        self.publish_timeout = timeout;
-        self
-    }
-
-    /// How long a join waits for its topic's channel to be subscribed in Redis (default 1 s).
-    /// Past it, or at once while Redis is known to be down, the join takes effect locally and
-    /// the channel is subscribed when Redis is back.
-    pub fn join_timeout(mut self, timeout: Duration) -> Self {
-        self.join_timeout = timeout;
-        self
-    }
-
-    /// How often an idle instance pings Redis, to notice a lost connection and reconnect (default 1 s).
-    pub fn health_interval(mut self, interval: Duration) -> Self {
-        self.health_interval = interval;
-        self
-    }
-
-    /// Connects the engine.
-    pub async fn connect(self) -> Result<RedisPubSub, Error> {
-        RedisPubSub::connect_with(self).await
-    }
-}
 
 /// The Redis pub/sub engine: `Router::new().pubsub(RedisPubSub::connect(url).await?)`.
 ///
@@ -227,26 +106,6 @@ struct Inner {
     /// Whether the presence events channel is subscribed (or being).
     presence_events: AtomicBool,
     presence_scripts: [redis::Script; 3],
-}
-
-struct PublishJob {
-    channel: String,
-    payload: Vec<u8>,
-    /// A kept topic's publication: run through the publish script instead of PUBLISH.
-    kept: Option<KeptJob>,
-    done: oneshot::Sender<redis::RedisResult<()>>,
-    /// When `publish` queued it, for `ws_kit_redis_lag_seconds`.
-    queued: Started,
-}
-
-/// What the publish script needs besides the channel, and what a failure needs to put right.
-struct KeptJob {
-    topic: String,
-    hash: String,
-    stream: String,
-    keep: Keep,
-    frame: Utf8Bytes,
-    exclude: Option<ClientId>,
 }
 
 const STRIPES: usize = 64;
@@ -506,180 +365,6 @@ impl Inner {
             .insert(topic.to_string());
     }
 
-    /// Writes one presence entry (and, with `event`, publishes its join).
-    async fn write_presence(
-        &self,
-        topic: &str,
-        entry: &PresenceEntry,
-        event: bool,
-    ) -> Result<(), WsError> {
-        #[derive(serde::Serialize)]
-        struct Stored<'a> {
-            #[serde(flatten)]
-            entry: &'a PresenceEntry,
-            instance: String,
-        }
-        let instance = self.instance.to_string();
-        let stored = serde_json::to_string(&Stored {
-            entry,
-            instance: instance.clone(),
-        })
-        .map_err(|_| unavailable("presence entry not encodable"))?;
-        let event = if event {
-            serde_json::to_string(&PresenceEvent::Join {
-                topic: topic.to_string(),
-                entry: entry.clone(),
-            })
-            .unwrap_or_default()
-        } else {
-            String::new()
-        };
-        let client = entry.client_id.to_string();
-        let mut conn = self.conn.clone();
-        self.presence_scripts[0]
-            .key(presence::hash_key(&self.prefix, topic))
-            .key(presence::instance_key(&self.prefix, &instance))
-            .key(presence::instances_key(&self.prefix))
-            .key(presence::lease_key(&self.prefix, &instance))
-            .arg(&client)
-            .arg(stored)
-            .arg(presence::member(&client, topic))
-            .arg(&instance)
-            .arg(self.presence_lease.as_millis().max(1) as u64)
-            .arg(self.channel(presence::EVENTS))
-            .arg(event)
-            .invoke_async::<i64>(&mut conn)
-            .await
-            .map(|_| ())
-            .map_err(|e| self.unavailable(e))
-    }
-
-    /// Removes one presence entry of this instance and publishes its leave.
-    async fn erase_presence(&self, topic: &str, client: &str) -> Result<(), WsError> {
-        let instance = self.instance.to_string();
-        let mut conn = self.conn.clone();
-        self.presence_scripts[1]
-            .key(presence::hash_key(&self.prefix, topic))
-            .key(presence::instance_key(&self.prefix, &instance))
-            .arg(client)
-            .arg(presence::member(client, topic))
-            .arg(self.channel(presence::EVENTS))
-            .arg(topic)
-            .invoke_async::<i64>(&mut conn)
-            .await
-            .map(|_| ())
-            .map_err(|e| self.unavailable(e))
-    }
-
-    async fn list_presence(&self, topic: &str) -> Result<Vec<PresenceEntry>, WsError> {
-        #[derive(serde::Deserialize)]
-        struct Stored {
-            #[serde(flatten)]
-            entry: PresenceEntry,
-            instance: String,
-        }
-        let mut conn = self.conn.clone();
-        let all: HashMap<String, String> = conn
-            .hgetall(presence::hash_key(&self.prefix, topic))
-            .await
-            .map_err(|e| self.unavailable(e))?;
-        let stored: Vec<Stored> = all
-            .values()
-            .filter_map(|json| serde_json::from_str(json).ok())
-            .collect();
-        let me = self.instance.to_string();
-        let mut alive: HashMap<String, bool> = HashMap::new();
-        for s in &stored {
-            if alive.contains_key(&s.instance) {
-                continue;
-            }
-            let live = s.instance == me
-                || conn
-                    .exists::<_, bool>(presence::lease_key(&self.prefix, &s.instance))
-                    .await
-                    .map_err(|e| self.unavailable(e))?;
-            alive.insert(s.instance.clone(), live);
-        }
-        let mut entries: Vec<PresenceEntry> = stored
-            .into_iter()
-            .filter(|s| alive.get(&s.instance).copied().unwrap_or(false))
-            .map(|s| s.entry)
-            .collect();
-        entries.sort_by_key(|e| e.client_id);
-        Ok(entries)
-    }
-
-    /// On every healthy ping: renew this instance's lease (while it holds presence), and clean
-    /// up after instances whose lease ran out.
-    async fn presence_upkeep(&self) {
-        let mut conn = self.conn.clone();
-        let instance = self.instance.to_string();
-        if self.holds_presence.load(Ordering::SeqCst) {
-            let lease = self.presence_lease.as_millis().max(1) as u64;
-            let _: Result<(), _> = redis::cmd("SET")
-                .arg(presence::lease_key(&self.prefix, &instance))
-                .arg(1)
-                .arg("PX")
-                .arg(lease)
-                .query_async(&mut conn)
-                .await;
-        }
-        let Ok(instances) = conn
-            .smembers::<_, Vec<String>>(presence::instances_key(&self.prefix))
-            .await
-        else {
-            return;
-        };
-        for dead in instances.iter().filter(|i| **i != instance) {
-            let _: Result<i64, _> = self.presence_scripts[2]
-                .key(presence::instance_key(&self.prefix, dead))
-                .key(presence::instances_key(&self.prefix))
-                .key(presence::lease_key(&self.prefix, dead))
-                .arg(dead)
-                .arg(&self.prefix)
-                .arg(self.channel(presence::EVENTS))
-                .invoke_async(&mut conn)
-                .await;
-        }
-    }
-
-    /// After an outage: this instance's entries as they are here (no events for those written
-    /// again), and its leaves that did not reach Redis.
-    async fn reconcile_presence(&self) {
-        if !self.holds_presence.load(Ordering::SeqCst) {
-            return;
-        }
-        let held: Vec<(String, PresenceEntry)> = self
-            .held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|((topic, _), entry)| (topic.clone(), entry.clone()))
-            .collect();
-        for (topic, entry) in &held {
-            let _ = self.write_presence(topic, entry, false).await;
-        }
-        let mut conn = self.conn.clone();
-        let instance = self.instance.to_string();
-        let Ok(members) = conn
-            .smembers::<_, Vec<String>>(presence::instance_key(&self.prefix, &instance))
-            .await
-        else {
-            return;
-        };
-        for member in members {
-            let Some((client, topic)) = member.split_once('\n') else {
-                continue;
-            };
-            let still = held
-                .iter()
-                .any(|(t, e)| t == topic && e.client_id.to_string() == client);
-            if !still {
-                let _ = self.erase_presence(topic, client).await;
-            }
-        }
-    }
-
     fn unavailable(&self, e: redis::RedisError) -> WsError {
         if self.connected.swap(false, Ordering::SeqCst) {
             metrics::redis_connected(false);
@@ -697,69 +382,6 @@ fn unavailable(message: &'static str) -> WsError {
                 .default_retry_after_ms()
                 .unwrap_or(100),
         )
-}
-
-/// Sends publications in the order they were made: whatever is queued goes out as one pipeline,
-/// and the next pipeline only after it. Under load that is one round trip per batch.
-async fn publish_loop(
-    mut queue: mpsc::Receiver<PublishJob>,
-    mut conn: ConnectionManager,
-    timeout: Duration,
-    local: Arc<LocalTopics>,
-    dirty: Arc<Mutex<HashSet<String>>>,
-) {
-    let script = redis::Script::new(kept::PUBLISH_SCRIPT);
-    let mut batch = Vec::new();
-    while queue.recv_many(&mut batch, 1024).await > 0 {
-        let mut pipe = redis::pipe();
-        if batch.iter().any(|job| job.kept.is_some()) {
-            pipe.load_script(&script).ignore();
-        }
-        for job in &batch {
-            match &job.kept {
-                None => {
-                    pipe.cmd("PUBLISH")
-                        .arg(&job.channel)
-                        .arg(&job.payload[..])
-                        .ignore();
-                }
-                Some(k) => {
-                    let mut invocation = script.key(&k.hash);
-                    invocation
-                        .key(&k.stream)
-                        .arg(&job.channel)
-                        .arg(k.frame.as_str())
-                        .arg(k.keep.size())
-                        .arg(k.keep.ttl().as_millis().max(1) as u64)
-                        .arg(crate::pubsub::new_epoch())
-                        .arg(&job.payload[..]);
-                    pipe.invoke_script(&invocation).ignore();
-                }
-            }
-        }
-        let result = match tokio::time::timeout(timeout, pipe.query_async::<()>(&mut conn)).await {
-            Ok(result) => result,
-            Err(_) => Err(redis::RedisError::from((
-                redis::ErrorKind::Io,
-                "publish timed out",
-            ))),
-        };
-        for job in batch.drain(..) {
-            if result.is_ok() {
-                metrics::redis_published(job.queued);
-            } else if let Some(k) = &job.kept {
-                // Its positioned subscribers here were waiting for the echo, which may never
-                // come: they get the plain frame now, and the topic's history starts a new
-                // epoch once Redis is back (so nobody believes it recovered around this).
-                local.deliver_positioned(&k.topic, &k.frame, k.exclude);
-                dirty
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(k.topic.clone());
-            }
-            let _ = job.done.send(result.clone());
-        }
-    }
 }
 
 /// Delivers one pushed message to this instance's subscribers, unless this instance published
@@ -1247,30 +869,5 @@ impl Deref for Emitter {
     type Target = Publisher;
     fn deref(&self) -> &Publisher {
         &self.publisher
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn envelope_round_trip() {
-        let frame = Utf8Bytes::from_static("{\"type\":\"X\",\"payload\":{\"a\":\"é\"}}");
-        let (origin, id) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
-        assert_eq!(
-            decode_envelope(encode_envelope(origin, &frame, Some(id))),
-            Some((origin, Some(id), frame.clone()))
-        );
-        assert_eq!(
-            decode_envelope(encode_envelope(origin, &frame, None)),
-            Some((origin, None, frame))
-        );
-        assert_eq!(decode_envelope(b"no newline".to_vec()), None);
-        assert_eq!(decode_envelope(b"not-a-uuid \n{}".to_vec()), None);
-        assert_eq!(
-            decode_envelope(format!("{origin}\n{{}}").into_bytes()),
-            None
-        );
     }
 }

@@ -13,6 +13,13 @@
 //!
 //! [`PresenceEvent`]: crate::pubsub::PresenceEvent
 
+use super::{Inner, unavailable};
+use crate::error::WsError;
+use crate::pubsub::{PresenceEntry, PresenceEvent};
+use redis::AsyncCommands;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
 /// KEYS: topic hash, instance set, instances, lease. ARGV: client, entry JSON, member, instance,
 /// lease ms, channel, event JSON (empty: no event).
 pub(super) const JOIN_SCRIPT: &str = r#"
@@ -86,3 +93,179 @@ pub(super) fn member(client: &str, topic: &str) -> String {
 
 /// The events channel's topic part (after the prefix).
 pub(super) const EVENTS: &str = "#presence";
+
+impl Inner {
+    /// Writes one presence entry (and, with `event`, publishes its join).
+    pub(super) async fn write_presence(
+        &self,
+        topic: &str,
+        entry: &PresenceEntry,
+        event: bool,
+    ) -> Result<(), WsError> {
+        #[derive(serde::Serialize)]
+        struct Stored<'a> {
+            #[serde(flatten)]
+            entry: &'a PresenceEntry,
+            instance: String,
+        }
+        let instance = self.instance.to_string();
+        let stored = serde_json::to_string(&Stored {
+            entry,
+            instance: instance.clone(),
+        })
+        .map_err(|_| unavailable("presence entry not encodable"))?;
+        let event = if event {
+            serde_json::to_string(&PresenceEvent::Join {
+                topic: topic.to_string(),
+                entry: entry.clone(),
+            })
+            .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let client = entry.client_id.to_string();
+        let mut conn = self.conn.clone();
+        self.presence_scripts[0]
+            .key(hash_key(&self.prefix, topic))
+            .key(instance_key(&self.prefix, &instance))
+            .key(instances_key(&self.prefix))
+            .key(lease_key(&self.prefix, &instance))
+            .arg(&client)
+            .arg(stored)
+            .arg(member(&client, topic))
+            .arg(&instance)
+            .arg(self.presence_lease.as_millis().max(1) as u64)
+            .arg(self.channel(EVENTS))
+            .arg(event)
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.unavailable(e))
+    }
+
+    /// Removes one presence entry of this instance and publishes its leave.
+    pub(super) async fn erase_presence(&self, topic: &str, client: &str) -> Result<(), WsError> {
+        let instance = self.instance.to_string();
+        let mut conn = self.conn.clone();
+        self.presence_scripts[1]
+            .key(hash_key(&self.prefix, topic))
+            .key(instance_key(&self.prefix, &instance))
+            .arg(client)
+            .arg(member(client, topic))
+            .arg(self.channel(EVENTS))
+            .arg(topic)
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.unavailable(e))
+    }
+
+    pub(super) async fn list_presence(&self, topic: &str) -> Result<Vec<PresenceEntry>, WsError> {
+        #[derive(serde::Deserialize)]
+        struct Stored {
+            #[serde(flatten)]
+            entry: PresenceEntry,
+            instance: String,
+        }
+        let mut conn = self.conn.clone();
+        let all: HashMap<String, String> = conn
+            .hgetall(hash_key(&self.prefix, topic))
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        let stored: Vec<Stored> = all
+            .values()
+            .filter_map(|json| serde_json::from_str(json).ok())
+            .collect();
+        let me = self.instance.to_string();
+        let mut alive: HashMap<String, bool> = HashMap::new();
+        for s in &stored {
+            if alive.contains_key(&s.instance) {
+                continue;
+            }
+            let live = s.instance == me
+                || conn
+                    .exists::<_, bool>(lease_key(&self.prefix, &s.instance))
+                    .await
+                    .map_err(|e| self.unavailable(e))?;
+            alive.insert(s.instance.clone(), live);
+        }
+        let mut entries: Vec<PresenceEntry> = stored
+            .into_iter()
+            .filter(|s| alive.get(&s.instance).copied().unwrap_or(false))
+            .map(|s| s.entry)
+            .collect();
+        entries.sort_by_key(|e| e.client_id);
+        Ok(entries)
+    }
+
+    /// On every healthy ping: renew this instance's lease (while it holds presence), and clean
+    /// up after instances whose lease ran out.
+    pub(super) async fn presence_upkeep(&self) {
+        let mut conn = self.conn.clone();
+        let instance = self.instance.to_string();
+        if self.holds_presence.load(Ordering::SeqCst) {
+            let lease = self.presence_lease.as_millis().max(1) as u64;
+            let _: Result<(), _> = redis::cmd("SET")
+                .arg(lease_key(&self.prefix, &instance))
+                .arg(1)
+                .arg("PX")
+                .arg(lease)
+                .query_async(&mut conn)
+                .await;
+        }
+        let Ok(instances) = conn
+            .smembers::<_, Vec<String>>(instances_key(&self.prefix))
+            .await
+        else {
+            return;
+        };
+        for dead in instances.iter().filter(|i| **i != instance) {
+            let _: Result<i64, _> = self.presence_scripts[2]
+                .key(instance_key(&self.prefix, dead))
+                .key(instances_key(&self.prefix))
+                .key(lease_key(&self.prefix, dead))
+                .arg(dead)
+                .arg(&self.prefix)
+                .arg(self.channel(EVENTS))
+                .invoke_async(&mut conn)
+                .await;
+        }
+    }
+
+    /// After an outage: this instance's entries as they are here (no events for those written
+    /// again), and its leaves that did not reach Redis.
+    pub(super) async fn reconcile_presence(&self) {
+        if !self.holds_presence.load(Ordering::SeqCst) {
+            return;
+        }
+        let held: Vec<(String, PresenceEntry)> = self
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|((topic, _), entry)| (topic.clone(), entry.clone()))
+            .collect();
+        for (topic, entry) in &held {
+            let _ = self.write_presence(topic, entry, false).await;
+        }
+        let mut conn = self.conn.clone();
+        let instance = self.instance.to_string();
+        let Ok(members) = conn
+            .smembers::<_, Vec<String>>(instance_key(&self.prefix, &instance))
+            .await
+        else {
+            return;
+        };
+        for member in members {
+            let Some((client, topic)) = member.split_once('\n') else {
+                continue;
+            };
+            let still = held
+                .iter()
+                .any(|(t, e)| t == topic && e.client_id.to_string() == client);
+            if !still {
+                let _ = self.erase_presence(topic, client).await;
+            }
+        }
+    }
+}

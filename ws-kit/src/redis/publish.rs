@@ -1,0 +1,180 @@
+//! The way publications leave an instance: the envelope between instances and the loop that
+//! sends them to Redis in call order (plain PUBLISH, or the kept topics' script).
+
+use super::kept;
+use crate::metrics::{self, Started};
+use crate::pubsub::{ClientId, Keep, LocalTopics};
+use bytes::Bytes;
+use redis::aio::ConnectionManager;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// The length of a hyphenated UUID.
+const ID_LEN: usize = 36;
+
+/// A publication on the wire between instances: the publishing instance's id, a space, the
+/// excluded client id (or nothing), a newline, then the frame exactly as clients receive it.
+pub(super) fn encode_envelope(
+    origin: ClientId,
+    frame: &Utf8Bytes,
+    exclude: Option<ClientId>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(frame.len() + 2 * ID_LEN + 2);
+    let mut buffer = uuid::Uuid::encode_buffer();
+    out.extend_from_slice(origin.hyphenated().encode_lower(&mut buffer).as_bytes());
+    out.push(b' ');
+    if let Some(id) = exclude {
+        out.extend_from_slice(id.hyphenated().encode_lower(&mut buffer).as_bytes());
+    }
+    out.push(b'\n');
+    out.extend_from_slice(frame.as_bytes());
+    out
+}
+
+/// A publication from Redis: its origin, the excluded client, the frame.
+pub(super) type Envelope = (ClientId, Option<ClientId>, Utf8Bytes);
+
+/// The head of an envelope before its frame: `origin SP exclude`.
+pub(super) fn envelope_head(origin: ClientId, exclude: Option<ClientId>) -> String {
+    match exclude {
+        Some(id) => format!("{} {}", origin.hyphenated(), id.hyphenated()),
+        None => format!("{} ", origin.hyphenated()),
+    }
+}
+
+#[cfg(test)]
+pub(super) fn decode_envelope(payload: Vec<u8>) -> Option<Envelope> {
+    decode_kept_envelope(payload)
+        .and_then(|(envelope, position)| position.is_none().then_some(envelope))
+}
+
+/// Decodes an envelope, with the position a kept topic's publication carries
+/// (`origin SP exclude SP offset SP epoch LF frame`, written by the publish script).
+pub(super) fn decode_kept_envelope(payload: Vec<u8>) -> Option<(Envelope, Option<(u64, String)>)> {
+    let newline = payload.iter().position(|&b| b == b'\n')?;
+    let head = std::str::from_utf8(&payload[..newline]).ok()?;
+    let mut parts = head.split(' ');
+    let origin = parts.next()?.parse().ok()?;
+    let exclude = match parts.next()? {
+        "" => None,
+        id => Some(id.parse().ok()?),
+    };
+    let position = match (parts.next(), parts.next(), parts.next()) {
+        (None, _, _) => None,
+        (Some(offset), Some(epoch), None) => Some((offset.parse().ok()?, epoch.to_string())),
+        _ => return None,
+    };
+    let frame = Utf8Bytes::try_from(Bytes::from(payload).slice(newline + 1..)).ok()?;
+    Some(((origin, exclude, frame), position))
+}
+
+pub(super) struct PublishJob {
+    pub(super) channel: String,
+    pub(super) payload: Vec<u8>,
+    /// A kept topic's publication: run through the publish script instead of PUBLISH.
+    pub(super) kept: Option<KeptJob>,
+    pub(super) done: oneshot::Sender<redis::RedisResult<()>>,
+    /// When `publish` queued it, for `ws_kit_redis_lag_seconds`.
+    pub(super) queued: Started,
+}
+
+/// What the publish script needs besides the channel, and what a failure needs to put right.
+pub(super) struct KeptJob {
+    pub(super) topic: String,
+    pub(super) hash: String,
+    pub(super) stream: String,
+    pub(super) keep: Keep,
+    pub(super) frame: Utf8Bytes,
+    pub(super) exclude: Option<ClientId>,
+}
+
+/// Sends publications in the order they were made: whatever is queued goes out as one pipeline,
+/// and the next pipeline only after it. Under load that is one round trip per batch.
+pub(super) async fn publish_loop(
+    mut queue: mpsc::Receiver<PublishJob>,
+    mut conn: ConnectionManager,
+    timeout: Duration,
+    local: Arc<LocalTopics>,
+    dirty: Arc<Mutex<HashSet<String>>>,
+) {
+    let script = redis::Script::new(kept::PUBLISH_SCRIPT);
+    let mut batch = Vec::new();
+    while queue.recv_many(&mut batch, 1024).await > 0 {
+        let mut pipe = redis::pipe();
+        if batch.iter().any(|job| job.kept.is_some()) {
+            pipe.load_script(&script).ignore();
+        }
+        for job in &batch {
+            match &job.kept {
+                None => {
+                    pipe.cmd("PUBLISH")
+                        .arg(&job.channel)
+                        .arg(&job.payload[..])
+                        .ignore();
+                }
+                Some(k) => {
+                    let mut invocation = script.key(&k.hash);
+                    invocation
+                        .key(&k.stream)
+                        .arg(&job.channel)
+                        .arg(k.frame.as_str())
+                        .arg(k.keep.size())
+                        .arg(k.keep.ttl().as_millis().max(1) as u64)
+                        .arg(crate::pubsub::new_epoch())
+                        .arg(&job.payload[..]);
+                    pipe.invoke_script(&invocation).ignore();
+                }
+            }
+        }
+        let result = match tokio::time::timeout(timeout, pipe.query_async::<()>(&mut conn)).await {
+            Ok(result) => result,
+            Err(_) => Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "publish timed out",
+            ))),
+        };
+        for job in batch.drain(..) {
+            if result.is_ok() {
+                metrics::redis_published(job.queued);
+            } else if let Some(k) = &job.kept {
+                // Its positioned subscribers here were waiting for the echo, which may never
+                // come: they get the plain frame now, and the topic's history starts a new
+                // epoch once Redis is back (so nobody believes it recovered around this).
+                local.deliver_positioned(&k.topic, &k.frame, k.exclude);
+                dirty
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(k.topic.clone());
+            }
+            let _ = job.done.send(result.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_round_trip() {
+        let frame = Utf8Bytes::from_static("{\"type\":\"X\",\"payload\":{\"a\":\"é\"}}");
+        let (origin, id) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+        assert_eq!(
+            decode_envelope(encode_envelope(origin, &frame, Some(id))),
+            Some((origin, Some(id), frame.clone()))
+        );
+        assert_eq!(
+            decode_envelope(encode_envelope(origin, &frame, None)),
+            Some((origin, None, frame))
+        );
+        assert_eq!(decode_envelope(b"no newline".to_vec()), None);
+        assert_eq!(decode_envelope(b"not-a-uuid \n{}".to_vec()), None);
+        assert_eq!(
+            decode_envelope(format!("{origin}\n{{}}").into_bytes()),
+            None
+        );
+    }
+}
