@@ -62,7 +62,7 @@
 //!
 //! Every rule's refinement carries the server's own message for that rule, so a front end shows
 //! the words the server would answer with. The parity test (`tests/tests/typescript.rs`) runs
-//! some 2,500 payloads through the generated zod schemas under Node and through the server's
+//! some 2,900 payloads through the generated zod schemas under Node and through the server's
 //! decoder ([`MessageSchema::check_payload`]) and requires the same verdict on every one.
 
 use crate::message::Message;
