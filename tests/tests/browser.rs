@@ -188,9 +188,55 @@ async fn chat(
         return Err(format!("a message was parsed as HTML: {injected}"));
     }
 
+    // Who's here: presence, from the page.
+    ada.click("#who").await?;
+    let here = ada
+        .wait_for_line_where("a HERE line", |l| l.starts_with("here: "))
+        .await?;
+    if !(here.contains("ada")
+        && here.contains("bob")
+        && here.ends_with("(2 connections, 2 people)"))
+    {
+        return Err(format!("ada: who's here: {here:?}"));
+    }
+
+    // Bob's socket drops; ada says two things while he is away; his page reconnects, rejoins
+    // from its last position and shows exactly what he missed (his own leave and her two lines).
+    step(
+        "bob: drop the socket, reconnect in 3 s",
+        bob.browser
+            .execute("backoff = 3000; ws.close(); return true;", vec![]),
+    )
+    .await?;
+    ada.wait_for_line("bob left (1 in room)").await?;
+    for text in ["while you were away", "and again"] {
+        ada.type_into("#text", text).await?;
+        ada.click("#send").await?;
+        ada.wait_for_line(&format!("ada: {text}")).await?;
+    }
+    bob.wait_for_line("back in the room: caught up on 3 missed")
+        .await?;
+    bob.wait_for_line("ada: while you were away").await?;
+    bob.wait_for_line("ada: and again").await?;
+    ada.wait_for_line("bob joined (2 in room)").await?;
+
     bob.click("#leave").await?;
     bob.wait_for_line("you left the room").await?;
-    ada.wait_for_line("bob left (1 in room)").await?;
+    // His second leave (the first was the dropped socket).
+    let deadline = Instant::now() + STEP;
+    while ada
+        .log_lines()
+        .await?
+        .iter()
+        .filter(|l| *l == "bob left (1 in room)")
+        .count()
+        < 2
+    {
+        if Instant::now() > deadline {
+            return Err("ada: bob's leave after his rejoin never showed".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     for (person, shot) in [ada, bob].into_iter().zip(shots) {
         let png = step(
@@ -294,6 +340,28 @@ impl Page {
             if Instant::now() > deadline {
                 return Err(format!(
                     "{}: no log line {line:?} within {STEP:?}; the log: {lines:#?}",
+                    self.who
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Polls the DOM until the log has a line `matches` accepts (up to [`STEP`]); returns it.
+    async fn wait_for_line_where(
+        &self,
+        what: &str,
+        matches: impl Fn(&str) -> bool,
+    ) -> Result<String, String> {
+        let deadline = Instant::now() + STEP;
+        loop {
+            let lines = self.log_lines().await?;
+            if let Some(line) = lines.iter().rev().find(|l| matches(l)) {
+                return Ok(line.clone());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{}: no log line for {what} within {STEP:?}; the log: {lines:#?}",
                     self.who
                 ));
             }
