@@ -144,89 +144,90 @@ fn a_rejoin_gets_exactly_what_it_missed_then_live_frames_while_publishers_race_i
         // Room for her USER_LEFT, the 100 she misses and the racers that beat her rejoin.
         let rooms = Keep::last(200).for_at_most(Duration::from_secs(300));
         let server = serve(chat::router_keeping(rooms), ServeOptions::new()).await;
-        let publisher = server.service.publisher();
-        let topic = format!("room:{ROOM}");
-        let say = |text: String| NewMessage {
-            username: "bob".into(),
-            text,
-        };
-
-        let (mut alice, joined) =
-            join(&server, "alice", Some(json!({"offset": 0, "epoch": ""}))).await;
-        assert_eq!(joined["payload"]["recovered"], false, "{joined}");
-        let epoch = joined["payload"]["epoch"].as_str().unwrap().to_string();
-        assert!(!epoch.is_empty());
-        let mut last = joined["payload"]["offset"].as_u64().unwrap();
-
-        for round in 0..50 {
-            // Alice has seen everything up to a marker; her position is its offset.
-            let marker = format!("marker {round}");
-            publisher.publish(&topic, &say(marker.clone())).await;
-            let seen = frames_until(&mut alice, &marker).await;
-            for frame in &seen {
-                assert_eq!(frame["meta"]["topic"], topic.as_str(), "{frame}");
-                assert_eq!(frame["meta"]["epoch"], epoch.as_str(), "{frame}");
-                assert_eq!(
-                    offset(frame),
-                    last + 1,
-                    "round {round}: a gap or a duplicate live"
-                );
-                last += 1;
-            }
-            drop(alice);
-
-            // 100 publications while she is away (her own USER_LEFT among the first)...
-            for i in 0..100 {
-                publisher
-                    .publish(&topic, &say(format!("missed {round}.{i}")))
-                    .await;
-            }
-            // ...and 20 more racing her rejoin, from another task.
-            let racer = {
-                let publisher = publisher.clone();
-                let topic = topic.clone();
-                tokio::spawn(async move {
-                    for i in 0..20 {
-                        publisher
-                            .publish(
-                                &topic,
-                                &NewMessage {
-                                    username: "carol".into(),
-                                    text: format!("race {round}.{i}"),
-                                },
-                            )
-                            .await;
-                        if i % 4 == 0 {
-                            tokio::task::yield_now().await;
-                        }
-                    }
-                })
-            };
-            let (client, joined) = join(
-                &server,
-                "alice",
-                Some(json!({"offset": last, "epoch": epoch})),
-            )
-            .await;
-            alice = client;
-            assert_eq!(
-                joined["payload"]["recovered"], true,
-                "round {round}: {joined}"
-            );
-            assert_eq!(joined["payload"]["epoch"], epoch.as_str());
-            let at_join = joined["payload"]["offset"].as_u64().unwrap();
-            assert!(
-                at_join >= last + 100,
-                "round {round}: JOINED at {at_join}, left at {last}"
-            );
-            racer.await.unwrap();
-
-            // Everything after `last`, in order, exactly once: the missed ones, the racers (some
-            // recovered, some live), her own USER_JOINED.
-            let frames = frames_until(&mut alice, &format!("race {round}.19")).await;
-            check_seam(&frames, &mut last, round, &joined);
-        }
+        rejoin_rounds([&server, &server]).await;
     });
+}
+
+/// 50 rounds: alice (joined from a position on `servers[0]`) reads up to a marker, drops her
+/// socket, misses 100 publications made alternately through both servers, and rejoins from her
+/// last position on the other server while 20 more publications race the rejoin from another
+/// task. Each round she must get exactly what she missed, in order, then live frames, with
+/// consecutive offsets across the seam.
+async fn rejoin_rounds(servers: [&TestServer<chat::ChatData>; 2]) {
+    let publishers = [
+        servers[0].service.publisher(),
+        servers[1].service.publisher(),
+    ];
+    let topic = format!("room:{ROOM}");
+    let (mut alice, joined) =
+        join(servers[0], "alice", Some(json!({"offset": 0, "epoch": ""}))).await;
+    assert_eq!(joined["payload"]["recovered"], false, "{joined}");
+    let epoch = joined["payload"]["epoch"].as_str().unwrap().to_string();
+    assert!(!epoch.is_empty());
+    let mut last = joined["payload"]["offset"].as_u64().unwrap();
+
+    for round in 0..50 {
+        // Alice has seen everything up to a marker; her position is its offset.
+        let marker = format!("marker {round}");
+        let result = publishers[round % 2]
+            .publish(&topic, &said(marker.clone()))
+            .await;
+        assert!(result.ok, "{result:?}");
+        for frame in frames_until(&mut alice, &marker).await {
+            assert_eq!(frame["meta"]["topic"], topic.as_str(), "{frame}");
+            assert_eq!(frame["meta"]["epoch"], epoch.as_str(), "{frame}");
+            assert_eq!(
+                offset(&frame),
+                last + 1,
+                "round {round}: a gap or a duplicate live: {frame}"
+            );
+            last += 1;
+        }
+        drop(alice);
+
+        // 100 publications while she is away (her own USER_LEFT among the first)...
+        for i in 0..100 {
+            let result = publishers[i % 2]
+                .publish(&topic, &said(format!("missed {round}.{i}")))
+                .await;
+            assert!(result.ok, "{result:?}");
+        }
+        // ...and 20 more racing her rejoin, from another task.
+        let racer = {
+            let (publishers, topic) = (publishers.clone(), topic.clone());
+            tokio::spawn(async move {
+                for i in 0..20 {
+                    let carol = NewMessage {
+                        username: "carol".into(),
+                        text: format!("race {round}.{i}"),
+                    };
+                    publishers[i % 2].publish(&topic, &carol).await;
+                    if i % 4 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            })
+        };
+        let since = json!({"offset": last, "epoch": epoch});
+        let (client, joined) = join(servers[(round + 1) % 2], "alice", Some(since)).await;
+        alice = client;
+        assert_eq!(
+            joined["payload"]["recovered"], true,
+            "round {round}: {joined}"
+        );
+        assert_eq!(joined["payload"]["epoch"], epoch.as_str());
+        let at_join = joined["payload"]["offset"].as_u64().unwrap();
+        assert!(
+            at_join >= last + 100,
+            "round {round}: JOINED at {at_join}, left at {last}"
+        );
+        racer.await.unwrap();
+
+        // Everything after `last`, in order, exactly once: the missed ones, the racers (some
+        // recovered, some live), her own USER_JOINED.
+        let frames = frames_until(&mut alice, &format!("race {round}.19")).await;
+        check_seam(&frames, &mut last, round, &joined);
+    }
 }
 
 #[test]
@@ -353,85 +354,7 @@ mod on_redis {
             let rooms = Keep::last(200).for_at_most(Duration::from_secs(300));
             let one = instance(&url, &prefix, rooms).await;
             let two = instance(&url, &prefix, rooms).await;
-            let publishers = [one.service.publisher(), two.service.publisher()];
-            let topic = format!("room:{ROOM}");
-
-            let (mut alice, joined) =
-                join(&one, "alice", Some(json!({"offset": 0, "epoch": ""}))).await;
-            assert_eq!(joined["payload"]["recovered"], false, "{joined}");
-            let epoch = joined["payload"]["epoch"].as_str().unwrap().to_string();
-            let mut last = joined["payload"]["offset"].as_u64().unwrap();
-
-            for round in 0..50 {
-                let marker = format!("marker {round}");
-                let result = publishers[round % 2]
-                    .publish(
-                        &topic,
-                        &NewMessage {
-                            username: "bob".into(),
-                            text: marker.clone(),
-                        },
-                    )
-                    .await;
-                assert!(result.ok, "{result:?}");
-                for frame in frames_until(&mut alice, &marker).await {
-                    assert_eq!(frame["meta"]["epoch"], epoch.as_str(), "{frame}");
-                    assert_eq!(
-                        offset(&frame),
-                        last + 1,
-                        "round {round}: a gap or a duplicate live: {frame}"
-                    );
-                    last += 1;
-                }
-                drop(alice);
-                // 100 publications from both instances while she is away.
-                for i in 0..100 {
-                    let result = publishers[i % 2]
-                        .publish(
-                            &topic,
-                            &NewMessage {
-                                username: "bob".into(),
-                                text: format!("missed {round}.{i}"),
-                            },
-                        )
-                        .await;
-                    assert!(result.ok, "{result:?}");
-                }
-                // 20 more from both, racing her rejoin on the other instance.
-                let racer = {
-                    let publishers = publishers.clone();
-                    let topic = topic.clone();
-                    tokio::spawn(async move {
-                        for i in 0..20 {
-                            publishers[i % 2]
-                                .publish(
-                                    &topic,
-                                    &NewMessage {
-                                        username: "carol".into(),
-                                        text: format!("race {round}.{i}"),
-                                    },
-                                )
-                                .await;
-                        }
-                    })
-                };
-                let rejoin_on = if round % 2 == 0 { &two } else { &one };
-                let (client, joined) = join(
-                    rejoin_on,
-                    "alice",
-                    Some(json!({"offset": last, "epoch": epoch})),
-                )
-                .await;
-                alice = client;
-                assert_eq!(
-                    joined["payload"]["recovered"], true,
-                    "round {round}: {joined}"
-                );
-                assert_eq!(joined["payload"]["epoch"], epoch.as_str());
-                racer.await.unwrap();
-                let frames = frames_until(&mut alice, &format!("race {round}.19")).await;
-                check_seam(&frames, &mut last, round, &joined);
-            }
+            rejoin_rounds([&one, &two]).await;
         });
     }
 
@@ -464,15 +387,7 @@ mod on_redis {
             let publisher = one.service.publisher();
             let topic = format!("room:{ROOM}");
             for i in 0..1000 {
-                let result = publisher
-                    .publish(
-                        &topic,
-                        &NewMessage {
-                            username: "bob".into(),
-                            text: format!("m{i}"),
-                        },
-                    )
-                    .await;
+                let result = publisher.publish(&topic, &said(format!("m{i}"))).await;
                 assert!(result.ok);
             }
             let client = redis::Client::open(url.as_str()).unwrap();
@@ -555,13 +470,7 @@ mod on_redis {
             let result = one
                 .service
                 .publisher()
-                .publish(
-                    &topic,
-                    &NewMessage {
-                        username: "bob".into(),
-                        text: "during".into(),
-                    },
-                )
+                .publish(&topic, &said("during".into()))
                 .await;
             assert!(
                 !result.ok,
@@ -595,9 +504,15 @@ mod on_redis {
                 join(&two, "alice", Some(json!({"offset": last, "epoch": epoch}))).await;
             assert_eq!(joined["payload"]["recovered"], false, "{joined}");
             assert_ne!(joined["payload"]["epoch"], epoch.as_str());
+            // Nothing old: the next frame is live in the new epoch (her USER_JOINED, or the
+            // USER_LEFT of a probe's connection closing), right after the position.
             let next = back.recv().await;
-            assert_eq!(next["type"], "USER_JOINED", "nothing old: {next}");
+            assert_ne!(next["type"], "NEW_MESSAGE", "nothing old: {next}");
             assert_eq!(next["meta"]["epoch"], joined["payload"]["epoch"]);
+            assert_eq!(
+                offset(&next),
+                joined["payload"]["offset"].as_u64().unwrap() + 1
+            );
         });
     }
 }
@@ -651,15 +566,7 @@ fn the_rust_client_rejoins_from_its_last_position_after_a_reconnect() {
             let publisher = publisher.clone();
             let topic = topic.clone();
             async move {
-                publisher
-                    .publish(
-                        &topic,
-                        &NewMessage {
-                            username: "bob".into(),
-                            text,
-                        },
-                    )
-                    .await;
+                publisher.publish(&topic, &said(text)).await;
             }
         };
         support::eventually("the join took effect", || async {

@@ -230,7 +230,9 @@ impl Inspector {
         }
     }
 
-    /// The channels under the prefix that anyone subscribes to, without the prefix.
+    /// The channels under the prefix that anyone subscribes to, without the prefix, but the
+    /// presence events channel (`#presence`), which every engine subscribes from the moment it
+    /// connects, whatever its topics (checked in `channels_follow_local_subscribers`).
     async fn channels(&mut self) -> BTreeSet<String> {
         let channels: Vec<String> = redis::cmd("PUBSUB")
             .arg("CHANNELS")
@@ -241,6 +243,7 @@ impl Inspector {
         channels
             .into_iter()
             .map(|c| c[self.prefix.len()..].to_string())
+            .filter(|c| c != "#presence")
             .collect()
     }
 
@@ -743,6 +746,11 @@ fn channels_follow_local_subscribers() {
         let mut redis = Inspector::connect(&url, &prefix).await;
         let (a, b) = two_instances(&url, &prefix).await;
         assert_eq!(redis.channels().await, set(&[]), "no connection yet");
+        assert_eq!(
+            redis.numsub("#presence").await,
+            2,
+            "each engine subscribes the presence events from the start"
+        );
 
         let mut a1 = a.client().await;
         let mut a2 = a.client().await;

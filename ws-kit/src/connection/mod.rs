@@ -195,10 +195,7 @@ impl<D: Send + Sync + 'static> Connection<D> {
         topic: &str,
         from: Option<(Position, Announce)>,
     ) -> Result<Subscribed, WsError> {
-        let unchanged = Subscribed {
-            recovered: false,
-            position: Position::default(),
-        };
+        let unchanged = Subscribed::not_recovered();
         validate_topic(topic)?;
         self.inner
             .shared

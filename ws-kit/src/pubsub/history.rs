@@ -139,6 +139,18 @@ pub struct Subscribed {
     pub position: Position,
 }
 
+impl Subscribed {
+    /// Nothing recovered, at position zero: a subscribe that had no history to read (the
+    /// engine keeps none, the topic is not kept, Redis is down, or the connection was already
+    /// subscribed).
+    pub fn not_recovered() -> Self {
+        Subscribed {
+            recovered: false,
+            position: Position::default(),
+        }
+    }
+}
+
 /// The frame a subscribe from a position sends first, built from what it reports (the app's
 /// `JOINED`): `None` sends nothing.
 pub type Announce = Box<dyn FnOnce(&Subscribed) -> Option<Utf8Bytes> + Send>;

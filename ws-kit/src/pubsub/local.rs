@@ -185,16 +185,6 @@ impl LocalTopics {
     /// Queues `frame` on every local subscriber of `topic` except `exclude`; returns how many
     /// it reached.
     pub fn deliver(&self, topic: &str, frame: &Utf8Bytes, exclude: Option<ClientId>) -> usize {
-        let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
-        let Some(subs) = topics.get(topic) else {
-            return 0;
-        };
-        let delivered = subs
-            .iter()
-            .filter(|s| Some(s.id) != exclude)
-            .filter(|s| s.deliver(frame))
-            .count();
-        crate::metrics::delivered(delivered);
-        delivered
+        self.deliver_each(topic, exclude, |_| Some(frame))
     }
 }

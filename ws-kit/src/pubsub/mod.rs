@@ -184,17 +184,7 @@ pub trait PubSub: Send + Sync + 'static {
         announce: Announce,
     ) -> BoxFuture<'a, Result<Subscribed, WsError>> {
         let _ = since;
-        Box::pin(async move {
-            let subscribed = Subscribed {
-                recovered: false,
-                position: Position::default(),
-            };
-            if let Some(first) = announce(&subscribed) {
-                subscriber.deliver(&first);
-            }
-            self.subscribe(topic, subscriber).await?;
-            Ok(subscribed)
-        })
+        Box::pin(subscribe_unrecovered(self, topic, subscriber, announce))
     }
 
     /// Records a subscription's presence (docs/protocol.md 8b), replacing the connection's
@@ -243,6 +233,23 @@ pub trait PubSub: Send + Sync + 'static {
         let _ = topic;
         None
     }
+}
+
+/// A subscribe from a position that recovers nothing (no history here, or none reachable): the
+/// announcement of `recovered: false` at position zero, then a plain subscribe. What engines
+/// without history do, and what the Redis engine does while Redis is down.
+pub async fn subscribe_unrecovered<E: PubSub + ?Sized>(
+    engine: &E,
+    topic: &str,
+    subscriber: Subscriber,
+    announce: Announce,
+) -> Result<Subscribed, WsError> {
+    let subscribed = Subscribed::not_recovered();
+    if let Some(first) = announce(&subscribed) {
+        subscriber.deliver(&first);
+    }
+    engine.subscribe(topic, subscriber).await?;
+    Ok(subscribed)
 }
 
 /// Names of the framework's own topics. They start with `#`, which user topics cannot contain.

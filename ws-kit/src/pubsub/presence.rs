@@ -88,6 +88,14 @@ impl PresenceHooks {
             .push(hook);
     }
 
+    /// Whether no hook is registered.
+    pub fn is_empty(&self) -> bool {
+        self.hooks
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
     /// Runs every hook on `event`; a hook that panics is contained.
     pub fn emit(&self, event: &PresenceEvent) {
         let hooks = self.hooks.read().unwrap_or_else(|e| e.into_inner()).clone();

@@ -281,11 +281,14 @@ impl Recovering {
         client: ClientId,
         announce: Option<Utf8Bytes>,
     ) {
-        let subscribed = Subscribed {
-            recovered: false,
-            position: Position::default(),
-        };
-        let _ = self.finish(local, topic, client, &subscribed, announce, &[]);
+        let _ = self.finish(
+            local,
+            topic,
+            client,
+            &Subscribed::not_recovered(),
+            announce,
+            &[],
+        );
     }
 
     /// Forgets `client`'s waiting subscriptions (its connection left).

@@ -22,6 +22,7 @@ use crate::publisher::Publisher;
 use crate::pubsub::{
     Announce, Capability, ClientId, Keep, KeptTopics, LocalTopics, Position, PresenceEntry,
     PresenceEvent, PresenceHook, PresenceHooks, PubSub, PublishResult, Subscribed, Subscriber,
+    subscribe_unrecovered,
 };
 use futures_util::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -103,8 +104,6 @@ struct Inner {
     presence_lease: Duration,
     /// Whether this instance's lease is to be renewed (it holds or held presence).
     holds_presence: AtomicBool,
-    /// Whether the presence events channel is subscribed (or being).
-    presence_events: AtomicBool,
     presence_scripts: [redis::Script; 3],
 }
 
@@ -174,7 +173,13 @@ impl RedisPubSub {
             .set_response_timeout(Some(options.publish_timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(2));
-        let conn = ConnectionManager::new_with_config(client, config)
+        let mut conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(Error::Redis)?;
+        // Presence events (joins and leaves of every instance) for `Router::on_presence`:
+        // subscribed now, before any router can register a hook, so no event published after
+        // the engine exists is missed. One channel per instance; the reconnect resubscribes it.
+        conn.subscribe(format!("{}{}", options.prefix, presence::EVENTS))
             .await
             .map_err(Error::Redis)?;
         let (jobs, job_queue) = mpsc::channel(PUBLISH_QUEUE);
@@ -201,7 +206,6 @@ impl RedisPubSub {
             held: Mutex::default(),
             presence_lease: options.presence_lease,
             holds_presence: AtomicBool::new(false),
-            presence_events: AtomicBool::new(false),
             presence_scripts: [
                 redis::Script::new(presence::JOIN_SCRIPT),
                 redis::Script::new(presence::LEAVE_SCRIPT),
@@ -407,6 +411,9 @@ fn deliver(
         return;
     };
     if topic == presence::EVENTS {
+        if hooks.is_empty() {
+            return;
+        }
         match serde_json::from_slice::<PresenceEvent>(&payload) {
             Ok(event) => hooks.emit(&event),
             Err(_) => tracing::warn!("dropped a malformed presence event from redis"),
@@ -445,9 +452,8 @@ async fn health(inner: Weak<Inner>, interval: Duration) {
             .is_ok_and(|r| r.is_ok());
         let was = inner.connected.swap(ok, Ordering::SeqCst);
         metrics::redis_connected(ok);
-        if ok {
-            inner.presence_upkeep().await;
-        }
+        // Reconciliation first: after an outage, channels and entries are put right before the
+        // routine upkeep spends round trips on leases.
         match (was, ok) {
             (false, true) => {
                 tracing::info!("redis pub/sub connection restored");
@@ -459,6 +465,9 @@ async fn health(inner: Weak<Inner>, interval: Duration) {
             }
             (true, false) => tracing::warn!("redis unreachable; retrying"),
             _ => {}
+        }
+        if ok {
+            inner.presence_upkeep().await;
         }
     }
 }
@@ -714,25 +723,10 @@ impl PubSub for RedisPubSub {
         })
     }
 
+    /// The events channel is subscribed when the engine connects, so a hook sees every event
+    /// published after the engine was built.
     fn on_presence(&self, hook: PresenceHook) {
         self.inner.presence_hooks.add(hook);
-        if !self.inner.presence_events.swap(true, Ordering::SeqCst) {
-            let inner = self.inner.clone();
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move {
-                    let mut conn = inner.conn.clone();
-                    if conn
-                        .subscribe(inner.channel(presence::EVENTS))
-                        .await
-                        .is_err()
-                    {
-                        inner.presence_events.store(false, Ordering::SeqCst);
-                    }
-                });
-            } else {
-                self.inner.presence_events.store(false, Ordering::SeqCst);
-            }
-        }
     }
 
     fn keep(&self, topics: KeptTopics) {
@@ -756,24 +750,10 @@ impl PubSub for RedisPubSub {
         Box::pin(async move {
             let inner = &self.inner;
             let id = subscriber.id();
-            let not_recovered = Subscribed {
-                recovered: false,
-                position: Position::default(),
+            let keep = inner.kept(topic);
+            let Some(keep) = keep.filter(|_| inner.connected.load(Ordering::SeqCst)) else {
+                return subscribe_unrecovered(self, topic, subscriber, announce).await;
             };
-            let Some(keep) = inner.kept(topic) else {
-                if let Some(first) = announce(&not_recovered) {
-                    subscriber.deliver(&first);
-                }
-                self.subscribe(topic, subscriber).await?;
-                return Ok(not_recovered);
-            };
-            if !inner.connected.load(Ordering::SeqCst) {
-                if let Some(first) = announce(&not_recovered) {
-                    subscriber.deliver(&first);
-                }
-                self.subscribe(topic, subscriber).await?;
-                return Ok(not_recovered);
-            }
             inner.recovering.start(topic, subscriber);
             let read = async {
                 inner.sync_channel(topic).await?;
@@ -807,9 +787,9 @@ impl PubSub for RedisPubSub {
                 }
                 _ => {
                     inner.out_of_step.store(true, Ordering::SeqCst);
-                    let first = announce(&not_recovered);
+                    let first = announce(&Subscribed::not_recovered());
                     inner.recovering.abandon(&inner.local, topic, id, first);
-                    not_recovered
+                    Subscribed::not_recovered()
                 }
             };
             inner.settle(topic, id, true).await;

@@ -5,7 +5,7 @@
 //! after it); `<prefix>lease:<instance>`, renewed by the instance's health loop, expiring after
 //! the lease when the instance dies or loses Redis; `<prefix>instances`, the instances that hold
 //! presence. Joins and leaves are published on `<prefix>#presence` (a JSON [`PresenceEvent`]),
-//! which every instance with a presence hook subscribes.
+//! which every engine subscribes when it connects.
 //!
 //! A listing drops the entries of instances whose lease is gone at once; the health loop of any
 //! live instance then removes them (one script per dead instance: atomic, so two instances doing
