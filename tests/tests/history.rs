@@ -326,7 +326,7 @@ fn a_kept_topic_holds_at_most_its_size_and_nothing_once_expired_and_unsubscribed
 mod on_redis {
     use super::*;
     use support::proxy::Proxy;
-    use support::{eventually, redis_url};
+    use support::{eventually, redis_url, redis_urls};
     use ws_kit::redis::RedisOptions;
 
     fn unique_prefix() -> String {
@@ -348,31 +348,35 @@ mod on_redis {
 
     #[test]
     fn a_rejoin_on_the_other_instance_gets_what_both_published_then_live_frames() {
-        let Some(url) = redis_url() else { return };
-        bounded_multi_thread(async move {
-            let prefix = unique_prefix();
-            let rooms = Keep::last(200).for_at_most(Duration::from_secs(300));
-            let one = instance(&url, &prefix, rooms).await;
-            let two = instance(&url, &prefix, rooms).await;
-            rejoin_rounds([&one, &two]).await;
-        });
+        for url in redis_urls() {
+            eprintln!("on {url}");
+            bounded_multi_thread(async move {
+                let prefix = unique_prefix();
+                let rooms = Keep::last(200).for_at_most(Duration::from_secs(300));
+                let one = instance(&url, &prefix, rooms).await;
+                let two = instance(&url, &prefix, rooms).await;
+                rejoin_rounds([&one, &two]).await;
+            });
+        }
     }
 
     #[test]
     fn on_redis_too_old_or_another_epoch_recovers_nothing() {
-        let Some(url) = redis_url() else { return };
-        bounded_multi_thread(async move {
-            let prefix = unique_prefix();
-            let rooms = Keep::last(100).for_at_most(Duration::from_secs(300));
-            let one = instance(&url, &prefix, rooms).await;
-            let two = instance(&url, &prefix, rooms).await;
-            let (alice, joined) =
-                join(&one, "alice", Some(json!({"offset": 0, "epoch": ""}))).await;
-            let epoch = joined["payload"]["epoch"].as_str().unwrap().to_string();
-            let left_at = joined["payload"]["offset"].as_u64().unwrap();
-            drop(alice);
-            expect_nothing_old(&two, &two.service.publisher(), left_at, &epoch).await;
-        });
+        for url in redis_urls() {
+            eprintln!("on {url}");
+            bounded_multi_thread(async move {
+                let prefix = unique_prefix();
+                let rooms = Keep::last(100).for_at_most(Duration::from_secs(300));
+                let one = instance(&url, &prefix, rooms).await;
+                let two = instance(&url, &prefix, rooms).await;
+                let (alice, joined) =
+                    join(&one, "alice", Some(json!({"offset": 0, "epoch": ""}))).await;
+                let epoch = joined["payload"]["epoch"].as_str().unwrap().to_string();
+                let left_at = joined["payload"]["offset"].as_u64().unwrap();
+                drop(alice);
+                expect_nothing_old(&two, &two.service.publisher(), left_at, &epoch).await;
+            });
+        }
     }
 
     /// The stream never holds much more than the room's size (Redis trims approximately, by

@@ -152,6 +152,40 @@ mod on_redis {
         serve(router, ServeOptions::new()).await
     }
 
+    /// On a Redis Cluster: presence entries live in their topic's slot, events go out on plain
+    /// pub/sub (which a cluster copies to every node), and each instance sees the other's joins
+    /// and leaves and lists every member.
+    #[test]
+    fn presence_spans_instances_on_a_cluster() {
+        let Some(url) = support::redis_cluster_url() else {
+            return;
+        };
+        bounded_multi_thread(async move {
+            let prefix = format!("wskit-test-{}:", uuid::Uuid::now_v7().simple());
+            let (seen_one, seen_two): (Seen, Seen) = (Arc::default(), Arc::default());
+            let one = instance(&url, &prefix, &seen_one).await;
+            let two = instance(&url, &prefix, &seen_two).await;
+            let mut ada = joined(&one, "ada").await;
+            let mut bob = joined(&two, "bob").await;
+            let cy = joined(&two, "cy").await;
+            eventually("both instances see every join", || async {
+                ["ada", "bob", "cy"]
+                    .iter()
+                    .all(|n| saw(&seen_one, "join", n) && saw(&seen_two, "join", n))
+            })
+            .await;
+            for client in [&mut ada, &mut bob] {
+                assert_eq!(names(&who_is_here(client).await), ["ada", "bob", "cy"]);
+            }
+            drop(cy);
+            eventually("cy's close is seen on the other instance", || async {
+                saw(&seen_one, "leave", "cy")
+            })
+            .await;
+            assert_eq!(names(&who_is_here(&mut ada).await), ["ada", "bob"]);
+        });
+    }
+
     #[test]
     fn presence_spans_instances_and_an_instance_that_dies_leaves_within_its_lease() {
         let Some(url) = redis_url() else { return };

@@ -21,7 +21,8 @@ use std::time::Duration;
 use support::proxy::Proxy;
 use support::{
     Client, RawClient, RawFrame, TestServer, WAIT, bounded_multi_thread,
-    bounded_multi_thread_within, eventually, eventually_within, redis_url, request, serve,
+    bounded_multi_thread_within, eventually, eventually_within, redis_url, redis_urls, request,
+    serve,
 };
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -231,9 +232,18 @@ impl Inspector {
     }
 
     /// The channels under the prefix that anyone subscribes to, without the prefix, but the
-    /// presence events channel (`#presence`), which every engine subscribes from the moment it
-    /// connects, whatever its topics (checked in `channels_follow_local_subscribers`).
+    /// presence events channel (`#presence`) and the instances' direct channels (`#i:<id>`),
+    /// which every engine subscribes from the moment it connects, whatever its topics (checked
+    /// in `channels_follow_local_subscribers`).
     async fn channels(&mut self) -> BTreeSet<String> {
+        self.all_channels()
+            .await
+            .into_iter()
+            .filter(|c| c != "#presence" && !c.starts_with("#i:"))
+            .collect()
+    }
+
+    async fn all_channels(&mut self) -> BTreeSet<String> {
         let channels: Vec<String> = redis::cmd("PUBSUB")
             .arg("CHANNELS")
             .arg(format!("{}*", self.prefix))
@@ -243,8 +253,16 @@ impl Inspector {
         channels
             .into_iter()
             .map(|c| c[self.prefix.len()..].to_string())
-            .filter(|c| c != "#presence")
             .collect()
+    }
+
+    /// How many instances the directory lists for a connection's or user's topic.
+    async fn listed(&mut self, topic: &str) -> usize {
+        redis::cmd("SCARD")
+            .arg(format!("{}d:{{{topic}}}", self.prefix))
+            .query_async(&mut self.conn)
+            .await
+            .expect("SCARD")
     }
 
     /// How many Redis connections subscribe to the topic's channel.
@@ -365,26 +383,27 @@ async fn expect_frames(client: &mut Client, who: &str, expected: &[Value]) {
 /// a publication came from does not deliver it a second time when Redis echoes it back.
 #[test]
 fn room_messages_cross_instances_once_and_in_order() {
-    let Some(url) = redis_url() else { return };
-    bounded_multi_thread(async move {
-        const MESSAGES: u32 = 200;
-        let prefix = unique_prefix();
-        let (a, b) = two_instances(&url, &prefix).await;
+    for url in redis_urls() {
+        eprintln!("on {url}");
+        bounded_multi_thread(async move {
+            const MESSAGES: u32 = 200;
+            let prefix = unique_prefix();
+            let (a, b) = two_instances(&url, &prefix).await;
 
-        let mut members = Vec::new();
-        for (name, server, publishes_as) in [
-            ("publisher on A", &a, Some("A")),
-            ("publisher on B", &b, Some("B")),
-            ("subscriber on A", &a, None),
-            ("subscriber on B", &b, None),
-        ] {
-            let mut client = server.client().await;
-            joined(&mut client, "room").await;
-            members.push((name, client, publishes_as));
-        }
+            let mut members = Vec::new();
+            for (name, server, publishes_as) in [
+                ("publisher on A", &a, Some("A")),
+                ("publisher on B", &b, Some("B")),
+                ("subscriber on A", &a, None),
+                ("subscriber on B", &b, None),
+            ] {
+                let mut client = server.client().await;
+                joined(&mut client, "room").await;
+                members.push((name, client, publishes_as));
+            }
 
-        let started = Instant::now();
-        let tasks: Vec<_> = members
+            let started = Instant::now();
+            let tasks: Vec<_> = members
             .into_iter()
             .map(|(name, mut client, publishes_as)| {
                 tokio::spawn(async move {
@@ -448,90 +467,93 @@ fn room_messages_cross_instances_once_and_in_order() {
                 })
             })
             .collect();
-        let all = async {
-            let mut failures = Vec::new();
-            for task in tasks {
-                if let Err(e) = task.await {
-                    failures.push(e);
+            let all = async {
+                let mut failures = Vec::new();
+                for task in tasks {
+                    if let Err(e) = task.await {
+                        failures.push(e);
+                    }
                 }
-            }
-            if let Some(first) = failures.into_iter().next() {
-                std::panic::resume_unwind(first.into_panic());
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(25), all)
-            .await
-            .expect("the members did not get every frame in time");
-        eprintln!(
-            "2 × {} publications to 4 members across 2 instances in {:?}",
-            MESSAGES + 1,
-            started.elapsed()
-        );
-    });
+                if let Some(first) = failures.into_iter().next() {
+                    std::panic::resume_unwind(first.into_panic());
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(25), all)
+                .await
+                .expect("the members did not get every frame in time");
+            eprintln!(
+                "2 × {} publications to 4 members across 2 instances in {:?}",
+                MESSAGES + 1,
+                started.elapsed()
+            );
+        });
+    }
 }
 
 /// `exclude_self` skips the publishing connection on its own instance, while the other members on
 /// both instances get the publication.
 #[test]
 fn exclude_self_across_instances() {
-    let Some(url) = redis_url() else { return };
-    bounded_multi_thread(async move {
-        let prefix = unique_prefix();
-        let (a, b) = two_instances(&url, &prefix).await;
-        let mut me = a.client().await;
-        let mut other_a = a.client().await;
-        let mut other_b = b.client().await;
-        for client in [&mut me, &mut other_a, &mut other_b] {
-            joined(client, "room").await;
-        }
+    for url in redis_urls() {
+        eprintln!("on {url}");
+        bounded_multi_thread(async move {
+            let prefix = unique_prefix();
+            let (a, b) = two_instances(&url, &prefix).await;
+            let mut me = a.client().await;
+            let mut other_a = a.client().await;
+            let mut other_b = b.client().await;
+            for client in [&mut me, &mut other_a, &mut other_b] {
+                joined(client, "room").await;
+            }
 
-        // "not me" excludes the publisher, "all" does not. Had "not me" reached the publisher, it
-        // would have come before "all" (one publisher, one topic: FIFO), so reading up to both
-        // replies and "all" is enough to see it.
-        me.send(json!({"type": "PUBLISH", "payload": {"topic": "room", "text": "not me", "excludeSelf": true}, "meta": {"correlationId": "p1"}}))
+            // "not me" excludes the publisher, "all" does not. Had "not me" reached the publisher, it
+            // would have come before "all" (one publisher, one topic: FIFO), so reading up to both
+            // replies and "all" is enough to see it.
+            me.send(json!({"type": "PUBLISH", "payload": {"topic": "room", "text": "not me", "excludeSelf": true}, "meta": {"correlationId": "p1"}}))
             .await;
-        me.send(json!({"type": "PUBLISH", "payload": {"topic": "room", "text": "all"}, "meta": {"correlationId": "p2"}}))
+            me.send(json!({"type": "PUBLISH", "payload": {"topic": "room", "text": "all"}, "meta": {"correlationId": "p2"}}))
             .await;
-        let mut seen = Vec::new();
-        while seen.len() < 3 {
-            let frame = me.recv().await;
-            assert_ne!(
-                frame,
-                notice("not me"),
-                "the publisher got its own excluded publication"
+            let mut seen = Vec::new();
+            while seen.len() < 3 {
+                let frame = me.recv().await;
+                assert_ne!(
+                    frame,
+                    notice("not me"),
+                    "the publisher got its own excluded publication"
+                );
+                seen.push(frame);
+            }
+            let published = |cid: &str| json!({"type": "PUBLISHED", "meta": {"correlationId": cid}, "payload": {"ok": true}});
+            for want in [published("p1"), published("p2"), notice("all")] {
+                assert_eq!(
+                    seen.iter().filter(|f| **f == want).count(),
+                    1,
+                    "expected {want} once among {seen:?}"
+                );
+            }
+            // Replies keep the request order.
+            assert!(
+                seen.iter().position(|f| *f == published("p1"))
+                    < seen.iter().position(|f| *f == published("p2"))
             );
-            seen.push(frame);
-        }
-        let published = |cid: &str| json!({"type": "PUBLISHED", "meta": {"correlationId": cid}, "payload": {"ok": true}});
-        for want in [published("p1"), published("p2"), notice("all")] {
-            assert_eq!(
-                seen.iter().filter(|f| **f == want).count(),
-                1,
-                "expected {want} once among {seen:?}"
-            );
-        }
-        // Replies keep the request order.
-        assert!(
-            seen.iter().position(|f| *f == published("p1"))
-                < seen.iter().position(|f| *f == published("p2"))
-        );
 
-        expect_frames(
-            &mut other_a,
-            "other member on A",
-            &[notice("not me"), notice("all")],
-        )
-        .await;
-        expect_frames(
-            &mut other_b,
-            "member on B",
-            &[notice("not me"), notice("all")],
-        )
-        .await;
-        for client in [&mut me, &mut other_a, &mut other_b] {
-            client.expect_silence(Duration::from_millis(100)).await;
-        }
-    });
+            expect_frames(
+                &mut other_a,
+                "other member on A",
+                &[notice("not me"), notice("all")],
+            )
+            .await;
+            expect_frames(
+                &mut other_b,
+                "member on B",
+                &[notice("not me"), notice("all")],
+            )
+            .await;
+            for client in [&mut me, &mut other_a, &mut other_b] {
+                client.expect_silence(Duration::from_millis(100)).await;
+            }
+        });
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -541,194 +563,210 @@ fn exclude_self_across_instances() {
 /// frame (`"meta":{}`), and nobody else; a session that changes user or closes stops receiving.
 #[test]
 fn send_to_user_reaches_every_session_on_every_instance() {
-    let Some(url) = redis_url() else { return };
-    bounded_multi_thread(async move {
-        let prefix = unique_prefix();
-        let (a, b) = two_instances(&url, &prefix).await;
-        let mut redis = Inspector::connect(&url, &prefix).await;
-        let publisher_a = a.service.publisher();
-        let publisher_b = b.service.publisher();
+    for url in redis_urls() {
+        eprintln!("on {url}");
+        bounded_multi_thread(async move {
+            let prefix = unique_prefix();
+            let (a, b) = two_instances(&url, &prefix).await;
+            // The directory's contents are checked on a single node; on a cluster, its effects.
+            let mut redis = match url.contains(',') {
+                false => Some(Inspector::connect(&url, &prefix).await),
+                true => None,
+            };
+            let publisher_a = a.service.publisher();
+            let publisher_b = b.service.publisher();
 
-        let mut u1_a1 = a.client().await;
-        let mut u1_a2 = a.client().await;
-        let mut u1_b = b.client().await;
-        let mut u2_b = b.client().await;
-        let mut anonymous_a = a.client().await;
-        for client in [&mut u1_a1, &mut u1_a2, &mut u1_b] {
-            logged_in(client, "u1").await;
-        }
-        logged_in(&mut u2_b, "u2").await;
-        ready(&mut anonymous_a).await;
-        // One channel per user, subscribed once per instance however many sessions it has there.
-        assert_eq!(redis.numsub("#user:u1").await, 2);
-        assert_eq!(redis.numsub("#user:u2").await, 1);
+            let mut u1_a1 = a.client().await;
+            let mut u1_a2 = a.client().await;
+            let mut u1_b = b.client().await;
+            let mut u2_b = b.client().await;
+            let mut anonymous_a = a.client().await;
+            for client in [&mut u1_a1, &mut u1_a2, &mut u1_b] {
+                logged_in(client, "u1").await;
+            }
+            logged_in(&mut u2_b, "u2").await;
+            ready(&mut anonymous_a).await;
+            // No channel per user: the directory lists each instance once however many sessions
+            // of the user it has.
+            if let Some(redis) = &mut redis {
+                assert_eq!(redis.listed("#user:u1").await, 2);
+                assert_eq!(redis.listed("#user:u2").await, 1);
+                assert_eq!(redis.numsub("#user:u1").await, 0);
+            }
 
-        // One publisher, awaited in turn: Redis orders these, and so does every instance, so the
-        // broadcast "end" marks where each connection's deliveries stop.
-        assert_ok(
-            &publisher_a.send_to_user("u1", &msg("for u1")).await,
-            "send_to_user u1",
-        );
-        assert_ok(
-            &publisher_a.send_to_user("u2", &msg("for u2")).await,
-            "send_to_user u2",
-        );
-        assert_ok(
-            &publisher_a.send_to_user("nobody", &msg("for nobody")).await,
-            "send_to_user nobody",
-        );
-        assert_ok(&publisher_a.broadcast(&msg("end")).await, "broadcast");
-        for (who, client) in [
-            ("u1 on A (1)", &mut u1_a1),
-            ("u1 on A (2)", &mut u1_a2),
-            ("u1 on B", &mut u1_b),
-        ] {
-            expect_frames(client, who, &[direct_notice("for u1"), notice("end")]).await;
-        }
-        expect_frames(
-            &mut u2_b,
-            "u2 on B",
-            &[direct_notice("for u2"), notice("end")],
-        )
-        .await;
-        expect_frames(&mut anonymous_a, "no user on A", &[notice("end")]).await;
+            // One publisher, awaited in turn: Redis orders these, and so does every instance, so the
+            // broadcast "end" marks where each connection's deliveries stop.
+            assert_ok(
+                &publisher_a.send_to_user("u1", &msg("for u1")).await,
+                "send_to_user u1",
+            );
+            assert_ok(
+                &publisher_a.send_to_user("u2", &msg("for u2")).await,
+                "send_to_user u2",
+            );
+            assert_ok(
+                &publisher_a.send_to_user("nobody", &msg("for nobody")).await,
+                "send_to_user nobody",
+            );
+            assert_ok(&publisher_a.broadcast(&msg("end")).await, "broadcast");
+            for (who, client) in [
+                ("u1 on A (1)", &mut u1_a1),
+                ("u1 on A (2)", &mut u1_a2),
+                ("u1 on B", &mut u1_b),
+            ] {
+                expect_frames(client, who, &[direct_notice("for u1"), notice("end")]).await;
+            }
+            expect_frames(
+                &mut u2_b,
+                "u2 on B",
+                &[direct_notice("for u2"), notice("end")],
+            )
+            .await;
+            expect_frames(&mut anonymous_a, "no user on A", &[notice("end")]).await;
 
-        // One session of u1 becomes u3, another closes; now from B.
-        logged_in(&mut u1_a2, "u3").await;
-        u1_b.close(1000).await;
-        drop(u1_b);
-        eventually(
-            "B to unsubscribe u1's channel once its last u1 session closed",
-            || {
-                let mut redis = redis.clone();
-                async move { redis.numsub("#user:u1").await == 1 }
-            },
-        )
-        .await;
-        assert_ok(
-            &publisher_b.send_to_user("u1", &msg("again")).await,
-            "send_to_user u1",
-        );
-        assert_ok(
-            &publisher_b.send_to_user("u3", &msg("for u3")).await,
-            "send_to_user u3",
-        );
-        assert_ok(&publisher_b.broadcast(&msg("end 2")).await, "broadcast");
-        expect_frames(
-            &mut u1_a1,
-            "u1 on A",
-            &[direct_notice("again"), notice("end 2")],
-        )
-        .await;
-        expect_frames(
-            &mut u1_a2,
-            "u3 (was u1) on A",
-            &[direct_notice("for u3"), notice("end 2")],
-        )
-        .await;
-        expect_frames(&mut u2_b, "u2 on B", &[notice("end 2")]).await;
-        expect_frames(&mut anonymous_a, "no user on A", &[notice("end 2")]).await;
-    });
+            // One session of u1 becomes u3, another closes; now from B.
+            logged_in(&mut u1_a2, "u3").await;
+            u1_b.close(1000).await;
+            drop(u1_b);
+            if let Some(redis) = &redis {
+                eventually(
+                    "B to leave u1's directory entry once its last u1 session closed",
+                    || {
+                        let mut redis = redis.clone();
+                        async move { redis.listed("#user:u1").await == 1 }
+                    },
+                )
+                .await;
+            }
+            assert_ok(
+                &publisher_b.send_to_user("u1", &msg("again")).await,
+                "send_to_user u1",
+            );
+            assert_ok(
+                &publisher_b.send_to_user("u3", &msg("for u3")).await,
+                "send_to_user u3",
+            );
+            assert_ok(&publisher_b.broadcast(&msg("end 2")).await, "broadcast");
+            expect_frames(
+                &mut u1_a1,
+                "u1 on A",
+                &[direct_notice("again"), notice("end 2")],
+            )
+            .await;
+            expect_frames(
+                &mut u1_a2,
+                "u3 (was u1) on A",
+                &[direct_notice("for u3"), notice("end 2")],
+            )
+            .await;
+            expect_frames(&mut u2_b, "u2 on B", &[notice("end 2")]).await;
+            expect_frames(&mut anonymous_a, "no user on A", &[notice("end 2")]).await;
+        });
+    }
 }
 
 /// `send_to_client(id)` from instance A reaches exactly the one connection with that id, which
 /// lives on B; an unknown id reaches nobody.
 #[test]
 fn send_to_client_reaches_one_connection_on_another_instance() {
-    let Some(url) = redis_url() else { return };
-    bounded_multi_thread(async move {
-        let prefix = unique_prefix();
-        let (a, b) = two_instances(&url, &prefix).await;
-        let mut target = b.client().await;
-        let mut neighbour_b = b.client().await;
-        let mut other_a = a.client().await;
-        let target_id = ready(&mut target).await;
-        ready(&mut neighbour_b).await;
-        ready(&mut other_a).await;
+    for url in redis_urls() {
+        eprintln!("on {url}");
+        bounded_multi_thread(async move {
+            let prefix = unique_prefix();
+            let (a, b) = two_instances(&url, &prefix).await;
+            let mut target = b.client().await;
+            let mut neighbour_b = b.client().await;
+            let mut other_a = a.client().await;
+            let target_id = ready(&mut target).await;
+            ready(&mut neighbour_b).await;
+            ready(&mut other_a).await;
 
-        let publisher = a.service.publisher();
-        assert_ok(
-            &publisher.send_to_client(target_id, &msg("just you")).await,
-            "send_to_client",
-        );
-        assert_ok(
-            &publisher
-                .send_to_client(uuid::Uuid::now_v7(), &msg("no one"))
-                .await,
-            "send_to_client to an unknown id",
-        );
-        assert_ok(&publisher.broadcast(&msg("end")).await, "broadcast");
-        expect_frames(
-            &mut target,
-            "target on B",
-            &[direct_notice("just you"), notice("end")],
-        )
-        .await;
-        expect_frames(&mut neighbour_b, "other on B", &[notice("end")]).await;
-        expect_frames(&mut other_a, "other on A", &[notice("end")]).await;
-    });
+            let publisher = a.service.publisher();
+            assert_ok(
+                &publisher.send_to_client(target_id, &msg("just you")).await,
+                "send_to_client",
+            );
+            assert_ok(
+                &publisher
+                    .send_to_client(uuid::Uuid::now_v7(), &msg("no one"))
+                    .await,
+                "send_to_client to an unknown id",
+            );
+            assert_ok(&publisher.broadcast(&msg("end")).await, "broadcast");
+            expect_frames(
+                &mut target,
+                "target on B",
+                &[direct_notice("just you"), notice("end")],
+            )
+            .await;
+            expect_frames(&mut neighbour_b, "other on B", &[notice("end")]).await;
+            expect_frames(&mut other_a, "other on A", &[notice("end")]).await;
+        });
+    }
 }
 
 /// `broadcast` from either instance reaches every connection on both, exactly once, as a
 /// publication (no `meta`).
 #[test]
 fn broadcast_reaches_every_connection_once() {
-    let Some(url) = redis_url() else { return };
-    bounded_multi_thread(async move {
-        let prefix = unique_prefix();
-        let (a, b) = two_instances(&url, &prefix).await;
-        let mut clients = Vec::new();
-        for (name, server) in [
-            ("A1", &a),
-            ("A2", &a),
-            ("A3", &a),
-            ("B1", &b),
-            ("B2", &b),
-            ("B3", &b),
-        ] {
-            let mut client = server.client().await;
-            ready(&mut client).await;
-            clients.push((name, client));
-        }
-        // Awaited in turn, so Redis (and each instance) sees them in this order.
-        assert_ok(
-            &a.service.publisher().broadcast(&msg("from A")).await,
-            "broadcast A",
-        );
-        assert_ok(
-            &b.service.publisher().broadcast(&msg("from B")).await,
-            "broadcast B",
-        );
-        assert_ok(
-            &a.service.publisher().broadcast(&msg("end")).await,
-            "broadcast end",
-        );
-        // Each publisher's broadcasts keep their order everywhere (A's "from A" before its
-        // "end"); across publishers there is no order to keep: an instance delivers its own
-        // publications to its own connections at once, and B's through Redis.
-        for (name, client) in &mut clients {
-            let mut texts = Vec::new();
-            for _ in 0..3 {
-                let frame = client.recv().await;
-                assert_eq!(frame["type"], "NOTICE", "{name}: {frame}");
-                texts.push(
-                    frame["payload"]["text"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
+    for url in redis_urls() {
+        eprintln!("on {url}");
+        bounded_multi_thread(async move {
+            let prefix = unique_prefix();
+            let (a, b) = two_instances(&url, &prefix).await;
+            let mut clients = Vec::new();
+            for (name, server) in [
+                ("A1", &a),
+                ("A2", &a),
+                ("A3", &a),
+                ("B1", &b),
+                ("B2", &b),
+                ("B3", &b),
+            ] {
+                let mut client = server.client().await;
+                ready(&mut client).await;
+                clients.push((name, client));
+            }
+            // Awaited in turn, so Redis (and each instance) sees them in this order.
+            assert_ok(
+                &a.service.publisher().broadcast(&msg("from A")).await,
+                "broadcast A",
+            );
+            assert_ok(
+                &b.service.publisher().broadcast(&msg("from B")).await,
+                "broadcast B",
+            );
+            assert_ok(
+                &a.service.publisher().broadcast(&msg("end")).await,
+                "broadcast end",
+            );
+            // Each publisher's broadcasts keep their order everywhere (A's "from A" before its
+            // "end"); across publishers there is no order to keep: an instance delivers its own
+            // publications to its own connections at once, and B's through Redis.
+            for (name, client) in &mut clients {
+                let mut texts = Vec::new();
+                for _ in 0..3 {
+                    let frame = client.recv().await;
+                    assert_eq!(frame["type"], "NOTICE", "{name}: {frame}");
+                    texts.push(
+                        frame["payload"]["text"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                    );
+                }
+                let at = |t: &str| texts.iter().position(|x| x == t);
+                assert!(at("from B").is_some(), "{name}: {texts:?}");
+                assert!(
+                    at("from A") < at("end") && at("from A").is_some(),
+                    "{name}: {texts:?}"
                 );
             }
-            let at = |t: &str| texts.iter().position(|x| x == t);
-            assert!(at("from B").is_some(), "{name}: {texts:?}");
-            assert!(
-                at("from A") < at("end") && at("from A").is_some(),
-                "{name}: {texts:?}"
-            );
-        }
-        for (_, client) in &mut clients {
-            client.expect_silence(Duration::from_millis(50)).await;
-        }
-    });
+            for (_, client) in &mut clients {
+                client.expect_silence(Duration::from_millis(50)).await;
+            }
+        });
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -736,8 +774,8 @@ fn broadcast_reaches_every_connection_once() {
 
 /// An instance subscribes one channel per topic while it has local subscribers, whatever their
 /// number, and unsubscribes when the last one leaves: by unsubscribing, by closing, or by
-/// dropping the socket. Every connection's own channel (`#client:<id>`) and the instance's `#all`
-/// go the same way. Joining again subscribes again.
+/// dropping the socket. The instance's `#all` goes the same way. A connection has no channel of
+/// its own: the directory lists its instance while it is open. Joining again subscribes again.
 #[test]
 fn channels_follow_local_subscribers() {
     let Some(url) = redis_url() else { return };
@@ -751,6 +789,17 @@ fn channels_follow_local_subscribers() {
             2,
             "each engine subscribes the presence events from the start"
         );
+        let direct: Vec<String> = redis
+            .all_channels()
+            .await
+            .into_iter()
+            .filter(|c| c.starts_with("#i:"))
+            .collect();
+        assert_eq!(
+            direct.len(),
+            2,
+            "one direct channel per instance: {direct:?}"
+        );
 
         let mut a1 = a.client().await;
         let mut a2 = a.client().await;
@@ -759,18 +808,19 @@ fn channels_follow_local_subscribers() {
             joined(client, "room").await;
         }
         let (id_a1, id_a2, id_b1) = (client_id(&a1), client_id(&a2), client_id(&b1));
-        let client_channel = |id: ClientId| format!("#client:{id}");
+        let client_topic = |id: ClientId| format!("#client:{id}");
         assert_eq!(
             redis.channels().await,
-            set(&[
-                "room",
-                "#all",
-                &client_channel(id_a1),
-                &client_channel(id_a2),
-                &client_channel(id_b1),
-            ]),
-            "one channel per topic (no pattern, no channel per member)"
+            set(&["room", "#all"]),
+            "one channel per topic (no pattern, no channel per member or connection)"
         );
+        for id in [id_a1, id_a2, id_b1] {
+            assert_eq!(
+                redis.listed(&client_topic(id)).await,
+                1,
+                "{id} in the directory"
+            );
+        }
         assert_eq!(
             redis.numsub("room").await,
             2,
@@ -805,37 +855,45 @@ fn channels_follow_local_subscribers() {
         expect_frames(&mut b1, "b1", &[notice("back")]).await;
         left(&mut a2, "room").await;
 
-        // B's last member of the room drops its socket: the room, B's `#all` and b1's own channel go.
+        // B's last member of the room drops its socket: the room, B's `#all` and b1's directory
+        // entry go.
         drop(b1);
-        let expected = set(&["#all", &client_channel(id_a1), &client_channel(id_a2)]);
+        let expected = set(&["#all"]);
         eventually(
             "B to drop its channels after its last connection dropped",
             || {
                 let mut redis = redis.clone();
                 let expected = expected.clone();
-                async move { redis.channels().await == expected }
+                async move {
+                    redis.channels().await == expected
+                        && redis.numsub("#all").await == 1
+                        && redis.listed(&client_topic(id_b1)).await == 0
+                }
             },
         )
         .await;
-        assert_eq!(redis.numsub("#all").await, 1);
 
         // The last member of a topic closes gracefully.
         joined(&mut a1, "lobby").await;
         assert!(redis.channels().await.contains("lobby"));
         a1.close(1000).await;
         drop(a1);
-        let expected = set(&["#all", &client_channel(id_a2)]);
         eventually("A to drop the lobby after its member closed", || {
             let mut redis = redis.clone();
             let expected = expected.clone();
-            async move { redis.channels().await == expected }
+            async move {
+                redis.channels().await == expected && redis.listed(&client_topic(id_a1)).await == 0
+            }
         })
         .await;
+        assert_eq!(redis.listed(&client_topic(id_a2)).await, 1);
 
         drop(a2);
         eventually("no channel left once every connection is gone", || {
             let mut redis = redis.clone();
-            async move { redis.channels().await.is_empty() }
+            async move {
+                redis.channels().await.is_empty() && redis.listed(&client_topic(id_a2)).await == 0
+            }
         })
         .await;
     });
@@ -900,28 +958,30 @@ fn channel_state_survives_racing_joins_and_leaves() {
 /// leaves and disconnects.
 #[test]
 fn subscriber_count_across_instances() {
-    let Some(url) = redis_url() else { return };
-    bounded_multi_thread(async move {
-        let prefix = unique_prefix();
-        let (a, b) = two_instances(&url, &prefix).await;
-        let mut a1 = a.client().await;
-        let mut a2 = a.client().await;
-        let mut b1 = b.client().await;
-        for client in [&mut a1, &mut a2, &mut b1] {
-            joined(client, "room").await;
-        }
-        let (pa, pb) = (a.service.publisher(), b.service.publisher());
-        assert_eq!(pa.subscriber_count("room").await, Some(3));
-        assert_eq!(pb.subscriber_count("room").await, Some(3));
-        left(&mut a1, "room").await;
-        assert_eq!(pb.subscriber_count("room").await, Some(2));
-        drop(b1);
-        eventually("the dropped connection to leave the count", || async {
-            pa.subscriber_count("room").await == Some(1)
-        })
-        .await;
-        assert_eq!(pa.subscriber_count("nobody").await, Some(0));
-    });
+    for url in redis_urls() {
+        eprintln!("on {url}");
+        bounded_multi_thread(async move {
+            let prefix = unique_prefix();
+            let (a, b) = two_instances(&url, &prefix).await;
+            let mut a1 = a.client().await;
+            let mut a2 = a.client().await;
+            let mut b1 = b.client().await;
+            for client in [&mut a1, &mut a2, &mut b1] {
+                joined(client, "room").await;
+            }
+            let (pa, pb) = (a.service.publisher(), b.service.publisher());
+            assert_eq!(pa.subscriber_count("room").await, Some(3));
+            assert_eq!(pb.subscriber_count("room").await, Some(3));
+            left(&mut a1, "room").await;
+            assert_eq!(pb.subscriber_count("room").await, Some(2));
+            drop(b1);
+            eventually("the dropped connection to leave the count", || async {
+                pa.subscriber_count("room").await == Some(1)
+            })
+            .await;
+            assert_eq!(pa.subscriber_count("nobody").await, Some(0));
+        });
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -931,59 +991,61 @@ fn subscriber_count_across_instances() {
 /// connection and to everyone; connections on two instances get the same frames the servers send.
 #[test]
 fn emitter_reaches_both_instances() {
-    let Some(url) = redis_url() else { return };
-    bounded_multi_thread(async move {
-        let prefix = unique_prefix();
-        let (a, b) = two_instances(&url, &prefix).await;
-        let mut on_a = a.client().await;
-        let mut on_b = b.client().await;
-        for client in [&mut on_a, &mut on_b] {
-            joined(client, "news").await;
-            logged_in(client, "u1").await;
-        }
-        let id_b = client_id(&on_b);
+    for url in redis_urls() {
+        eprintln!("on {url}");
+        bounded_multi_thread(async move {
+            let prefix = unique_prefix();
+            let (a, b) = two_instances(&url, &prefix).await;
+            let mut on_a = a.client().await;
+            let mut on_b = b.client().await;
+            for client in [&mut on_a, &mut on_b] {
+                joined(client, "news").await;
+                logged_in(client, "u1").await;
+            }
+            let id_b = client_id(&on_b);
 
-        let emitter = Emitter::connect_with(RedisOptions::new(&url).prefix(&prefix))
-            .await
-            .expect("connect the emitter");
-        assert_ok(&emitter.publish("news", &msg("topic")).await, "publish");
-        assert_ok(
-            &emitter.send_to_user("u1", &msg("user")).await,
-            "send_to_user",
-        );
-        assert_ok(
-            &emitter.send_to_client(id_b, &msg("client")).await,
-            "send_to_client",
-        );
-        assert_ok(&emitter.broadcast(&msg("everyone")).await, "broadcast");
-        let bad = emitter.publish("bad topic", &msg("x")).await;
-        assert!(!bad.ok);
-        assert_eq!(
-            bad.error.map(|e| e.code().as_str().to_string()).as_deref(),
-            Some("INVALID_ARGUMENT")
-        );
+            let emitter = Emitter::connect_with(RedisOptions::new(&url).prefix(&prefix))
+                .await
+                .expect("connect the emitter");
+            assert_ok(&emitter.publish("news", &msg("topic")).await, "publish");
+            assert_ok(
+                &emitter.send_to_user("u1", &msg("user")).await,
+                "send_to_user",
+            );
+            assert_ok(
+                &emitter.send_to_client(id_b, &msg("client")).await,
+                "send_to_client",
+            );
+            assert_ok(&emitter.broadcast(&msg("everyone")).await, "broadcast");
+            let bad = emitter.publish("bad topic", &msg("x")).await;
+            assert!(!bad.ok);
+            assert_eq!(
+                bad.error.map(|e| e.code().as_str().to_string()).as_deref(),
+                Some("INVALID_ARGUMENT")
+            );
 
-        expect_frames(
-            &mut on_a,
-            "on A",
-            &[notice("topic"), direct_notice("user"), notice("everyone")],
-        )
-        .await;
-        expect_frames(
-            &mut on_b,
-            "on B",
-            &[
-                notice("topic"),
-                direct_notice("user"),
-                direct_notice("client"),
-                notice("everyone"),
-            ],
-        )
-        .await;
-        for client in [&mut on_a, &mut on_b] {
-            client.expect_silence(Duration::from_millis(100)).await;
-        }
-    });
+            expect_frames(
+                &mut on_a,
+                "on A",
+                &[notice("topic"), direct_notice("user"), notice("everyone")],
+            )
+            .await;
+            expect_frames(
+                &mut on_b,
+                "on B",
+                &[
+                    notice("topic"),
+                    direct_notice("user"),
+                    direct_notice("client"),
+                    notice("everyone"),
+                ],
+            )
+            .await;
+            for client in [&mut on_a, &mut on_b] {
+                client.expect_silence(Duration::from_millis(100)).await;
+            }
+        });
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1060,8 +1122,8 @@ fn redis_outage_fails_publishes_then_recovers() {
         let channels_before = redis.channels().await;
         assert_eq!(
             channels_before.len(),
-            4,
-            "room, #all and two #client: {channels_before:?}"
+            2,
+            "room and #all: {channels_before:?}"
         );
 
         let publisher = a.service.publisher();

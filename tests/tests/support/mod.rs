@@ -668,6 +668,33 @@ pub(crate) async fn http_exchange(addr: std::net::SocketAddr, request: &str) -> 
 /// `REDIS_URL`, or None after saying the test is skipped. Written to stderr itself rather than
 /// with `eprintln!`, which the test harness captures: the skip shows in every run, in the
 /// `<test>: skipped: <why>` form `.ci/run` fails on.
+/// The Redis Cluster's seed nodes, comma-separated (`.ci/redis-cluster start` prints them).
+#[allow(dead_code)]
+pub(crate) fn redis_cluster_url() -> Option<String> {
+    match std::env::var("REDIS_CLUSTER_URL") {
+        Ok(url) if !url.trim().is_empty() => Some(url),
+        _ => {
+            use std::io::Write;
+            let test = std::thread::current().name().unwrap_or("redis").to_string();
+            let _ = writeln!(
+                std::io::stderr(),
+                "{test}: skipped: REDIS_CLUSTER_URL not set (its Redis Cluster half did not run)"
+            );
+            None
+        }
+    }
+}
+
+/// A single node's URL and a cluster's, those that are set: the cross-instance tests run on
+/// both.
+#[allow(dead_code)]
+pub(crate) fn redis_urls() -> Vec<String> {
+    [redis_url(), redis_cluster_url()]
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
 pub(crate) fn redis_url() -> Option<String> {
     match std::env::var("REDIS_URL") {
         Ok(url) if !url.trim().is_empty() => Some(url),

@@ -81,7 +81,7 @@ fn script() -> &'static Script {
 /// ```
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: crate::redis::conn::Conn,
     prefix: Arc<str>,
     timeout: Duration,
     recheck_after: Duration,
@@ -141,9 +141,20 @@ impl Health {
 }
 
 impl RedisStore {
-    /// Connects to Redis at `url` (`redis://host:port/db`), failing if it cannot be reached now.
-    /// Later losses are reconnected in the background.
+    /// Connects to Redis at `url` (`redis://host:port/db`; several comma-separated node URLs
+    /// for a Redis Cluster: each bucket is one key, so one slot), failing if it cannot be
+    /// reached now. Later losses are reconnected in the background.
     pub async fn connect(url: &str) -> Result<Self, Error> {
+        let nodes = crate::redis::conn::node_urls(url);
+        if nodes.len() > 1 {
+            let client = ::redis::cluster::ClusterClientBuilder::new(nodes)
+                .connection_timeout(Duration::from_secs(1))
+                .retries(2)
+                .build()
+                .map_err(Error::Redis)?;
+            let conn = client.get_async_connection().await.map_err(Error::Redis)?;
+            return Ok(RedisStore::on(crate::redis::conn::Conn::Cluster(conn)));
+        }
         let info = url.into_connection_info().map_err(Error::Redis)?;
         let client = ::redis::Client::open(info).map_err(Error::Redis)?;
         let config = ConnectionManagerConfig::new()
@@ -158,6 +169,10 @@ impl RedisStore {
 
     /// A store on a connection of the application's.
     pub fn with_connection(conn: ConnectionManager) -> Self {
+        RedisStore::on(crate::redis::conn::Conn::Single(conn))
+    }
+
+    fn on(conn: crate::redis::conn::Conn) -> Self {
         RedisStore {
             conn,
             prefix: "ws-kit:rl:".into(),

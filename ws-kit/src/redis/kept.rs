@@ -9,7 +9,7 @@
 //!
 //! Publishing: `PUBLISH_SCRIPT` takes the next offset (creating a new epoch when the hash is
 //! gone: history lost), adds the entry (`MAXLEN ~` trims approximately), refreshes both TTLs and
-//! PUBLISHes the kept envelope (`origin SP exclude SP offset SP epoch LF frame`) in the same
+//! publishes (PUBLISH, or SPUBLISH on a cluster) the kept envelope (`origin SP exclude SP offset SP epoch LF frame`) in the same
 //! atomic step, so offsets and channel order agree on every instance.
 //!
 //! Recovering (see `RedisPubSub::subscribe_from`): the subscriber is first registered as
@@ -26,7 +26,8 @@ use std::sync::Mutex;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// KEYS: hash, stream. ARGV: channel, frame, size, ttl ms, a fresh epoch, envelope head
-/// (`origin SP exclude`). Returns the offset.
+/// (`origin SP exclude`), the publish command (`SPUBLISH` on a cluster: the channel shares the
+/// keys' slot). Returns the offset.
 pub(super) const PUBLISH_SCRIPT: &str = r"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
@@ -40,7 +41,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], offset .. '-1', 'f', ARGV[2], 't', now)
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
-redis.call('PUBLISH', ARGV[1], ARGV[6] .. ' ' .. offset .. ' ' .. epoch .. '\n' .. ARGV[2])
+redis.call(ARGV[7], ARGV[1], ARGV[6] .. ' ' .. offset .. ' ' .. epoch .. '\n' .. ARGV[2])
 return offset
 ";
 

@@ -21,12 +21,12 @@ use crate::metrics::{self, Started};
 use crate::publisher::Publisher;
 use crate::pubsub::{
     Announce, Capability, ClientId, Keep, KeptTopics, LocalTopics, Position, PresenceEntry,
-    PresenceEvent, PresenceHook, PresenceHooks, PubSub, PublishResult, Subscribed, Subscriber,
+    PresenceHook, PresenceHooks, PubSub, PublishResult, Subscribed, Subscriber,
     subscribe_unrecovered,
 };
 use futures_util::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
+use redis::{AsyncCommands, IntoConnectionInfo, ProtocolVersion, Value};
 use std::collections::{HashMap, HashSet};
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,16 +35,19 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+pub(crate) mod conn;
+mod directory;
 mod kept;
 mod options;
 mod presence;
 mod publish;
+mod receive;
 
-pub use options::RedisOptions;
+pub use options::{DirectSends, RedisOptions};
 
-use publish::{
-    KeptJob, PublishJob, decode_kept_envelope, encode_envelope, envelope_head, publish_loop,
-};
+use conn::Conn;
+
+use publish::{KeptJob, PublishJob, encode_envelope, envelope_head, publish_loop};
 
 /// The default channel prefix.
 pub const DEFAULT_PREFIX: &str = "ws-kit:";
@@ -71,7 +74,14 @@ struct Inner {
     instance: ClientId,
     prefix: String,
     local: Arc<LocalTopics>,
-    conn: ConnectionManager,
+    conn: Conn,
+    /// On a cluster: sharded channels, named by `conn::channel`.
+    cluster: bool,
+    /// Direct sends go through the directory (`directory.rs`), not a channel per connection.
+    directory: bool,
+    /// Directed topics this instance is listed under. Changed only by `sync_directory`, under
+    /// the topic's stripe lock.
+    listed: Mutex<HashSet<String>>,
     /// Topics this instance has SUBSCRIBEd. Changed only by `sync_channel`, under the topic's stripe lock.
     subscribed: Mutex<HashSet<String>>,
     /// Serializes channel changes per topic (by hash), so joins and leaves of one topic see each
@@ -104,10 +114,20 @@ struct Inner {
     presence_lease: Duration,
     /// Whether this instance's lease is to be renewed (it holds or held presence).
     holds_presence: AtomicBool,
-    presence_scripts: [redis::Script; 3],
+    presence_scripts: [redis::Script; 2],
+    /// The presence events channel (plain pub/sub).
+    events: String,
 }
 
 const STRIPES: usize = 64;
+
+/// The stripe lock of a topic.
+fn stripe_of(topic: &str) -> usize {
+    topic
+        .bytes()
+        .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
+        % STRIPES
+}
 
 impl std::fmt::Debug for RedisPubSub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -124,64 +144,78 @@ impl RedisPubSub {
         Self::connect_with(RedisOptions::new(url)).await
     }
 
-    /// Connects with options.
+    /// Connects with options. A URL of several comma-separated nodes connects to a cluster.
     pub async fn connect_with(options: RedisOptions) -> Result<Self, Error> {
-        let info = options
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(Error::Redis)?;
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let client =
-            redis::Client::open(info.set_redis_settings(settings)).map_err(Error::Redis)?;
-
+        let urls = conn::node_urls(&options.url);
+        let cluster = options.cluster.unwrap_or(urls.len() > 1);
+        let directory = options.direct == DirectSends::Directory;
         let local = Arc::new(LocalTopics::new());
         let connected = Arc::new(AtomicBool::new(true));
         let instance = uuid::Uuid::now_v7();
-        let push_local = local.clone();
-        let push_connected = connected.clone();
-        let prefix = options.prefix.clone();
         let recovering = Arc::new(kept::Recovering::default());
-        let push_recovering = recovering.clone();
         let presence_hooks = Arc::new(PresenceHooks::default());
-        let push_hooks = presence_hooks.clone();
-        let on_push = move |push: PushInfo| -> Result<(), ()> {
-            match push.kind {
-                PushKind::Message => deliver(
-                    &push_local,
-                    &push_recovering,
-                    &push_hooks,
-                    &prefix,
-                    instance,
-                    push.data,
-                ),
-                PushKind::Disconnection if push_connected.swap(false, Ordering::SeqCst) => {
-                    metrics::redis_connected(false);
-                    tracing::warn!("redis pub/sub connection lost; reconnecting");
-                }
-                _ => {}
-            }
-            Ok(())
+        let events = receive::events_channel(&options.prefix);
+        let direct_topic = format!("#i:{instance}");
+        let receiver = Arc::new(receive::Receiver {
+            local: local.clone(),
+            recovering: recovering.clone(),
+            hooks: presence_hooks.clone(),
+            prefix: options.prefix.clone(),
+            instance,
+            cluster,
+            events: events.clone(),
+            direct_topic: direct_topic.clone(),
+            connected: connected.clone(),
+        });
+        let on_push = receiver.handler();
+        let mut conn = if cluster {
+            let client = redis::cluster::ClusterClientBuilder::new(urls)
+                .use_protocol(ProtocolVersion::RESP3)
+                .push_sender(on_push)
+                .connection_timeout(Duration::from_secs(1))
+                .response_timeout(options.publish_timeout)
+                .retries(2)
+                .max_retry_wait(2000)
+                .build()
+                .map_err(Error::Redis)?;
+            Conn::Cluster(client.get_async_connection().await.map_err(Error::Redis)?)
+        } else {
+            let info = options
+                .url
+                .as_str()
+                .into_connection_info()
+                .map_err(Error::Redis)?;
+            let settings = info
+                .redis_settings()
+                .clone()
+                .set_protocol(ProtocolVersion::RESP3);
+            let client =
+                redis::Client::open(info.set_redis_settings(settings)).map_err(Error::Redis)?;
+            let config = ConnectionManagerConfig::new()
+                .set_push_sender(on_push)
+                .set_automatic_resubscription()
+                .set_connection_timeout(Some(Duration::from_secs(1)))
+                .set_response_timeout(Some(options.publish_timeout))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_secs(2));
+            Conn::Single(
+                ConnectionManager::new_with_config(client, config)
+                    .await
+                    .map_err(Error::Redis)?,
+            )
         };
-        let config = ConnectionManagerConfig::new()
-            .set_push_sender(on_push)
-            .set_automatic_resubscription()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(options.publish_timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(2));
-        let mut conn = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(Error::Redis)?;
         // Presence events (joins and leaves of every instance) for `Router::on_presence`:
         // subscribed now, before any router can register a hook, so no event published after
-        // the engine exists is missed. One channel per instance; the reconnect resubscribes it.
-        conn.subscribe(format!("{}{}", options.prefix, presence::EVENTS))
+        // the engine exists is missed. Plain pub/sub, which a cluster copies to every node; the
+        // reconnect resubscribes it. Then this instance's direct channel.
+        conn.subscribe_broadcast(&events)
             .await
             .map_err(Error::Redis)?;
+        if directory {
+            conn.subscribe_channel(&conn::channel(&options.prefix, &direct_topic, cluster))
+                .await
+                .map_err(Error::Redis)?;
+        }
         let (jobs, job_queue) = mpsc::channel(PUBLISH_QUEUE);
         let dirty: Arc<Mutex<HashSet<String>>> = Arc::default();
         let inner = Arc::new(Inner {
@@ -189,6 +223,9 @@ impl RedisPubSub {
             prefix: options.prefix,
             local: local.clone(),
             conn: conn.clone(),
+            cluster,
+            directory,
+            listed: Mutex::default(),
             subscribed: Mutex::default(),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             jobs,
@@ -209,17 +246,24 @@ impl RedisPubSub {
             presence_scripts: [
                 redis::Script::new(presence::JOIN_SCRIPT),
                 redis::Script::new(presence::LEAVE_SCRIPT),
-                redis::Script::new(presence::CLEAN_SCRIPT),
             ],
+            events,
         });
         metrics::redis_connected(true);
         tokio::spawn(publish_loop(
             job_queue,
-            conn,
+            publish::Target {
+                conn,
+                prefix: inner.prefix.clone(),
+                instance: instance.to_string(),
+            },
             options.publish_timeout,
             local,
             dirty,
         ));
+        // Alive and watched from the start: directory entries and presence are cleaned up after
+        // this instance by the others if it dies.
+        inner.renew_lease().await;
         tokio::spawn(health(Arc::downgrade(&inner), options.health_interval));
         Ok(RedisPubSub { inner })
     }
@@ -237,7 +281,11 @@ impl RedisPubSub {
 
 impl Inner {
     fn channel(&self, topic: &str) -> String {
-        format!("{}{}", self.prefix, topic)
+        conn::channel(&self.prefix, topic, self.cluster)
+    }
+
+    fn is_directed(&self, topic: &str) -> bool {
+        directory::is_directed(self.directory, topic)
     }
 
     fn members_key(&self, topic: &str) -> String {
@@ -256,18 +304,14 @@ impl Inner {
     /// lock: a join returns only once the channel is subscribed, even if another join started the
     /// SUBSCRIBE, and concurrent joins and leaves cannot leave the channel in the wrong state.
     async fn sync_channel(&self, topic: &str) -> Result<(), WsError> {
-        let stripe = topic
-            .bytes()
-            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
-            % STRIPES;
-        let _guard = self.stripes[stripe].lock().await;
+        let _guard = self.stripes[stripe_of(topic)].lock().await;
         let wanted = self.local.contains(topic) || self.recovering.wants(topic);
         let have = self.is_subscribed(topic);
         let mut conn = self.conn.clone();
         let result = if wanted && !have {
-            conn.subscribe(self.channel(topic)).await
+            conn.subscribe_channel(&self.channel(topic)).await
         } else if !wanted && have {
-            conn.unsubscribe(self.channel(topic)).await
+            conn.unsubscribe_channel(&self.channel(topic)).await
         } else {
             return Ok(());
         };
@@ -290,6 +334,9 @@ impl Inner {
     /// may have left a channel that the reconnect resubscribed; member-set additions may have
     /// been lost.
     async fn reconcile(&self) {
+        if self.cluster {
+            self.resubscribe_all().await;
+        }
         let wanted = self.local.topics();
         let stale: Vec<String> = {
             let subscribed = self.subscribed.lock().unwrap_or_else(|e| e.into_inner());
@@ -303,9 +350,11 @@ impl Inner {
             .iter()
             .map(|t| &**t)
             .chain(stale.iter().map(String::as_str))
+            .filter(|t| !self.is_directed(t))
         {
             let _ = self.sync_channel(topic).await;
         }
+        self.reconcile_directory().await;
         let mut conn = self.conn.clone();
         for topic in wanted.iter().filter(|t| !t.starts_with('#')) {
             let members: Vec<String> = self
@@ -354,6 +403,38 @@ impl Inner {
         }
     }
 
+    /// On a cluster, after a node was lost: every channel subscribed again. The `redis` crate's
+    /// cluster client does not resubscribe sharded channels when it rebuilds its connections
+    /// after a node failure (seen in `redis_cluster.rs`: none was left on any node, the healthy
+    /// ones included), so the engine does; subscribing again what is still subscribed is
+    /// harmless.
+    async fn resubscribe_all(&self) {
+        use futures_util::StreamExt;
+        let mut conn = self.conn.clone();
+        let _ = conn.subscribe_broadcast(&self.events).await;
+        let mut channels: Vec<String> = self
+            .subscribed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|t| self.channel(t))
+            .collect();
+        if self.directory {
+            channels.push(self.channel(&format!("#i:{}", self.instance)));
+        }
+        futures_util::stream::iter(channels)
+            .for_each_concurrent(64, |channel| {
+                let mut conn = self.conn.clone();
+                async move {
+                    if let Err(e) = conn.subscribe_channel(&channel).await {
+                        tracing::debug!(channel, error = %e, "resubscribe failed; retried later");
+                        self.out_of_step.store(true, Ordering::SeqCst);
+                    }
+                }
+            })
+            .await;
+    }
+
     /// How `topic` is kept, if it is.
     fn kept(&self, topic: &str) -> Option<Keep> {
         self.kept
@@ -388,53 +469,6 @@ fn unavailable(message: &'static str) -> WsError {
         )
 }
 
-/// Delivers one pushed message to this instance's subscribers, unless this instance published
-/// it (its subscribers got it when it was published).
-fn deliver(
-    local: &LocalTopics,
-    recovering: &kept::Recovering,
-    hooks: &PresenceHooks,
-    prefix: &str,
-    instance: ClientId,
-    data: Vec<Value>,
-) {
-    let mut data = data.into_iter();
-    let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
-        (data.next(), data.next())
-    else {
-        return;
-    };
-    let Some(topic) = std::str::from_utf8(&channel)
-        .ok()
-        .and_then(|c| c.strip_prefix(prefix))
-    else {
-        return;
-    };
-    if topic == presence::EVENTS {
-        if hooks.is_empty() {
-            return;
-        }
-        match serde_json::from_slice::<PresenceEvent>(&payload) {
-            Ok(event) => hooks.emit(&event),
-            Err(_) => tracing::warn!("dropped a malformed presence event from redis"),
-        }
-        return;
-    }
-    match decode_kept_envelope(payload) {
-        // A kept topic's publication: its position comes from Redis, so even this instance's
-        // positioned subscribers get it here (its plain subscribers got it when published).
-        Some(((origin, exclude, frame), Some((offset, epoch)))) => {
-            let own = origin == instance;
-            recovering.deliver(local, topic, &frame, offset, &epoch, exclude, own);
-        }
-        Some(((origin, _, _), None)) if origin == instance => {}
-        Some(((_, exclude, frame), None)) => {
-            local.deliver(topic, &frame, exclude);
-        }
-        None => tracing::warn!(topic, "dropped a malformed publication from redis"),
-    }
-}
-
 /// Pings Redis while the engine lives: notices a lost connection even when idle (which makes the
 /// connection manager reconnect and resubscribe), logs state changes, and reconciles after a
 /// recovery.
@@ -467,7 +501,7 @@ async fn health(inner: Weak<Inner>, interval: Duration) {
             _ => {}
         }
         if ok {
-            inner.presence_upkeep().await;
+            inner.upkeep().await;
         }
     }
 }
@@ -485,7 +519,9 @@ impl Inner {
             return;
         }
         let work = async {
-            if joined != self.is_subscribed(topic) {
+            if self.is_directed(topic) {
+                self.sync_directory(topic).await?;
+            } else if joined != self.is_subscribed(topic) {
                 self.sync_channel(topic).await?;
             }
             if !topic.starts_with('#') {
@@ -572,7 +608,8 @@ impl PubSub for RedisPubSub {
         frame: Utf8Bytes,
         exclude: Option<ClientId>,
     ) -> BoxFuture<'static, PublishResult> {
-        let keep = self.inner.kept(topic);
+        let directed = self.inner.is_directed(topic);
+        let keep = self.inner.kept(topic).filter(|_| !directed);
         let connected = self.inner.connected.load(Ordering::SeqCst);
         match keep {
             // A kept topic: the plain subscribers here now, the positioned ones with the echo,
@@ -598,9 +635,14 @@ impl PubSub for RedisPubSub {
         let (done, result) = oneshot::channel();
         let job = match keep {
             None => PublishJob {
-                channel: self.inner.channel(topic),
+                channel: if directed {
+                    String::new()
+                } else {
+                    self.inner.channel(topic)
+                },
                 payload: encode_envelope(self.inner.instance, &frame, exclude),
                 kept: None,
+                directed: directed.then(|| topic.to_string()),
                 done,
                 queued: Started::now(),
             },
@@ -615,6 +657,7 @@ impl PubSub for RedisPubSub {
                     frame: frame.clone(),
                     exclude,
                 }),
+                directed: None,
                 done,
                 queued: Started::now(),
             },

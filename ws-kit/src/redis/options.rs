@@ -1,4 +1,4 @@
-//! [`RedisOptions`]: how a [`RedisPubSub`](super::RedisPubSub) or an [`Emitter`](super::Emitter)(super::Emitter)
+//! [`RedisOptions`]: how a [`RedisPubSub`](super::RedisPubSub) or an [`Emitter`](super::Emitter)
 //! connects, and what it keeps.
 
 use super::{DEFAULT_PREFIX, RedisPubSub};
@@ -16,10 +16,30 @@ pub struct RedisOptions {
     pub(super) health_interval: Duration,
     pub(super) kept: KeptTopics,
     pub(super) presence_lease: Duration,
+    pub(super) cluster: Option<bool>,
+    pub(super) direct: DirectSends,
+}
+
+/// How sends to one connection or one user (`send_to_client`, `send_to_user`) reach the
+/// instance that holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum DirectSends {
+    /// One channel per instance and a directory in Redis (connection or user → the instances
+    /// holding it). A connection costs two set additions and no SUBSCRIBE; a send costs one
+    /// lookup and one publish per instance that holds a target. Scales to 100k connections per
+    /// instance. The default.
+    #[default]
+    Directory,
+    /// One channel per connection and per user, as before the directory: a send is one publish,
+    /// but every connection SUBSCRIBEs (and every reconnect to Redis resubscribes them all).
+    /// Fits a few thousand connections per instance; kept for comparison and for small setups.
+    ChannelPerConnection,
 }
 
 impl RedisOptions {
-    /// Options for `url` (`redis://127.0.0.1:6379`), prefix `ws-kit:`.
+    /// Options for `url` (`redis://127.0.0.1:6379`; several comma-separated node URLs for a
+    /// cluster), prefix `ws-kit:`.
     pub fn new(url: impl Into<String>) -> Self {
         RedisOptions {
             url: url.into(),
@@ -29,11 +49,29 @@ impl RedisOptions {
             health_interval: Duration::from_secs(1),
             kept: KeptTopics::default(),
             presence_lease: Duration::from_secs(30),
+            cluster: None,
+            direct: DirectSends::Directory,
         }
     }
 
-    /// How long the presence entries of an instance outlive it when it dies without cleaning
-    /// up (default 30 s): its lease, renewed by its health loop (see `health_interval`).
+    /// Whether the URL names a Redis Cluster (default: when it holds several comma-separated
+    /// node URLs, `redis://10.0.0.1:6379,redis://10.0.0.2:6379`). Set it to treat one seed URL
+    /// as a cluster.
+    pub fn cluster(mut self, cluster: bool) -> Self {
+        self.cluster = Some(cluster);
+        self
+    }
+
+    /// How direct sends reach other instances (default [`DirectSends::Directory`]). Every
+    /// instance of one prefix must use the same.
+    pub fn direct_sends(mut self, direct: DirectSends) -> Self {
+        self.direct = direct;
+        self
+    }
+
+    /// How long the presence entries and directory entries of an instance outlive it when it
+    /// dies without cleaning up (default 30 s): its lease, renewed by its health loop (see
+    /// `health_interval`).
     pub fn presence_lease(mut self, lease: Duration) -> Self {
         self.presence_lease = lease;
         self

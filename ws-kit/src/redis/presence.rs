@@ -1,18 +1,27 @@
 //! Presence on Redis (docs/protocol.md 8b).
 //!
 //! Keys: `<prefix>p:{<topic>}`, a hash client id → entry (JSON, with the instance that holds
-//! it); `<prefix>pi:<instance>`, the set of `client LF topic` an instance holds (what to clean
-//! after it); `<prefix>lease:<instance>`, renewed by the instance's health loop, expiring after
-//! the lease when the instance dies or loses Redis; `<prefix>instances`, the instances that hold
-//! presence. Joins and leaves are published on `<prefix>#presence` (a JSON [`PresenceEvent`]),
-//! which every engine subscribes when it connects.
+//! it), in the topic's slot; `<prefix>pi:{<instance>}`, the set of `client LF topic` an instance
+//! holds (what to clean after it), and `<prefix>lease:{<instance>}`, renewed by the instance's
+//! health loop and expiring after the lease when the instance dies or loses Redis, both in the
+//! instance's slot; `<prefix>instances`, the instances to watch (they hold presence or directory
+//! entries). Joins and leaves are published on `<prefix>#presence` (a JSON [`PresenceEvent`]),
+//! plain pub/sub that every engine subscribes when it connects (a cluster copies it to every
+//! node).
+//!
+//! No script touches two slots, so the same steps run on a cluster: a join adds to the
+//! instance's set first, then writes the entry and publishes its event in one script; a leave
+//! removes the entry and publishes in one script, then updates the set. Whatever is in a topic's
+//! hash is thus listed in its instance's set.
 //!
 //! A listing drops the entries of instances whose lease is gone at once; the health loop of any
-//! live instance then removes them (one script per dead instance: atomic, so two instances doing
-//! it at once remove each entry once) and publishes their leaves.
+//! live instance then removes them, one entry per script (`LEAVE_SCRIPT`: atomic, so two
+//! instances cleaning at once remove each entry once and publish its leave once).
 //!
 //! [`PresenceEvent`]: crate::pubsub::PresenceEvent
 
+use super::conn::slot;
+use super::directory::pipelined;
 use super::{Inner, unavailable};
 use crate::error::WsError;
 use crate::pubsub::{PresenceEntry, PresenceEvent};
@@ -20,54 +29,24 @@ use redis::AsyncCommands;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
-/// KEYS: topic hash, instance set, instances, lease. ARGV: client, entry JSON, member, instance,
-/// lease ms, channel, event JSON (empty: no event).
+/// KEYS: topic hash. ARGV: client, entry JSON, channel, event JSON (empty: no event).
 pub(super) const JOIN_SCRIPT: &str = r#"
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('SADD', KEYS[2], ARGV[3])
-redis.call('SADD', KEYS[3], ARGV[4])
-redis.call('SET', KEYS[4], '1', 'PX', ARGV[5])
-if ARGV[7] ~= '' then
-  redis.call('PUBLISH', ARGV[6], ARGV[7])
+if ARGV[4] ~= '' then
+  redis.call('PUBLISH', ARGV[3], ARGV[4])
 end
 return 1
 "#;
 
-/// KEYS: topic hash, instance set. ARGV: client, member, channel, topic.
+/// KEYS: topic hash. ARGV: client, channel, topic. Removes the entry and publishes its leave.
 pub(super) const LEAVE_SCRIPT: &str = r#"
 local entry = redis.call('HGET', KEYS[1], ARGV[1])
-redis.call('SREM', KEYS[2], ARGV[2])
 if not entry then
   return 0
 end
 redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('PUBLISH', ARGV[3], '{"kind":"leave","topic":' .. cjson.encode(ARGV[4]) .. ',"entry":' .. entry .. '}')
+redis.call('PUBLISH', ARGV[2], '{"kind":"leave","topic":' .. cjson.encode(ARGV[3]) .. ',"entry":' .. entry .. '}')
 return 1
-"#;
-
-/// KEYS: the dead instance's set, instances, its lease. ARGV: instance, key prefix, channel.
-/// Removes what a dead instance held and publishes the leaves, unless its lease is back.
-pub(super) const CLEAN_SCRIPT: &str = r#"
-if redis.call('EXISTS', KEYS[3]) == 1 then
-  return 0
-end
-local members = redis.call('SMEMBERS', KEYS[1])
-for _, member in ipairs(members) do
-  local newline = string.find(member, '\n', 1, true)
-  if newline then
-    local client = string.sub(member, 1, newline - 1)
-    local topic = string.sub(member, newline + 1)
-    local hash = ARGV[2] .. 'p:{' .. topic .. '}'
-    local entry = redis.call('HGET', hash, client)
-    if entry then
-      redis.call('HDEL', hash, client)
-      redis.call('PUBLISH', ARGV[3], '{"kind":"leave","topic":' .. cjson.encode(topic) .. ',"entry":' .. entry .. '}')
-    end
-  end
-end
-redis.call('DEL', KEYS[1])
-redis.call('SREM', KEYS[2], ARGV[1])
-return #members
 "#;
 
 pub(super) fn hash_key(prefix: &str, topic: &str) -> String {
@@ -75,11 +54,11 @@ pub(super) fn hash_key(prefix: &str, topic: &str) -> String {
 }
 
 pub(super) fn instance_key(prefix: &str, instance: &str) -> String {
-    format!("{prefix}pi:{instance}")
+    format!("{prefix}pi:{{{instance}}}")
 }
 
 pub(super) fn lease_key(prefix: &str, instance: &str) -> String {
-    format!("{prefix}lease:{instance}")
+    format!("{prefix}lease:{{{instance}}}")
 }
 
 pub(super) fn instances_key(prefix: &str) -> String {
@@ -125,17 +104,17 @@ impl Inner {
         };
         let client = entry.client_id.to_string();
         let mut conn = self.conn.clone();
+        conn.sadd::<_, _, i64>(
+            instance_key(&self.prefix, &instance),
+            member(&client, topic),
+        )
+        .await
+        .map_err(|e| self.unavailable(e))?;
         self.presence_scripts[0]
             .key(hash_key(&self.prefix, topic))
-            .key(instance_key(&self.prefix, &instance))
-            .key(instances_key(&self.prefix))
-            .key(lease_key(&self.prefix, &instance))
             .arg(&client)
             .arg(stored)
-            .arg(member(&client, topic))
-            .arg(&instance)
-            .arg(self.presence_lease.as_millis().max(1) as u64)
-            .arg(self.channel(EVENTS))
+            .arg(&self.events)
             .arg(event)
             .invoke_async::<i64>(&mut conn)
             .await
@@ -149,12 +128,13 @@ impl Inner {
         let mut conn = self.conn.clone();
         self.presence_scripts[1]
             .key(hash_key(&self.prefix, topic))
-            .key(instance_key(&self.prefix, &instance))
             .arg(client)
-            .arg(member(client, topic))
-            .arg(self.channel(EVENTS))
+            .arg(&self.events)
             .arg(topic)
             .invoke_async::<i64>(&mut conn)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        conn.srem::<_, _, i64>(instance_key(&self.prefix, &instance), member(client, topic))
             .await
             .map(|_| ())
             .map_err(|e| self.unavailable(e))
@@ -198,21 +178,32 @@ impl Inner {
         Ok(entries)
     }
 
-    /// On every healthy ping: renew this instance's lease (while it holds presence), and clean
-    /// up after instances whose lease ran out.
-    pub(super) async fn presence_upkeep(&self) {
+    /// Renews this instance's lease and keeps it among the watched instances.
+    pub(super) async fn renew_lease(&self) {
+        let instance = self.instance.to_string();
+        let lease = self.presence_lease.as_millis().max(1) as u64;
+        let mut renew = redis::cmd("SET");
+        renew
+            .arg(lease_key(&self.prefix, &instance))
+            .arg(1)
+            .arg("PX")
+            .arg(lease);
+        let mut watch = redis::cmd("SADD");
+        let instances = instances_key(&self.prefix);
+        watch.arg(&instances).arg(&instance);
+        let commands = vec![
+            (slot(&lease_key(&self.prefix, &instance)), renew),
+            (slot(&instances), watch),
+        ];
+        let _ = pipelined(&self.conn, commands).await;
+    }
+
+    /// On every healthy ping: renew this instance's lease, and clean up after instances whose
+    /// lease ran out (their presence entries, with their leaves, and their directory entries).
+    pub(super) async fn upkeep(&self) {
+        self.renew_lease().await;
         let mut conn = self.conn.clone();
         let instance = self.instance.to_string();
-        if self.holds_presence.load(Ordering::SeqCst) {
-            let lease = self.presence_lease.as_millis().max(1) as u64;
-            let _: Result<(), _> = redis::cmd("SET")
-                .arg(lease_key(&self.prefix, &instance))
-                .arg(1)
-                .arg("PX")
-                .arg(lease)
-                .query_async(&mut conn)
-                .await;
-        }
         let Ok(instances) = conn
             .smembers::<_, Vec<String>>(instances_key(&self.prefix))
             .await
@@ -220,16 +211,34 @@ impl Inner {
             return;
         };
         for dead in instances.iter().filter(|i| **i != instance) {
-            let _: Result<i64, _> = self.presence_scripts[2]
-                .key(instance_key(&self.prefix, dead))
-                .key(instances_key(&self.prefix))
-                .key(lease_key(&self.prefix, dead))
-                .arg(dead)
-                .arg(&self.prefix)
-                .arg(self.channel(EVENTS))
-                .invoke_async(&mut conn)
-                .await;
+            match conn.exists::<_, bool>(lease_key(&self.prefix, dead)).await {
+                Ok(false) => {}
+                _ => continue,
+            }
+            if self.clean_presence(dead).await.is_ok() && self.clean_directory(dead).await.is_ok() {
+                let _: Result<i64, _> = conn.srem(instances_key(&self.prefix), dead).await;
+            }
         }
+    }
+
+    /// Removes a dead instance's presence entries, publishing their leaves.
+    async fn clean_presence(&self, dead: &str) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        let set = instance_key(&self.prefix, dead);
+        let members: Vec<String> = conn.smembers(&set).await?;
+        for member in &members {
+            if let Some((client, topic)) = member.split_once('\n') {
+                self.presence_scripts[1]
+                    .key(hash_key(&self.prefix, topic))
+                    .arg(client)
+                    .arg(&self.events)
+                    .arg(topic)
+                    .invoke_async::<i64>(&mut conn)
+                    .await?;
+            }
+        }
+        conn.del::<_, i64>(&set).await?;
+        Ok(())
     }
 
     /// After an outage: this instance's entries as they are here (no events for those written

@@ -1,11 +1,13 @@
 //! The way publications leave an instance: the envelope between instances and the loop that
-//! sends them to Redis in call order (plain PUBLISH, or the kept topics' script).
+//! sends them to Redis in call order (PUBLISH or SPUBLISH, the kept topics' script, or a direct
+//! send through the directory).
 
-use super::kept;
+use super::conn::{self, Conn};
+use super::{directory, kept};
 use crate::metrics::{self, Started};
 use crate::pubsub::{ClientId, Keep, LocalTopics};
 use bytes::Bytes;
-use redis::aio::ConnectionManager;
+use redis::cluster_routing::Slot;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -76,12 +78,14 @@ pub(super) struct PublishJob {
     pub(super) payload: Vec<u8>,
     /// A kept topic's publication: run through the publish script instead of PUBLISH.
     pub(super) kept: Option<KeptJob>,
+    /// A send to a connection or user through the directory: its topic (`channel` is unused).
+    pub(super) directed: Option<String>,
     pub(super) done: oneshot::Sender<redis::RedisResult<()>>,
     /// When `publish` queued it, for `ws_kit_redis_lag_seconds`.
     pub(super) queued: Started,
 }
 
-/// What the publish script needs besides the channel, and what a failure needs to put right.
+/// What a kept publication needs besides the channel, and what a failure needs to put right.
 pub(super) struct KeptJob {
     pub(super) topic: String,
     pub(super) hash: String,
@@ -91,52 +95,113 @@ pub(super) struct KeptJob {
     pub(super) exclude: Option<ClientId>,
 }
 
-/// Sends publications in the order they were made: whatever is queued goes out as one pipeline,
-/// and the next pipeline only after it. Under load that is one round trip per batch.
+/// Where the publish loop sends.
+pub(super) struct Target {
+    pub(super) conn: Conn,
+    pub(super) prefix: String,
+    /// This instance: a directed send skips it (it delivered during the call).
+    pub(super) instance: String,
+}
+
+/// Sends publications in the order they were made: whatever is queued goes out as one pipeline
+/// (on a cluster, one per slot, concurrently: one topic's publications share a slot, so they
+/// keep their order), and the next batch only after it. Under load that is one round trip per
+/// batch, two when the batch holds direct sends (their directory entries are read first).
 pub(super) async fn publish_loop(
     mut queue: mpsc::Receiver<PublishJob>,
-    mut conn: ConnectionManager,
+    target: Target,
     timeout: Duration,
     local: Arc<LocalTopics>,
     dirty: Arc<Mutex<HashSet<String>>>,
 ) {
     let script = redis::Script::new(kept::PUBLISH_SCRIPT);
+    let command = target.conn.publish_command();
     let mut batch = Vec::new();
     while queue.recv_many(&mut batch, 1024).await > 0 {
-        let mut pipe = redis::pipe();
-        if batch.iter().any(|job| job.kept.is_some()) {
-            pipe.load_script(&script).ignore();
-        }
-        for job in &batch {
-            match &job.kept {
-                None => {
-                    pipe.cmd("PUBLISH")
-                        .arg(&job.channel)
-                        .arg(&job.payload[..])
-                        .ignore();
+        let sent = async {
+            let holders = read_directory(&target, &batch).await?;
+            let mut commands: Vec<(Slot, redis::Cmd)> = Vec::new();
+            // Per job, the indexes of its commands.
+            let mut owners: Vec<Vec<usize>> = Vec::with_capacity(batch.len());
+            let mut loads: HashSet<Slot> = HashSet::new();
+            for (job, holders) in batch.iter().zip(holders) {
+                let mut mine = Vec::new();
+                match (&job.kept, &job.directed) {
+                    (Some(k), _) => {
+                        let slot = conn::slot(&k.hash);
+                        if loads.insert(slot) {
+                            let mut load = redis::cmd("SCRIPT");
+                            load.arg("LOAD").arg(kept::PUBLISH_SCRIPT);
+                            commands.push((slot, load));
+                        }
+                        let mut eval = redis::cmd("EVALSHA");
+                        eval.arg(script.get_hash())
+                            .arg(2)
+                            .arg(&k.hash)
+                            .arg(&k.stream)
+                            .arg(&job.channel)
+                            .arg(k.frame.as_str())
+                            .arg(k.keep.size())
+                            .arg(k.keep.ttl().as_millis().max(1) as u64)
+                            .arg(crate::pubsub::new_epoch())
+                            .arg(&job.payload[..])
+                            .arg(command);
+                        mine.push(commands.len());
+                        commands.push((slot, eval));
+                    }
+                    (None, Some(topic)) => {
+                        let payload = directory::directed_payload(topic, &job.payload);
+                        for instance in holders.iter().filter(|i| **i != target.instance) {
+                            let channel = conn::channel(
+                                &target.prefix,
+                                &format!("#i:{instance}"),
+                                target.conn.is_cluster(),
+                            );
+                            let mut publish = redis::cmd(command);
+                            publish.arg(&channel).arg(&payload[..]);
+                            mine.push(commands.len());
+                            commands.push((conn::slot(&channel), publish));
+                        }
+                    }
+                    (None, None) => {
+                        let mut publish = redis::cmd(command);
+                        publish.arg(&job.channel).arg(&job.payload[..]);
+                        mine.push(commands.len());
+                        commands.push((conn::slot(&job.channel), publish));
+                    }
                 }
-                Some(k) => {
-                    let mut invocation = script.key(&k.hash);
-                    invocation
-                        .key(&k.stream)
-                        .arg(&job.channel)
-                        .arg(k.frame.as_str())
-                        .arg(k.keep.size())
-                        .arg(k.keep.ttl().as_millis().max(1) as u64)
-                        .arg(crate::pubsub::new_epoch())
-                        .arg(&job.payload[..]);
-                    pipe.invoke_script(&invocation).ignore();
+                owners.push(mine);
+            }
+            let mut failed: Vec<Option<redis::RedisError>> = vec![None; commands.len()];
+            for (result, indexes) in directory::pipelined(&target.conn, commands).await {
+                if let Err(e) = result {
+                    for i in indexes {
+                        failed[i] = Some(e.clone());
+                    }
                 }
             }
-        }
-        let result = match tokio::time::timeout(timeout, pipe.query_async::<()>(&mut conn)).await {
-            Ok(result) => result,
-            Err(_) => Err(redis::RedisError::from((
-                redis::ErrorKind::Io,
-                "publish timed out",
-            ))),
+            Ok::<_, redis::RedisError>(
+                owners
+                    .into_iter()
+                    .map(|mine| match mine.iter().find_map(|&i| failed[i].clone()) {
+                        Some(e) => Err(e),
+                        None => Ok(()),
+                    })
+                    .collect::<Vec<_>>(),
+            )
         };
-        for job in batch.drain(..) {
+        let results = match tokio::time::timeout(timeout, sent).await {
+            Ok(Ok(results)) => results,
+            Ok(Err(e)) => vec![Err(e); batch.len()],
+            Err(_) => vec![
+                Err(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "publish timed out",
+                )));
+                batch.len()
+            ],
+        };
+        for (job, result) in batch.drain(..).zip(results) {
             if result.is_ok() {
                 metrics::redis_published(job.queued);
             } else if let Some(k) = &job.kept {
@@ -149,9 +214,38 @@ pub(super) async fn publish_loop(
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(k.topic.clone());
             }
-            let _ = job.done.send(result.clone());
+            let _ = job.done.send(result);
         }
     }
+}
+
+/// The instances holding each directed job's target (empty for the other jobs), read in one
+/// pipeline per slot.
+async fn read_directory(
+    target: &Target,
+    batch: &[PublishJob],
+) -> redis::RedisResult<Vec<Vec<String>>> {
+    let mut holders = vec![Vec::new(); batch.len()];
+    let mut commands = Vec::new();
+    let mut jobs = Vec::new();
+    for (i, job) in batch.iter().enumerate() {
+        if let (None, Some(topic)) = (&job.kept, &job.directed) {
+            let key = directory::dir_key(&target.prefix, topic);
+            let mut read = redis::cmd("SMEMBERS");
+            read.arg(&key);
+            commands.push((conn::slot(&key), read));
+            jobs.push(i);
+        }
+    }
+    if commands.is_empty() {
+        return Ok(holders);
+    }
+    for (result, indexes) in directory::pipelined(&target.conn, commands).await {
+        for (value, index) in result?.into_iter().zip(indexes) {
+            holders[jobs[index]] = redis::from_redis_value(value)?;
+        }
+    }
+    Ok(holders)
 }
 
 #[cfg(test)]

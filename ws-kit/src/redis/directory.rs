@@ -1,0 +1,211 @@
+//! Direct sends without a channel per connection ([`DirectSends::Directory`]).
+//!
+//! Every instance subscribes one channel of its own, `#i:<instance>`. The directory says which
+//! instances hold a connection or a user: `<prefix>d:{#client:<id>}` and `<prefix>d:{#user:<id>}`
+//! are sets of instance ids, written while the instance has the connection (the user) and removed
+//! when it has none. `<prefix>di:{<instance>}` lists what an instance put in the directory, so
+//! that what a dead instance left behind can be removed; `<prefix>lease:{<instance>}` says it is
+//! alive (renewed by its health loop, shared with presence), and `<prefix>instances` lists the
+//! instances to watch.
+//!
+//! A send reads the target's set, then publishes `topic LF envelope` on the direct channel of
+//! each instance in it but this one (which delivered during the call). Both happen in the
+//! publish loop, in the order of the sends; a join's set addition is done before the join
+//! returns (before a connection's read loop starts, for its own `#client` entry), so a send made
+//! after it finds the instance.
+//!
+//! [`DirectSends::Directory`]: super::DirectSends::Directory
+
+use super::Inner;
+use super::conn::{Conn, slot};
+use crate::error::WsError;
+use redis::AsyncCommands;
+use redis::cluster_routing::Slot;
+use std::collections::HashMap;
+
+/// The directory entry of a connection's or user's topic.
+pub(super) fn dir_key(prefix: &str, topic: &str) -> String {
+    format!("{prefix}d:{{{topic}}}")
+}
+
+/// What an instance put in the directory.
+pub(super) fn index_key(prefix: &str, instance: &str) -> String {
+    format!("{prefix}di:{{{instance}}}")
+}
+
+/// Whether the directory serves `topic` (a connection's or a user's) under `directory`.
+pub(super) fn is_directed(directory: bool, topic: &str) -> bool {
+    directory && (topic.starts_with("#client:") || topic.starts_with("#user:"))
+}
+
+/// The payload of a direct send: the topic, a newline, the envelope.
+pub(super) fn directed_payload(topic: &str, envelope: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(topic.len() + 1 + envelope.len());
+    out.extend_from_slice(topic.as_bytes());
+    out.push(b'\n');
+    out.extend_from_slice(envelope);
+    out
+}
+
+/// Runs commands as one pipeline per slot on a cluster (a cluster pipeline may not cross
+/// slots), one pipeline in all on a single node; the groups run concurrently, each in the order
+/// given. Returns, per group, its result and the indexes of its commands.
+pub(super) async fn pipelined(
+    conn: &Conn,
+    commands: Vec<(Slot, redis::Cmd)>,
+) -> Vec<(redis::RedisResult<Vec<redis::Value>>, Vec<usize>)> {
+    let mut groups: Vec<(redis::Pipeline, Vec<usize>)> = Vec::new();
+    let mut by_slot: HashMap<Slot, usize> = HashMap::new();
+    let cluster = conn.is_cluster();
+    for (i, (slot, cmd)) in commands.into_iter().enumerate() {
+        let group = if cluster {
+            *by_slot.entry(slot).or_insert_with(|| {
+                groups.push((redis::pipe(), Vec::new()));
+                groups.len() - 1
+            })
+        } else {
+            if groups.is_empty() {
+                groups.push((redis::pipe(), Vec::new()));
+            }
+            0
+        };
+        groups[group].0.add_command(cmd);
+        groups[group].1.push(i);
+    }
+    let runs = groups.into_iter().map(|(pipe, indexes)| {
+        let mut conn = conn.clone();
+        async move {
+            let result = pipe.query_async::<Vec<redis::Value>>(&mut conn).await;
+            (result, indexes)
+        }
+    });
+    futures_util::future::join_all(runs).await
+}
+
+impl Inner {
+    fn directory_stripe(&self, topic: &str) -> &tokio::sync::Mutex<()> {
+        &self.stripes[super::stripe_of(topic)]
+    }
+
+    /// Adds or removes this instance in the topic's directory entry so it matches whether the
+    /// topic has local subscribers. Under the topic's stripe lock, like channels.
+    pub(super) async fn sync_directory(&self, topic: &str) -> Result<(), WsError> {
+        let _guard = self.directory_stripe(topic).lock().await;
+        let wanted = self.local.contains(topic);
+        let have = self
+            .listed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(topic);
+        if wanted == have {
+            return Ok(());
+        }
+        self.write_directory(topic, wanted)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        let mut listed = self.listed.lock().unwrap_or_else(|e| e.into_inner());
+        if wanted {
+            listed.insert(topic.to_string());
+        } else {
+            listed.remove(topic);
+        }
+        Ok(())
+    }
+
+    /// The index first on the way in and last on the way out, so whatever the directory holds
+    /// for this instance, its index lists (what a cleaner of a dead instance reads).
+    async fn write_directory(&self, topic: &str, add: bool) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        let me = self.instance.to_string();
+        let index = index_key(&self.prefix, &me);
+        let entry = dir_key(&self.prefix, topic);
+        let mut steps = [redis::cmd("SADD"), redis::cmd("SADD")];
+        steps[0].arg(&index).arg(topic);
+        steps[1].arg(&entry).arg(&me);
+        if !add {
+            steps = [redis::cmd("SREM"), redis::cmd("SREM")];
+            steps[0].arg(&entry).arg(&me);
+            steps[1].arg(&index).arg(topic);
+        }
+        if conn.is_cluster() {
+            // Two slots: one after the other.
+            for step in &steps {
+                step.query_async::<i64>(&mut conn).await?;
+            }
+        } else {
+            // One connection keeps the order: one round trip.
+            let mut pipe = redis::pipe();
+            for step in steps {
+                pipe.add_command(step).ignore();
+            }
+            pipe.query_async::<()>(&mut conn).await?;
+        }
+        Ok(())
+    }
+
+    /// After an outage (Redis may have restarted empty): every directory entry this instance
+    /// should have, written again, in pipelines; and the ones it should not, removed.
+    pub(super) async fn reconcile_directory(&self) {
+        if !self.directory {
+            return;
+        }
+        let me = self.instance.to_string();
+        let index = index_key(&self.prefix, &me);
+        let wanted: Vec<String> = self
+            .local
+            .topics()
+            .iter()
+            .filter(|t| super::directory::is_directed(true, t))
+            .map(|t| t.to_string())
+            .collect();
+        let mut commands = Vec::new();
+        for chunk in wanted.chunks(1000) {
+            let mut add = redis::cmd("SADD");
+            add.arg(&index).arg(chunk);
+            commands.push((slot(&index), add));
+        }
+        for topic in &wanted {
+            let mut add = redis::cmd("SADD");
+            let key = dir_key(&self.prefix, topic);
+            add.arg(&key).arg(&me);
+            commands.push((slot(&key), add));
+        }
+        let ok = pipelined(&self.conn, commands)
+            .await
+            .iter()
+            .all(|(r, _)| r.is_ok());
+        if ok {
+            *self.listed.lock().unwrap_or_else(|e| e.into_inner()) =
+                wanted.iter().cloned().collect();
+        }
+        // Entries of topics left during the outage.
+        let mut conn = self.conn.clone();
+        let Ok(indexed) = conn.smembers::<_, Vec<String>>(&index).await else {
+            return;
+        };
+        for topic in indexed.iter().filter(|t| !self.local.contains(t)) {
+            let _ = self.write_directory(topic, false).await;
+        }
+    }
+
+    /// Removes what a dead instance (its lease gone) left in the directory.
+    pub(super) async fn clean_directory(&self, dead: &str) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        let index = index_key(&self.prefix, dead);
+        let topics: Vec<String> = conn.smembers(&index).await?;
+        let commands = topics
+            .iter()
+            .map(|topic| {
+                let key = dir_key(&self.prefix, topic);
+                let mut remove = redis::cmd("SREM");
+                remove.arg(&key).arg(dead);
+                (slot(&key), remove)
+            })
+            .collect();
+        for (result, _) in pipelined(&self.conn, commands).await {
+            result?;
+        }
+        conn.del::<_, i64>(&index).await?;
+        Ok(())
+    }
+}
