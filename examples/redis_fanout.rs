@@ -5,7 +5,8 @@
 //!
 //! Run: `cargo run --release --example redis_fanout --features redis -- 1000 1000 2000`
 //! (subscribers, messages, rate in msg/s; 0 = as fast as possible). Needs `REDIS_URL`
-//! (default `redis://127.0.0.1:6379`).
+//! (default `redis://127.0.0.1:6379`); with `REDIS_CLUSTER_URL` (comma-separated nodes) it runs
+//! the same two instances on the cluster too and prints the cluster / single node ratio.
 
 use futures_util::StreamExt;
 use std::sync::OnceLock;
@@ -226,17 +227,7 @@ async fn main() -> Result<(), ws_kit::Error> {
     let base_rate = report("memory, 1 instance", &baseline);
     service_m.shutdown();
 
-    let prefix = format!("bench:{}:", uuid::Uuid::now_v7());
-    let a = Router::new()
-        .routes(routes![join])
-        .pubsub(RedisOptions::new(&url).prefix(&prefix).connect().await?);
-    let b = Router::new()
-        .routes(routes![join])
-        .pubsub(RedisOptions::new(&url).prefix(&prefix).connect().await?);
-    let publisher = a.publisher();
-    let (url_a, service_a) = start(a).await;
-    let (url_b, service_b) = start(b).await;
-    let redis = run(&[url_a, url_b], publisher, subs, messages, rate).await;
+    let redis = two_instances(&url, subs, messages, rate).await?;
     let redis_rate = report("redis, 2 instances", &redis);
     println!(
         "ratio redis/memory: deliveries/s {:.2}x, p50 {:.2}x, p99 {:.2}x",
@@ -244,7 +235,46 @@ async fn main() -> Result<(), ws_kit::Error> {
         percentile(&redis.latencies_us, 0.5) / percentile(&baseline.latencies_us, 0.5),
         percentile(&redis.latencies_us, 0.99) / percentile(&baseline.latencies_us, 0.99)
     );
+    // The same two instances on a Redis Cluster (sharded pub/sub), when one is given.
+    if let Ok(cluster) = std::env::var("REDIS_CLUSTER_URL") {
+        assert!(
+            cluster
+                .split(',')
+                .all(|u| u.contains("127.0.0.1") || u.contains("localhost")),
+            "loopback only"
+        );
+        let on_cluster = two_instances(&cluster, subs, messages, rate).await?;
+        let cluster_rate = report("redis cluster, 2 instances", &on_cluster);
+        println!(
+            "ratio cluster/single node: deliveries/s {:.2}x, p50 {:.2}x, p99 {:.2}x",
+            cluster_rate / redis_rate,
+            percentile(&on_cluster.latencies_us, 0.5) / percentile(&redis.latencies_us, 0.5),
+            percentile(&on_cluster.latencies_us, 0.99) / percentile(&redis.latencies_us, 0.99)
+        );
+    }
+    Ok(())
+}
+
+/// Two instances on `url` (one node, or a cluster's comma-separated nodes), subscribers split
+/// between them, the publisher on the first.
+async fn two_instances(
+    url: &str,
+    subs: usize,
+    messages: u64,
+    rate: u64,
+) -> Result<Outcome, ws_kit::Error> {
+    let prefix = format!("bench:{}:", uuid::Uuid::now_v7());
+    let a = Router::new()
+        .routes(routes![join])
+        .pubsub(RedisOptions::new(url).prefix(&prefix).connect().await?);
+    let b = Router::new()
+        .routes(routes![join])
+        .pubsub(RedisOptions::new(url).prefix(&prefix).connect().await?);
+    let publisher = a.publisher();
+    let (url_a, service_a) = start(a).await;
+    let (url_b, service_b) = start(b).await;
+    let outcome = run(&[url_a, url_b], publisher, subs, messages, rate).await;
     service_a.shutdown();
     service_b.shutdown();
-    Ok(())
+    Ok(outcome)
 }

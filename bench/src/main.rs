@@ -50,7 +50,7 @@ impl Flags {
     }
 }
 
-const USAGE: &str = "usage: ws-kit-bench server ws-kit|baseline|ws-kit-axum [--port P] | load rpc|fanout|idle [--url ws://127.0.0.1:P ...] | compare [--quick] [--idle] | fuzz [--secs S] [--inputs N] [--seed X]";
+const USAGE: &str = "usage: ws-kit-bench server ws-kit|baseline|ws-kit-axum [--port P] | load rpc|fanout|idle [--url ws://127.0.0.1:P ...] | compare [--quick] [--idle] | fuzz [--secs S] [--inputs N] [--seed X] | redis-connect [--conns N] [--redis redis://127.0.0.1:6379]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -75,6 +75,15 @@ fn main() -> ExitCode {
             args.iter().any(|a| a == "--quick"),
             args.iter().any(|a| a == "--idle"),
         ),
+        Some("redis-connect") => {
+            let flags = Flags::parse(&args[1..]);
+            let url = flags
+                .0
+                .get("redis")
+                .cloned()
+                .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+            redis_connect(&url, flags.get("conns", 20_000))
+        }
         Some("fuzz") => {
             let flags = Flags::parse(&args[1..]);
             fuzz::run(
@@ -203,4 +212,42 @@ fn human(v: &serde_json::Value) -> String {
         ),
         _ => v.to_string(),
     }
+}
+
+/// Opening `conns` connections on the Redis engine, and the engine's Redis connection cut and
+/// restored, with a directory and one channel per instance (the default) against one channel
+/// per connection, in the same run. Loopback Redis only.
+fn redis_connect(url: &str, conns: usize) -> ExitCode {
+    use ws_kit::redis::DirectSends;
+    if !(url.contains("127.0.0.1") || url.contains("localhost")) {
+        eprintln!("loopback Redis only");
+        return ExitCode::FAILURE;
+    }
+    let conns = conns.min(100_000);
+    println!("{conns} connections on one instance, Redis at {url}");
+    println!(
+        "{:<24} {:>11} {:>14} {:>13} {:>9} {:>12}",
+        "direct sends", "connect ms", "resubscribe ms", "reconcile ms", "channels", "Redis bytes"
+    );
+    let rt = runtime();
+    for (name, direct) in [
+        ("directory (default)", DirectSends::Directory),
+        ("channel per connection", DirectSends::ChannelPerConnection),
+    ] {
+        match rt.block_on(ws_kit::__bench::redis_connect_cost(url, conns, direct)) {
+            Ok(c) => println!(
+                "{name:<24} {:>11.0} {:>14.0} {:>13.0} {:>9} {:>12}",
+                c.connect.as_secs_f64() * 1e3,
+                c.resubscribe.as_secs_f64() * 1e3,
+                c.reconcile.as_secs_f64() * 1e3,
+                c.channels,
+                c.redis_bytes
+            ),
+            Err(e) => {
+                eprintln!("{name}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }

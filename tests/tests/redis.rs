@@ -1795,9 +1795,9 @@ async fn first_reply(clients: &mut [Client; 2]) -> (usize, Value) {
 }
 
 /// An acknowledged `set_user_id` is in effect even while another session of the same user, on the
-/// same instance, is still subscribing the user's channel: a `send_to_user` made right after the
-/// acknowledgement reaches the session. Redis is made slow (300 ms on the instance's commands) to
-/// hold the first SUBSCRIBE in flight; the emitter talks to Redis directly.
+/// same instance, is still writing the user's directory entry: a `send_to_user` made right after
+/// the acknowledgement reaches the session. Redis is made slow (300 ms on the instance's commands)
+/// to hold the first write in flight; the emitter talks to Redis directly.
 #[test]
 fn set_user_id_is_in_effect_when_acknowledged() {
     let Some(url) = redis_url() else { return };

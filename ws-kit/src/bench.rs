@@ -232,3 +232,122 @@ pub fn decode_both<M: Message>(text: &str) -> (Option<Decoded<M>>, Option<Decode
     });
     (fast, full)
 }
+
+/// What a connection costs the Redis engine in Redis work: opening `n` connections (each joins
+/// its `#client:<id>` topic, as a connection does when it opens), then the engine's Redis
+/// connection being cut (`CLIENT KILL` of every subscribed client) and put back.
+#[cfg(feature = "redis")]
+#[derive(Debug, Clone, Copy)]
+pub struct RedisConnectCost {
+    /// Until every one of the `n` joins returned (64 at a time, as connections open).
+    pub connect: Duration,
+    /// From the cut until the engine's channels are all subscribed again.
+    pub resubscribe: Duration,
+    /// The reconciliation the engine runs once Redis is back (directory entries written again).
+    pub reconcile: Duration,
+    /// Channels the engine held subscribed.
+    pub channels: usize,
+    /// Redis `used_memory` growth over the `n` joins, in bytes.
+    pub redis_bytes: i64,
+}
+
+/// Measures [`RedisConnectCost`] for `n` connections with `direct` (see `DirectSends`).
+#[cfg(feature = "redis")]
+pub async fn redis_connect_cost(
+    url: &str,
+    n: usize,
+    direct: crate::redis::DirectSends,
+) -> Result<RedisConnectCost, Error> {
+    use futures_util::StreamExt;
+    let prefix = format!("bench:{}:", uuid::Uuid::now_v7().simple());
+    let engine = crate::redis::RedisOptions::new(url)
+        .prefix(&prefix)
+        .direct_sends(direct)
+        .join_timeout(Duration::from_secs(30))
+        .connect()
+        .await?;
+    let mut admin = redis::Client::open(url)
+        .map_err(Error::Redis)?
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(Error::Redis)?;
+    let used = |info: String| -> i64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let info = |admin: &mut redis::aio::MultiplexedConnection| {
+        let mut admin = admin.clone();
+        async move {
+            redis::cmd("INFO")
+                .arg("memory")
+                .query_async::<String>(&mut admin)
+                .await
+                .map_err(Error::Redis)
+        }
+    };
+    let before = used(info(&mut admin).await?);
+    let out = Arc::new(Outbound::new(1 << 20, OverflowPolicy::Close));
+    let started = std::time::Instant::now();
+    futures_util::stream::iter(0..n)
+        .for_each_concurrent(64, |_| {
+            let engine = engine.clone();
+            let out = out.clone();
+            async move {
+                let id = uuid::Uuid::now_v7();
+                let _ = engine
+                    .subscribe(&format!("#client:{id}"), Subscriber::new(id, out.clone()))
+                    .await;
+            }
+        })
+        .await;
+    let connect = started.elapsed();
+    let redis_bytes = used(info(&mut admin).await?) - before;
+
+    let count_channels = |admin: &mut redis::aio::MultiplexedConnection| {
+        let mut admin = admin.clone();
+        let pattern = format!("{prefix}*");
+        async move {
+            redis::cmd("PUBSUB")
+                .arg("CHANNELS")
+                .arg(pattern)
+                .query_async::<Vec<String>>(&mut admin)
+                .await
+                .map(|c| c.len())
+                .map_err(Error::Redis)
+        }
+    };
+    let channels = count_channels(&mut admin).await?;
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut admin)
+        .await
+        .map_err(Error::Redis)?;
+    let cut = std::time::Instant::now();
+    for line in clients.lines().filter(|l| !l.contains(" sub=0 ")) {
+        if let Some(id) = line.split(' ').find_map(|f| f.strip_prefix("id=")) {
+            let _: Result<i64, _> = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("ID")
+                .arg(id)
+                .query_async(&mut admin)
+                .await;
+        }
+    }
+    let deadline = cut + Duration::from_secs(120);
+    while count_channels(&mut admin).await? < channels && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let resubscribe = cut.elapsed();
+    let reconciling = std::time::Instant::now();
+    engine.reconcile_now().await;
+    let reconcile = reconciling.elapsed();
+    Ok(RedisConnectCost {
+        connect,
+        resubscribe,
+        reconcile,
+        channels,
+        redis_bytes,
+    })
+}

@@ -128,6 +128,41 @@ pub(crate) fn slot(key: &str) -> Slot {
     Slot::for_key(key)
 }
 
+impl super::Inner {
+    /// On a cluster, after a node was lost: every channel subscribed again. The `redis` crate's
+    /// cluster client does not resubscribe sharded channels when it rebuilds its connections
+    /// after a node failure (seen in `redis_cluster.rs`: none was left on any node, the healthy
+    /// ones included), so the engine does; subscribing again what is still subscribed is
+    /// harmless.
+    pub(super) async fn resubscribe_all(&self) {
+        use futures_util::StreamExt;
+        let mut conn = self.conn.clone();
+        let _ = conn.subscribe_broadcast(&self.events).await;
+        let mut channels: Vec<String> = self
+            .subscribed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|t| self.channel(t))
+            .collect();
+        if self.directory {
+            channels.push(self.channel(&format!("#i:{}", self.instance)));
+        }
+        futures_util::stream::iter(channels)
+            .for_each_concurrent(64, |channel| {
+                let mut conn = self.conn.clone();
+                async move {
+                    if let Err(e) = conn.subscribe_channel(&channel).await {
+                        tracing::debug!(channel, error = %e, "resubscribe failed; retried later");
+                        self.out_of_step
+                            .store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+            })
+            .await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -158,6 +158,19 @@ impl Inner {
             .filter(|t| super::directory::is_directed(true, t))
             .map(|t| t.to_string())
             .collect();
+        // On a single node, an index that still lists exactly what this instance holds means
+        // Redis kept its data (a connection blip, not a restart): nothing to write again. On a
+        // cluster a restarted shard may have lost entries whose index lives on another: always.
+        let mut conn = self.conn.clone();
+        let lost = self
+            .lease_lost
+            .swap(false, std::sync::atomic::Ordering::SeqCst);
+        if !self.cluster && !lost {
+            let listed = self.listed.lock().unwrap_or_else(|e| e.into_inner()).len();
+            if listed == wanted.len() && conn.scard::<_, usize>(&index).await.ok() == Some(listed) {
+                return;
+            }
+        }
         let mut commands = Vec::new();
         for chunk in wanted.chunks(1000) {
             let mut add = redis::cmd("SADD");
@@ -177,9 +190,12 @@ impl Inner {
         if ok {
             *self.listed.lock().unwrap_or_else(|e| e.into_inner()) =
                 wanted.iter().cloned().collect();
+        } else {
+            // A shard not ready yet: the next healthy ping reconciles again.
+            self.out_of_step
+                .store(true, std::sync::atomic::Ordering::SeqCst);
         }
         // Entries of topics left during the outage.
-        let mut conn = self.conn.clone();
         let Ok(indexed) = conn.smembers::<_, Vec<String>>(&index).await else {
             return;
         };

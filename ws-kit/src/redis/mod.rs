@@ -112,8 +112,13 @@ struct Inner {
     /// This instance's presence entries, written again after an outage.
     held: Mutex<HashMap<(String, ClientId), PresenceEntry>>,
     presence_lease: Duration,
-    /// Whether this instance's lease is to be renewed (it holds or held presence).
+    /// Whether this instance holds or held presence (its entries are written again after an
+    /// outage).
     holds_presence: AtomicBool,
+    /// The lease was written once (a missing lease after that means it was lost).
+    leased: AtomicBool,
+    /// The lease was found missing: the next reconciliation writes every entry again.
+    lease_lost: AtomicBool,
     presence_scripts: [redis::Script; 2],
     /// The presence events channel (plain pub/sub).
     events: String,
@@ -243,6 +248,8 @@ impl RedisPubSub {
             held: Mutex::default(),
             presence_lease: options.presence_lease,
             holds_presence: AtomicBool::new(false),
+            leased: AtomicBool::new(false),
+            lease_lost: AtomicBool::new(false),
             presence_scripts: [
                 redis::Script::new(presence::JOIN_SCRIPT),
                 redis::Script::new(presence::LEAVE_SCRIPT),
@@ -276,6 +283,12 @@ impl RedisPubSub {
     /// The channel prefix.
     pub fn prefix(&self) -> &str {
         &self.inner.prefix
+    }
+
+    /// What the health task runs when Redis is back, at once (for `__bench::redis_connect_cost`).
+    #[cfg(feature = "bench")]
+    pub(crate) async fn reconcile_now(&self) {
+        self.inner.reconcile().await;
     }
 }
 
@@ -401,38 +414,6 @@ impl Inner {
                     .push((key, member));
             }
         }
-    }
-
-    /// On a cluster, after a node was lost: every channel subscribed again. The `redis` crate's
-    /// cluster client does not resubscribe sharded channels when it rebuilds its connections
-    /// after a node failure (seen in `redis_cluster.rs`: none was left on any node, the healthy
-    /// ones included), so the engine does; subscribing again what is still subscribed is
-    /// harmless.
-    async fn resubscribe_all(&self) {
-        use futures_util::StreamExt;
-        let mut conn = self.conn.clone();
-        let _ = conn.subscribe_broadcast(&self.events).await;
-        let mut channels: Vec<String> = self
-            .subscribed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|t| self.channel(t))
-            .collect();
-        if self.directory {
-            channels.push(self.channel(&format!("#i:{}", self.instance)));
-        }
-        futures_util::stream::iter(channels)
-            .for_each_concurrent(64, |channel| {
-                let mut conn = self.conn.clone();
-                async move {
-                    if let Err(e) = conn.subscribe_channel(&channel).await {
-                        tracing::debug!(channel, error = %e, "resubscribe failed; retried later");
-                        self.out_of_step.store(true, Ordering::SeqCst);
-                    }
-                }
-            })
-            .await;
     }
 
     /// How `topic` is kept, if it is.

@@ -178,7 +178,9 @@ impl Inner {
         Ok(entries)
     }
 
-    /// Renews this instance's lease and keeps it among the watched instances.
+    /// Renews this instance's lease and keeps it among the watched instances. A lease that was
+    /// gone (its shard restarted empty, or it lapsed) may have let another instance clean this
+    /// one's directory and presence entries: the next healthy ping writes them again.
     pub(super) async fn renew_lease(&self) {
         let instance = self.instance.to_string();
         let lease = self.presence_lease.as_millis().max(1) as u64;
@@ -187,7 +189,8 @@ impl Inner {
             .arg(lease_key(&self.prefix, &instance))
             .arg(1)
             .arg("PX")
-            .arg(lease);
+            .arg(lease)
+            .arg("GET");
         let mut watch = redis::cmd("SADD");
         let instances = instances_key(&self.prefix);
         watch.arg(&instances).arg(&instance);
@@ -195,7 +198,19 @@ impl Inner {
             (slot(&lease_key(&self.prefix, &instance)), renew),
             (slot(&instances), watch),
         ];
-        let _ = pipelined(&self.conn, commands).await;
+        for (result, indexes) in pipelined(&self.conn, commands).await {
+            let Ok(values) = result else { continue };
+            let was = indexes
+                .iter()
+                .position(|&i| i == 0)
+                .and_then(|at| values.get(at));
+            let renewed = self.leased.swap(true, Ordering::SeqCst);
+            if renewed && matches!(was, Some(redis::Value::Nil)) {
+                tracing::warn!("this instance's lease was gone; writing its entries again");
+                self.out_of_step.store(true, Ordering::SeqCst);
+                self.lease_lost.store(true, Ordering::SeqCst);
+            }
+        }
     }
 
     /// On every healthy ping: renew this instance's lease, and clean up after instances whose
