@@ -194,6 +194,16 @@ fn report(name: &str, o: &Outcome) -> f64 {
     rate
 }
 
+/// One setup against another, measured in the same run.
+fn ratio(name: &str, (rate, o): (f64, &Outcome), (base_rate, base): (f64, &Outcome)) {
+    println!(
+        "ratio {name}: deliveries/s {:.2}x, p50 {:.2}x, p99 {:.2}x",
+        rate / base_rate,
+        percentile(&o.latencies_us, 0.5) / percentile(&base.latencies_us, 0.5),
+        percentile(&o.latencies_us, 0.99) / percentile(&base.latencies_us, 0.99)
+    );
+}
+
 #[tokio::main]
 async fn main() -> Result<(), ws_kit::Error> {
     let mut args = std::env::args().skip(1).map(|a| a.parse::<u64>().ok());
@@ -229,12 +239,7 @@ async fn main() -> Result<(), ws_kit::Error> {
 
     let redis = two_instances(&url, subs, messages, rate).await?;
     let redis_rate = report("redis, 2 instances", &redis);
-    println!(
-        "ratio redis/memory: deliveries/s {:.2}x, p50 {:.2}x, p99 {:.2}x",
-        redis_rate / base_rate,
-        percentile(&redis.latencies_us, 0.5) / percentile(&baseline.latencies_us, 0.5),
-        percentile(&redis.latencies_us, 0.99) / percentile(&baseline.latencies_us, 0.99)
-    );
+    ratio("redis/memory", (redis_rate, &redis), (base_rate, &baseline));
     // The same two instances on a Redis Cluster (sharded pub/sub), when one is given.
     if let Ok(cluster) = std::env::var("REDIS_CLUSTER_URL") {
         assert!(
@@ -245,11 +250,10 @@ async fn main() -> Result<(), ws_kit::Error> {
         );
         let on_cluster = two_instances(&cluster, subs, messages, rate).await?;
         let cluster_rate = report("redis cluster, 2 instances", &on_cluster);
-        println!(
-            "ratio cluster/single node: deliveries/s {:.2}x, p50 {:.2}x, p99 {:.2}x",
-            cluster_rate / redis_rate,
-            percentile(&on_cluster.latencies_us, 0.5) / percentile(&redis.latencies_us, 0.5),
-            percentile(&on_cluster.latencies_us, 0.99) / percentile(&redis.latencies_us, 0.99)
+        ratio(
+            "cluster/single node",
+            (cluster_rate, &on_cluster),
+            (redis_rate, &redis),
         );
     }
     Ok(())

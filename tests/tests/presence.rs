@@ -152,6 +152,35 @@ mod on_redis {
         serve(router, ServeOptions::new()).await
     }
 
+    /// ada joins on the first instance, bob and cy on the second: both see every join and list
+    /// all three; cy's close is seen on the first and leaves nothing behind. Returns ada and bob.
+    async fn joins_and_a_close(
+        [one, two]: [&TestServer<chat::ChatData>; 2],
+        [seen_one, seen_two]: [&Seen; 2],
+    ) -> (Client, Client) {
+        let mut ada = joined(one, "ada").await;
+        let mut bob = joined(two, "bob").await;
+        let cy = joined(two, "cy").await;
+        eventually("both instances see every join", || async {
+            ["ada", "bob", "cy"]
+                .iter()
+                .all(|n| saw(seen_one, "join", n) && saw(seen_two, "join", n))
+        })
+        .await;
+        for client in [&mut ada, &mut bob] {
+            let here = who_is_here(client).await;
+            assert_eq!(names(&here), ["ada", "bob", "cy"]);
+            assert_eq!(here["distinctUsers"], 3);
+        }
+        drop(cy);
+        eventually("cy's close is seen on the other instance", || async {
+            saw(seen_one, "leave", "cy")
+        })
+        .await;
+        assert_eq!(names(&who_is_here(&mut ada).await), ["ada", "bob"]);
+        (ada, bob)
+    }
+
     /// On a Redis Cluster: presence entries live in their topic's slot, events go out on plain
     /// pub/sub (which a cluster copies to every node), and each instance sees the other's joins
     /// and leaves and lists every member.
@@ -165,24 +194,7 @@ mod on_redis {
             let (seen_one, seen_two): (Seen, Seen) = (Arc::default(), Arc::default());
             let one = instance(&url, &prefix, &seen_one).await;
             let two = instance(&url, &prefix, &seen_two).await;
-            let mut ada = joined(&one, "ada").await;
-            let mut bob = joined(&two, "bob").await;
-            let cy = joined(&two, "cy").await;
-            eventually("both instances see every join", || async {
-                ["ada", "bob", "cy"]
-                    .iter()
-                    .all(|n| saw(&seen_one, "join", n) && saw(&seen_two, "join", n))
-            })
-            .await;
-            for client in [&mut ada, &mut bob] {
-                assert_eq!(names(&who_is_here(client).await), ["ada", "bob", "cy"]);
-            }
-            drop(cy);
-            eventually("cy's close is seen on the other instance", || async {
-                saw(&seen_one, "leave", "cy")
-            })
-            .await;
-            assert_eq!(names(&who_is_here(&mut ada).await), ["ada", "bob"]);
+            joins_and_a_close([&one, &two], [&seen_one, &seen_two]).await;
         });
     }
 
@@ -202,28 +214,7 @@ mod on_redis {
             let proxy = Proxy::start(target).await;
             let two = instance(&format!("redis://{}", proxy.addr), &prefix, &seen_two).await;
 
-            let mut ada = joined(&one, "ada").await;
-            let mut bob = joined(&two, "bob").await;
-            let cy = joined(&two, "cy").await;
-            eventually("both instances see every join", || async {
-                ["ada", "bob", "cy"]
-                    .iter()
-                    .all(|n| saw(&seen_one, "join", n) && saw(&seen_two, "join", n))
-            })
-            .await;
-            for client in [&mut ada, &mut bob] {
-                let here = who_is_here(client).await;
-                assert_eq!(names(&here), ["ada", "bob", "cy"]);
-                assert_eq!(here["distinctUsers"], 3);
-            }
-
-            // A clean leave and a close leave nothing behind.
-            drop(cy);
-            eventually("cy's close is seen on the other instance", || async {
-                saw(&seen_one, "leave", "cy")
-            })
-            .await;
-            assert_eq!(names(&who_is_here(&mut ada).await), ["ada", "bob"]);
+            let (mut ada, _bob) = joins_and_a_close([&one, &two], [&seen_one, &seen_two]).await;
 
             // Instance two dies without cleaning up: bob's entry goes within the lease.
             proxy.down();

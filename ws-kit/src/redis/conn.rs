@@ -146,7 +146,7 @@ impl super::Inner {
             .map(|t| self.channel(t))
             .collect();
         if self.directory {
-            channels.push(self.channel(&format!("#i:{}", self.instance)));
+            channels.push(self.channel(&super::directory::direct_topic(self.instance)));
         }
         futures_util::stream::iter(channels)
             .for_each_concurrent(64, |channel| {

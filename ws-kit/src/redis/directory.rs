@@ -33,6 +33,11 @@ pub(super) fn index_key(prefix: &str, instance: &str) -> String {
     format!("{prefix}di:{{{instance}}}")
 }
 
+/// An instance's own channel's topic: `#i:<instance>`.
+pub(super) fn direct_topic(instance: impl std::fmt::Display) -> String {
+    format!("#i:{instance}")
+}
+
 /// Whether the directory serves `topic` (a connection's or a user's) under `directory`.
 pub(super) fn is_directed(directory: bool, topic: &str) -> bool {
     directory && (topic.starts_with("#client:") || topic.starts_with("#user:"))
@@ -83,14 +88,10 @@ pub(super) async fn pipelined(
 }
 
 impl Inner {
-    fn directory_stripe(&self, topic: &str) -> &tokio::sync::Mutex<()> {
-        &self.stripes[super::stripe_of(topic)]
-    }
-
     /// Adds or removes this instance in the topic's directory entry so it matches whether the
     /// topic has local subscribers. Under the topic's stripe lock, like channels.
     pub(super) async fn sync_directory(&self, topic: &str) -> Result<(), WsError> {
-        let _guard = self.directory_stripe(topic).lock().await;
+        let _guard = self.stripes[super::stripe_of(topic)].lock().await;
         let wanted = self.local.contains(topic);
         let have = self
             .listed

@@ -160,7 +160,7 @@ impl RedisPubSub {
         let recovering = Arc::new(kept::Recovering::default());
         let presence_hooks = Arc::new(PresenceHooks::default());
         let events = receive::events_channel(&options.prefix);
-        let direct_topic = format!("#i:{instance}");
+        let direct_topic = directory::direct_topic(instance);
         let receiver = Arc::new(receive::Receiver {
             local: local.clone(),
             recovering: recovering.clone(),

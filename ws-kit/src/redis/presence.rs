@@ -126,6 +126,19 @@ impl Inner {
     pub(super) async fn erase_presence(&self, topic: &str, client: &str) -> Result<(), WsError> {
         let instance = self.instance.to_string();
         let mut conn = self.conn.clone();
+        self.remove_entry(topic, client)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        conn.srem::<_, _, i64>(instance_key(&self.prefix, &instance), member(client, topic))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.unavailable(e))
+    }
+
+    /// Removes one entry from its topic's hash and publishes its leave, atomically (once, even
+    /// when two instances clean the same dead one).
+    async fn remove_entry(&self, topic: &str, client: &str) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
         self.presence_scripts[1]
             .key(hash_key(&self.prefix, topic))
             .arg(client)
@@ -133,11 +146,7 @@ impl Inner {
             .arg(topic)
             .invoke_async::<i64>(&mut conn)
             .await
-            .map_err(|e| self.unavailable(e))?;
-        conn.srem::<_, _, i64>(instance_key(&self.prefix, &instance), member(client, topic))
-            .await
             .map(|_| ())
-            .map_err(|e| self.unavailable(e))
     }
 
     pub(super) async fn list_presence(&self, topic: &str) -> Result<Vec<PresenceEntry>, WsError> {
@@ -243,13 +252,7 @@ impl Inner {
         let members: Vec<String> = conn.smembers(&set).await?;
         for member in &members {
             if let Some((client, topic)) = member.split_once('\n') {
-                self.presence_scripts[1]
-                    .key(hash_key(&self.prefix, topic))
-                    .arg(client)
-                    .arg(&self.events)
-                    .arg(topic)
-                    .invoke_async::<i64>(&mut conn)
-                    .await?;
+                self.remove_entry(topic, client).await?;
             }
         }
         conn.del::<_, i64>(&set).await?;

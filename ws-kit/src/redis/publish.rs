@@ -49,13 +49,14 @@ pub(super) fn envelope_head(origin: ClientId, exclude: Option<ClientId>) -> Stri
 
 #[cfg(test)]
 pub(super) fn decode_envelope(payload: Vec<u8>) -> Option<Envelope> {
-    decode_kept_envelope(payload)
+    decode_kept_envelope(Bytes::from(payload))
         .and_then(|(envelope, position)| position.is_none().then_some(envelope))
 }
 
 /// Decodes an envelope, with the position a kept topic's publication carries
-/// (`origin SP exclude SP offset SP epoch LF frame`, written by the publish script).
-pub(super) fn decode_kept_envelope(payload: Vec<u8>) -> Option<(Envelope, Option<(u64, String)>)> {
+/// (`origin SP exclude SP offset SP epoch LF frame`, written by the publish script). The frame
+/// is a slice of `payload`, not a copy.
+pub(super) fn decode_kept_envelope(payload: Bytes) -> Option<(Envelope, Option<(u64, String)>)> {
     let newline = payload.iter().position(|&b| b == b'\n')?;
     let head = std::str::from_utf8(&payload[..newline]).ok()?;
     let mut parts = head.split(' ');
@@ -69,7 +70,7 @@ pub(super) fn decode_kept_envelope(payload: Vec<u8>) -> Option<(Envelope, Option
         (Some(offset), Some(epoch), None) => Some((offset.parse().ok()?, epoch.to_string())),
         _ => return None,
     };
-    let frame = Utf8Bytes::try_from(Bytes::from(payload).slice(newline + 1..)).ok()?;
+    let frame = Utf8Bytes::try_from(payload.slice(newline + 1..)).ok()?;
     Some(((origin, exclude, frame), position))
 }
 
@@ -154,7 +155,7 @@ pub(super) async fn publish_loop(
                         for instance in holders.iter().filter(|i| **i != target.instance) {
                             let channel = conn::channel(
                                 &target.prefix,
-                                &format!("#i:{instance}"),
+                                &directory::direct_topic(instance),
                                 target.conn.is_cluster(),
                             );
                             let mut publish = redis::cmd(command);

@@ -10,6 +10,7 @@ use super::presence;
 use super::publish::decode_kept_envelope;
 use crate::metrics;
 use crate::pubsub::{ClientId, LocalTopics, PresenceEvent, PresenceHooks};
+use bytes::Bytes;
 use redis::{PushInfo, PushKind, Value};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -120,7 +121,7 @@ impl Receiver {
             self.deliver_directed(payload);
             return;
         }
-        match decode_kept_envelope(payload) {
+        match decode_kept_envelope(Bytes::from(payload)) {
             // A kept topic's publication: its position comes from Redis, so even this
             // instance's positioned subscribers get it here (its plain subscribers got it when
             // published).
@@ -139,6 +140,7 @@ impl Receiver {
 
     /// A send to a connection or user of this instance: `topic LF envelope`.
     fn deliver_directed(&self, payload: Vec<u8>) {
+        let payload = Bytes::from(payload);
         let Some(newline) = payload.iter().position(|&b| b == b'\n') else {
             tracing::warn!("dropped a malformed direct send from redis");
             return;
@@ -147,7 +149,7 @@ impl Receiver {
             tracing::warn!("dropped a malformed direct send from redis");
             return;
         };
-        match decode_kept_envelope(payload[newline + 1..].to_vec()) {
+        match decode_kept_envelope(payload.slice(newline + 1..)) {
             Some(((origin, _, _), None)) if origin == self.instance => {}
             Some(((_, exclude, frame), None)) => {
                 self.local.deliver(&topic, &frame, exclude);
