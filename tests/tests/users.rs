@@ -114,6 +114,35 @@ fn changing_user_id_moves_the_connection() {
     });
 }
 
+/// Setting the user a connection already has (at upgrade, then by LOGIN, then LOGIN again)
+/// changes nothing: the connection is indexed once and a send reaches it once.
+#[test]
+fn setting_the_same_user_again_indexes_the_connection_once() {
+    bounded(async {
+        let server = serve(router(), options()).await;
+        let mut client = Client::connect(&format!("{}/?user=u1", server.url())).await;
+        for _ in 0..2 {
+            client
+                .send(json!({"type": "LOGIN", "payload": {"user": "u1"}}))
+                .await;
+            assert_eq!(client.recv().await["type"], "LOGGED_IN");
+        }
+        let result = server
+            .service
+            .publisher()
+            .send_to_user(
+                "u1",
+                &Notice {
+                    text: "once".into(),
+                },
+            )
+            .await;
+        assert_eq!(result.matched, Some(1));
+        assert_eq!(client.recv().await["payload"]["text"], "once");
+        client.expect_silence(Duration::from_millis(100)).await;
+    });
+}
+
 #[test]
 fn send_to_client_reaches_exactly_that_connection() {
     bounded(async {

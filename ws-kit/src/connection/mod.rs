@@ -394,7 +394,12 @@ impl<D: Send + Sync + 'static> Connection<D> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .replace(user_id.clone());
-        if let Some(previous) = previous.filter(|p| *p != user_id) {
+        if previous.as_deref() == Some(user_id.as_str()) {
+            // Already indexed under this user (or being indexed by the call that set it): a
+            // second subscription would deliver every send to the user twice.
+            return Ok(());
+        }
+        if let Some(previous) = previous {
             let topic = internal::user(&previous);
             self.inner
                 .internal_topics
