@@ -899,6 +899,72 @@ fn channels_follow_local_subscribers() {
     });
 }
 
+/// Logins racing on one instance (the directory writer batches their changes): 12 sessions
+/// switch between users `u` and `v` at once, 20 rounds; each round ends with an odd session set
+/// to `u` and the others to `v`, or all on `v`. The directory then lists the instance for `u`
+/// exactly when a session is `u`, and a `send_to_user("u")` from the other instance reaches
+/// exactly the `u` sessions.
+#[test]
+fn directory_follows_racing_logins() {
+    let Some(url) = redis_url() else { return };
+    bounded_multi_thread(async move {
+        const SESSIONS: usize = 12;
+        const ROUNDS: usize = 20;
+        let prefix = unique_prefix();
+        let mut redis = Inspector::connect(&url, &prefix).await;
+        let (a, b) = two_instances(&url, &prefix).await;
+        let mut sessions = Vec::new();
+        for _ in 0..SESSIONS {
+            let mut client = a.client().await;
+            ready(&mut client).await;
+            sessions.push(client);
+        }
+        let publisher = b.service.publisher();
+        for round in 0..ROUNDS {
+            // Even rounds leave one session on `u` (a different one each time); odd rounds none.
+            let keeper = (round % 2 == 0).then_some(round % SESSIONS);
+            let tasks: Vec<_> = sessions
+                .drain(..)
+                .enumerate()
+                .map(|(i, mut client)| {
+                    tokio::spawn(async move {
+                        logged_in(&mut client, "u").await;
+                        let last = if Some(i) == keeper { "u" } else { "v" };
+                        logged_in(&mut client, last).await;
+                        client
+                    })
+                })
+                .collect();
+            for task in tasks {
+                sessions.push(task.await.expect("a login failed"));
+            }
+            let listed = redis.listed("#user:u").await;
+            assert_eq!(
+                listed,
+                usize::from(keeper.is_some()),
+                "round {round}: the directory lists A for u {listed} times"
+            );
+            let text = format!("round {round}");
+            assert_ok(
+                &publisher.send_to_user("u", &msg(&text)).await,
+                "send_to_user",
+            );
+            for (i, client) in sessions.iter_mut().enumerate() {
+                if Some(i) == keeper {
+                    expect_frames(client, "the u session", &[direct_notice(&text)]).await;
+                }
+            }
+            for (i, client) in sessions.iter_mut().enumerate() {
+                if let Ok(frame) =
+                    tokio::time::timeout(Duration::from_millis(20), client.recv()).await
+                {
+                    panic!("round {round}: session {i} (keeper {keeper:?}) also got {frame}");
+                }
+            }
+        }
+    });
+}
+
 /// Joins and leaves racing on one topic (many connections of one instance, at once) leave the
 /// channel in the state the local subscribers call for: subscribed while one member remains
 /// (it still gets publications), unsubscribed once it leaves.

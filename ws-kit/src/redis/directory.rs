@@ -22,6 +22,7 @@ use crate::error::WsError;
 use redis::AsyncCommands;
 use redis::cluster_routing::Slot;
 use std::collections::HashMap;
+use tokio::sync::{mpsc, oneshot};
 
 /// The directory entry of a connection's or user's topic.
 pub(super) fn dir_key(prefix: &str, topic: &str) -> String {
@@ -87,6 +88,90 @@ pub(super) async fn pipelined(
     futures_util::future::join_all(runs).await
 }
 
+/// One join's or leave's change to the directory, made by [`writer`].
+pub(super) struct Write {
+    topic: String,
+    add: bool,
+    done: oneshot::Sender<redis::RedisResult<()>>,
+}
+
+/// Makes the directory changes of joins and leaves in batches, as the publish loop sends
+/// publications: whatever is queued goes out together, the next batch after it. Connections that
+/// open at once cost a few round trips in all, not one each.
+///
+/// Order: the index first on the way in and last on the way out, so whatever the directory
+/// holds for this instance, its index lists (what a cleaner of a dead instance reads). A batch is
+/// two steps: (1) the index additions (one SADD) and the entry removals, (2) the entry additions
+/// and the index removals (one SREM). On a single node both steps are one pipeline, in that
+/// order; on a cluster each step is a pipeline per slot, and step 2 waits for step 1. One topic
+/// has at most one change in a batch: its changes are made under its stripe lock, which is held
+/// until the change is done.
+pub(super) async fn writer(
+    mut queue: mpsc::Receiver<Write>,
+    conn: Conn,
+    prefix: String,
+    instance: String,
+) {
+    /// Whom a command serves: one write, or all adds (all removals) through the index's one
+    /// SADD (SREM).
+    #[derive(Clone, Copy)]
+    enum Serves {
+        One(usize),
+        All { adds: bool },
+    }
+    let index = index_key(&prefix, &instance);
+    let mut batch: Vec<Write> = Vec::new();
+    while queue.recv_many(&mut batch, 1024).await > 0 {
+        let mut steps: [Vec<(Slot, redis::Cmd, Serves)>; 2] = [Vec::new(), Vec::new()];
+        let adds: Vec<&str> = batch.iter().filter(|w| w.add).map(|w| &*w.topic).collect();
+        let removals: Vec<&str> = batch.iter().filter(|w| !w.add).map(|w| &*w.topic).collect();
+        if !adds.is_empty() {
+            let mut add = redis::cmd("SADD");
+            add.arg(&index).arg(&adds);
+            steps[0].push((slot(&index), add, Serves::All { adds: true }));
+        }
+        for (i, w) in batch.iter().enumerate() {
+            let entry = dir_key(&prefix, &w.topic);
+            let mut change = redis::cmd(if w.add { "SADD" } else { "SREM" });
+            change.arg(&entry).arg(&instance);
+            steps[usize::from(w.add)].push((slot(&entry), change, Serves::One(i)));
+        }
+        if !removals.is_empty() {
+            let mut remove = redis::cmd("SREM");
+            remove.arg(&index).arg(&removals);
+            steps[1].push((slot(&index), remove, Serves::All { adds: false }));
+        }
+        let [first, second] = steps;
+        let run = if conn.is_cluster() {
+            vec![first, second]
+        } else {
+            vec![first.into_iter().chain(second).collect()]
+        };
+        let mut failed: Vec<Option<redis::RedisError>> = vec![None; batch.len()];
+        for step in run {
+            let serves: Vec<Serves> = step.iter().map(|(_, _, serves)| *serves).collect();
+            let commands = step.into_iter().map(|(slot, cmd, _)| (slot, cmd)).collect();
+            for (result, indexes) in pipelined(&conn, commands).await {
+                let Err(e) = result else { continue };
+                for command in indexes {
+                    for (i, w) in batch.iter().enumerate() {
+                        let hit = match serves[command] {
+                            Serves::One(one) => one == i,
+                            Serves::All { adds } => w.add == adds,
+                        };
+                        if hit {
+                            failed[i].get_or_insert_with(|| e.clone());
+                        }
+                    }
+                }
+            }
+        }
+        for (w, failed) in batch.drain(..).zip(failed) {
+            let _ = w.done.send(failed.map_or(Ok(()), Err));
+        }
+    }
+}
+
 impl Inner {
     /// Adds or removes this instance in the topic's directory entry so it matches whether the
     /// topic has local subscribers. Under the topic's stripe lock, like channels.
@@ -113,35 +198,20 @@ impl Inner {
         Ok(())
     }
 
-    /// The index first on the way in and last on the way out, so whatever the directory holds
-    /// for this instance, its index lists (what a cleaner of a dead instance reads).
+    /// Has the directory writer make the change and waits for it.
     async fn write_directory(&self, topic: &str, add: bool) -> redis::RedisResult<()> {
-        let mut conn = self.conn.clone();
-        let me = self.instance.to_string();
-        let index = index_key(&self.prefix, &me);
-        let entry = dir_key(&self.prefix, topic);
-        let mut steps = [redis::cmd("SADD"), redis::cmd("SADD")];
-        steps[0].arg(&index).arg(topic);
-        steps[1].arg(&entry).arg(&me);
-        if !add {
-            steps = [redis::cmd("SREM"), redis::cmd("SREM")];
-            steps[0].arg(&entry).arg(&me);
-            steps[1].arg(&index).arg(topic);
-        }
-        if conn.is_cluster() {
-            // Two slots: one after the other.
-            for step in &steps {
-                step.query_async::<i64>(&mut conn).await?;
-            }
-        } else {
-            // One connection keeps the order: one round trip.
-            let mut pipe = redis::pipe();
-            for step in steps {
-                pipe.add_command(step).ignore();
-            }
-            pipe.query_async::<()>(&mut conn).await?;
-        }
-        Ok(())
+        let (done, result) = oneshot::channel();
+        let write = Write {
+            topic: topic.to_string(),
+            add,
+            done,
+        };
+        let gone = || redis::RedisError::from((redis::ErrorKind::Io, "directory writer gone"));
+        self.directory_writes
+            .send(write)
+            .await
+            .map_err(|_| gone())?;
+        result.await.map_err(|_| gone())?
     }
 
     /// After an outage (Redis may have restarted empty): every directory entry this instance
@@ -201,7 +271,15 @@ impl Inner {
             return;
         };
         for topic in indexed.iter().filter(|t| !self.local.contains(t)) {
-            let _ = self.write_directory(topic, false).await;
+            // Under the topic's lock, like every change of its entry: a join racing this
+            // removal is decided before or after it, never in the same batch.
+            let _guard = self.stripes[super::stripe_of(topic)].lock().await;
+            if !self.local.contains(topic) && self.write_directory(topic, false).await.is_ok() {
+                self.listed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(topic);
+            }
         }
     }
 

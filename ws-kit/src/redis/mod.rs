@@ -82,6 +82,8 @@ struct Inner {
     /// Directed topics this instance is listed under. Changed only by `sync_directory`, under
     /// the topic's stripe lock.
     listed: Mutex<HashSet<String>>,
+    /// Directory changes, made in batches by `directory::writer`.
+    directory_writes: mpsc::Sender<directory::Write>,
     /// Topics this instance has SUBSCRIBEd. Changed only by `sync_channel`, under the topic's stripe lock.
     subscribed: Mutex<HashSet<String>>,
     /// Serializes channel changes per topic (by hash), so joins and leaves of one topic see each
@@ -222,6 +224,15 @@ impl RedisPubSub {
                 .map_err(Error::Redis)?;
         }
         let (jobs, job_queue) = mpsc::channel(PUBLISH_QUEUE);
+        let (directory_writes, directory_queue) = mpsc::channel(PUBLISH_QUEUE);
+        if directory {
+            tokio::spawn(directory::writer(
+                directory_queue,
+                conn.clone(),
+                options.prefix.clone(),
+                instance.to_string(),
+            ));
+        }
         let dirty: Arc<Mutex<HashSet<String>>> = Arc::default();
         let inner = Arc::new(Inner {
             instance,
@@ -231,6 +242,7 @@ impl RedisPubSub {
             cluster,
             directory,
             listed: Mutex::default(),
+            directory_writes,
             subscribed: Mutex::default(),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             jobs,

@@ -26,7 +26,8 @@ pub struct RedisOptions {
 #[non_exhaustive]
 pub enum DirectSends {
     /// One channel per instance and a directory in Redis (connection or user → the instances
-    /// holding it). A connection costs two set additions and no SUBSCRIBE; a send costs one
+    /// holding it). A connection costs two set additions (batched with other connections') and
+    /// no SUBSCRIBE; a send costs one
     /// lookup and one publish per instance that holds a target. Scales to 100k connections per
     /// instance. The default.
     #[default]
