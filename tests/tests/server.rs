@@ -404,6 +404,140 @@ fn heartbeat_closes_silent_peer_with_4002() {
     });
 }
 
+/// Shutdown racing connections that are opening: every connection that opened is closed with
+/// 1001 and its close hook runs; none stays open (ARCHITECTURE.md, "Shutdown reaches every
+/// connection, once"). 20 rounds of 40 connections, the shutdown fired while they open.
+#[test]
+fn shutdown_racing_opens_closes_every_connection() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+    bounded(async {
+        let (mut raced, mut refused_total) = (0, 0);
+        for round in 0..20u64 {
+            let opened = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let counted = opened.clone();
+            let router = identity_router().on_open(move |_: Connection<Session>| {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async { Ok(()) }
+            });
+            let (router, mut closes) = close_reporter(router);
+            let mut server = serve(router, ServeOptions::new()).await;
+            let url = server.url();
+            let mut clients = Vec::new();
+            for _ in 0..40 {
+                let url = url.clone();
+                clients.push(tokio::spawn(async move {
+                    // Refused (the listener is gone) or cut before the upgrade: never opened.
+                    let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url).await else {
+                        return None;
+                    };
+                    loop {
+                        match tokio::time::timeout(WAIT, ws.next()).await {
+                            Ok(Some(Ok(WsMessage::Close(frame)))) => {
+                                return Some(frame.map(|f| u16::from(f.code)));
+                            }
+                            Ok(Some(Ok(_))) => {}
+                            Ok(Some(Err(_)) | None) => return Some(None),
+                            Err(_) => panic!("round {round}: a connection stayed open"),
+                        }
+                    }
+                }));
+            }
+            // Let some connections open first, and fire while others are on their way.
+            tokio::time::sleep(Duration::from_micros(200 * (round % 10))).await;
+            server.service.shutdown();
+            let mut upgraded = 0;
+            for client in clients {
+                match client.await.expect("client task") {
+                    Some(code) => {
+                        upgraded += 1;
+                        assert_eq!(code, Some(1001), "round {round}: closed with {code:?}");
+                    }
+                    None => refused_total += 1,
+                }
+            }
+            let finished = tokio::time::timeout(WAIT, &mut server.task).await;
+            assert!(
+                matches!(finished, Ok(Ok(Ok(())))),
+                "round {round}: Server::run ended with {finished:?}"
+            );
+            assert_eq!(server.service.connection_count(), 0, "round {round}");
+            // Every connection whose open hooks ran had its close hooks run too.
+            let mut closed = 0;
+            while let Ok((_, info)) = closes.try_recv() {
+                assert_eq!(info.code, 1001, "round {round}: {info:?}");
+                closed += 1;
+            }
+            let opened = opened.load(std::sync::atomic::Ordering::SeqCst);
+            assert_eq!(
+                closed, opened,
+                "round {round}: opened {opened}, closed {closed}"
+            );
+            assert!(
+                opened <= upgraded,
+                "round {round}: {opened} opened, {upgraded} upgraded"
+            );
+            raced += usize::from(opened > 0 && opened < 40);
+        }
+        // The shutdown did meet connections on their way in: some rounds had both.
+        eprintln!("{raced} rounds with opened and refused connections; {refused_total} refused");
+        assert!(
+            raced > 0 || refused_total > 0,
+            "the shutdown never raced an open"
+        );
+    });
+}
+
+/// The heartbeat sweep visits every connection: of 64, the 48 silent ones are each closed with
+/// 4002, none before the timeout, and the 16 that answer pings stay open.
+#[test]
+fn heartbeat_sweep_reaches_every_connection() {
+    bounded(async {
+        let options =
+            ServeOptions::new().heartbeat(Duration::from_millis(50), Duration::from_millis(200));
+        let server = serve(identity_router(), options).await;
+        let mut silent = Vec::new();
+        for _ in 0..48 {
+            let mut raw = RawClient::connect(server.addr, None).await;
+            silent.push(tokio::spawn(async move {
+                let opened = std::time::Instant::now();
+                loop {
+                    match raw.read_frame().await {
+                        Some(RawFrame::Ping) => {}
+                        Some(RawFrame::Close(code, _)) => return (code, opened.elapsed()),
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+            }));
+        }
+        let mut answering = Vec::new();
+        for _ in 0..16 {
+            let mut client = server.client().await;
+            answering.push(tokio::spawn(async move {
+                // Well past the silent ones' timeout, answering pings all along.
+                stay_open_for(&mut client, Duration::from_millis(700)).await;
+                who_am_i_roundtrip(&mut client).await;
+            }));
+        }
+        for task in silent {
+            let (code, after) = tokio::time::timeout(WAIT, task)
+                .await
+                .expect("a silent connection was never closed")
+                .expect("reader task");
+            assert_eq!(code, Some(4002));
+            // Never before the timeout (200 ms; a little less, as this clock starts when the
+            // 101 arrives, a moment before the server opens the connection).
+            assert!(
+                after >= Duration::from_millis(190),
+                "closed {after:?} after its open"
+            );
+        }
+        for task in answering {
+            task.await.expect("an answering connection was closed");
+        }
+    });
+}
+
 /// A peer that answers pings stays open well past the heartbeat timeout.
 #[test]
 fn heartbeat_keeps_answering_peer_open() {

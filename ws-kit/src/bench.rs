@@ -21,7 +21,6 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 
 /// One connection of a built router, fed frames directly.
@@ -49,11 +48,9 @@ impl<D: Send + Sync + 'static> Conn<D> {
             heartbeat_interval: Duration::from_secs(30),
             heartbeat_timeout: Duration::from_secs(90),
             close_grace: Duration::from_secs(1),
-            // No socket: every frame reads the clock, as a frame alone in its read would.
-            read_state: None,
         };
         Ok(Conn {
-            reader: Reader::new(conn.clone(), app, config, JoinSet::new()),
+            reader: Reader::new(conn.clone(), app, Arc::new(config)),
             conn,
         })
     }

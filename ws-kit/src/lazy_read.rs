@@ -173,7 +173,8 @@ impl Drop for ReadState {
 
 pub(crate) struct LazyRead<S> {
     inner: S,
-    state: Arc<ReadState>,
+    /// Kept here, in the socket: the read loop reaches it through [`LazyRead::state`].
+    state: ReadState,
     /// Bytes read from the socket and not yet handed on; empty (unallocated) when drained.
     pending: Vec<u8>,
     pos: usize,
@@ -182,13 +183,18 @@ pub(crate) struct LazyRead<S> {
 impl<S> LazyRead<S> {
     /// The adapter over `inner`, with `read_ahead` (bytes already read from it: the upgrade
     /// request's head and whatever followed) handed on first.
-    pub(crate) fn new(inner: S, state: Arc<ReadState>, read_ahead: Vec<u8>) -> Self {
+    pub(crate) fn new(inner: S, state: ReadState, read_ahead: Vec<u8>) -> Self {
         LazyRead {
             inner,
             state,
             pending: read_ahead,
             pos: 0,
         }
+    }
+
+    /// What the read loop and this adapter share about the connection's reads.
+    pub(crate) fn state(&self) -> &ReadState {
+        &self.state
     }
 
     /// Copies pending bytes into `buf`; frees the buffer once drained.
@@ -322,8 +328,7 @@ mod tests {
     #[tokio::test]
     async fn hands_on_every_byte_in_small_reads_and_frees_the_buffer() {
         let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
-        let state = Arc::new(ReadState::new(None));
-        let mut reader = LazyRead::new(&data[..], state.clone(), b"ahead".to_vec());
+        let mut reader = LazyRead::new(&data[..], ReadState::new(None), b"ahead".to_vec());
         let mut out = Vec::new();
         let mut small = [0u8; 100];
         loop {
@@ -337,7 +342,7 @@ mod tests {
         assert_eq!(out[5..], data);
         assert_eq!(reader.pending.capacity(), 0);
         // Stamped by the socket reads (here: the slice), not by the small reads served from memory.
-        let stamped = state.last_read();
+        let stamped = reader.state().last_read();
         assert!(stamped <= SystemTime::now());
         assert!(SystemTime::now().duration_since(stamped).unwrap() < Duration::from_secs(60));
     }

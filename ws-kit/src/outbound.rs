@@ -1,15 +1,20 @@
-//! The per-connection outbound queue, bounded in bytes, drained by one writer task.
+//! The per-connection outbound queue, bounded in bytes, and [`Io`]: the connection's socket as
+//! its one task drives it, writing what the queue holds while it reads.
 
+use crate::lazy_read::{LazyRead, ReadState};
 use crate::metrics::{self, QueuedBytes};
 use crate::seal::SealKey;
-use futures_util::{Sink, SinkExt};
+use futures_util::task::AtomicWaker;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::Notify;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Error as WsTransportError, Message as WsMessage, Utf8Bytes};
 
 /// What happens when a connection's outbound queue would grow past `max_queued_bytes`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -45,10 +50,9 @@ pub(crate) struct Outbound {
     ended: AtomicBool,
     /// Set once frames are sealed: the read loop then expects sealed frames too (no lock taken).
     sealed: AtomicBool,
-    /// Wakes the writer: frames or a close are waiting.
-    writer: Notify,
-    /// Wakes the reader: the server decided to close (overflow, `close()`, writer failure).
-    reader: Notify,
+    /// Wakes the connection's task: frames or a close are waiting, or the server decided to
+    /// close (overflow, `close()`, a failed write).
+    task: AtomicWaker,
     max_bytes: usize,
     policy: OverflowPolicy,
     /// This queue's share of `ws_kit_outbound_queued_bytes`: follows `State::bytes`.
@@ -59,8 +63,8 @@ pub(crate) struct Outbound {
 struct State {
     queue: VecDeque<WsMessage>,
     bytes: usize,
-    /// Set once; after it nothing more is queued.
-    closing: Option<Closing>,
+    /// Set once; after it nothing more is queued. (Boxed: most connections never hold one.)
+    closing: Option<Box<Closing>>,
     /// The writer has taken the close frame (so it waits again instead of spinning).
     close_taken: bool,
     /// The reader is done: flush what is queued, then end.
@@ -94,14 +98,14 @@ enum Pushed {
     Overflowed,
 }
 
-/// What the writer takes in one go.
-struct Batch {
-    frames: VecDeque<WsMessage>,
-    /// Seal the text frames after the first `clear` ones with this key.
-    seal: Option<Arc<SealKey>>,
-    clear: usize,
-    closing: Option<Closing>,
-    finished: bool,
+/// What the writer takes next.
+enum Next {
+    /// A frame to write.
+    Frame(WsMessage),
+    /// Nothing waits.
+    Empty,
+    /// Everything is written and the reader is done: the socket closes.
+    Finished,
 }
 
 impl std::fmt::Debug for Outbound {
@@ -122,8 +126,7 @@ impl Outbound {
             state: Mutex::default(),
             ended: AtomicBool::new(false),
             sealed: AtomicBool::new(false),
-            writer: Notify::new(),
-            reader: Notify::new(),
+            task: AtomicWaker::new(),
             max_bytes,
             policy,
             queued: QueuedBytes::new(),
@@ -210,10 +213,10 @@ impl Outbound {
                     if let Some(sealing) = state.sealing.as_mut() {
                         sealing.clear = 0;
                     }
-                    state.closing = Some(Closing {
+                    state.closing = Some(Box::new(Closing {
                         code: 1013,
                         reason: "Outbound queue full".into(),
-                    });
+                    }));
                     self.ended.store(true, Ordering::Release);
                     return Pushed::Overflowed;
                 }
@@ -249,14 +252,13 @@ impl Outbound {
         match pushed {
             Pushed::Queued { first } => {
                 if first {
-                    self.writer.notify_one();
+                    self.task.wake();
                 }
                 true
             }
             Pushed::Refused => false,
             Pushed::Overflowed => {
-                self.writer.notify_one();
-                self.reader.notify_one();
+                self.task.wake();
                 false
             }
         }
@@ -269,14 +271,13 @@ impl Outbound {
         if state.closing.is_some() || state.dead {
             return false;
         }
-        state.closing = Some(Closing {
+        state.closing = Some(Box::new(Closing {
             code,
             reason: reason.into(),
-        });
+        }));
         self.ended.store(true, Ordering::Release);
         drop(state);
-        self.writer.notify_one();
-        self.reader.notify_one();
+        self.task.wake();
         true
     }
 
@@ -287,26 +288,13 @@ impl Outbound {
 
     /// The close the server decided on, if any.
     pub(crate) fn closing(&self) -> Option<Closing> {
-        self.lock().closing.clone()
+        self.lock().closing.as_deref().cloned()
     }
 
-    /// Resolves when the server decides to close this connection.
-    pub(crate) async fn closed_by_server(&self) {
-        loop {
-            {
-                let state = self.lock();
-                if state.closing.is_some() || state.dead {
-                    return;
-                }
-            }
-            self.reader.notified().await;
-        }
-    }
-
-    /// The reader is done: the writer flushes what is queued and ends.
+    /// The reader is done: what is queued is written, then the socket closes.
     pub(crate) fn finish(&self) {
         self.lock().finished = true;
-        self.writer.notify_one();
+        self.task.wake();
     }
 
     /// Takes every queued frame at once, as the writer does (benchmarks drain the queue with it).
@@ -318,33 +306,48 @@ impl Outbound {
         std::mem::take(&mut state.queue)
     }
 
-    async fn next_batch(&self) -> Batch {
-        loop {
-            {
-                let mut state = self.lock();
-                let new_close = state.closing.is_some() && !state.close_taken;
-                if !state.queue.is_empty() || new_close || state.finished {
-                    // Taken to be written: no longer waiting.
-                    self.queued.sub(state.bytes);
-                    state.bytes = 0;
-                    state.close_taken |= new_close;
-                    return Batch {
-                        frames: std::mem::take(&mut state.queue),
-                        seal: state.sealing.as_ref().and_then(|s| s.key.clone()),
-                        clear: state
-                            .sealing
-                            .as_mut()
-                            .map_or(0, |s| std::mem::take(&mut s.clear)),
-                        closing: if new_close {
-                            state.closing.clone()
-                        } else {
-                            None
-                        },
-                        finished: state.finished,
-                    };
+    /// Takes the next frame to write (sealed where sealing applies; the close frame once the
+    /// queue is drained, if the server decided to close). A drained queue gives its memory back,
+    /// so an idle connection holds no queue.
+    fn take_next(&self) -> Next {
+        let mut state = self.lock();
+        if let Some(frame) = state.queue.pop_front() {
+            state.bytes -= frame.len();
+            self.queued.sub(frame.len());
+            let seal = match state.sealing.as_mut() {
+                Some(sealing) if sealing.clear > 0 => {
+                    sealing.clear -= 1;
+                    None
                 }
-            }
-            self.writer.notified().await;
+                Some(sealing) => sealing.key.clone(),
+                None => None,
+            };
+            drop(state);
+            // Sealing (AES-GCM) is done outside the lock.
+            return Next::Frame(match (seal, frame) {
+                (Some(key), WsMessage::Text(text)) => {
+                    WsMessage::Text(Utf8Bytes::from(key.seal(&text)))
+                }
+                (_, frame) => frame,
+            });
+        }
+        if state.queue.capacity() > 0 {
+            state.queue = VecDeque::new();
+        }
+        if !state.close_taken
+            && let Some(closing) = &state.closing
+        {
+            let frame = CloseFrame {
+                code: CloseCode::from(closing.code),
+                reason: Utf8Bytes::from(closing.reason.clone()),
+            };
+            state.close_taken = true;
+            return Next::Frame(WsMessage::Close(Some(frame)));
+        }
+        if state.finished {
+            Next::Finished
+        } else {
+            Next::Empty
         }
     }
 
@@ -355,8 +358,6 @@ impl Outbound {
         self.queued.sub(state.bytes);
         state.bytes = 0;
         self.ended.store(true, Ordering::Release);
-        drop(state);
-        self.reader.notify_one();
     }
 }
 
@@ -368,40 +369,151 @@ impl Drop for Outbound {
     }
 }
 
-/// The writer task: drains the queue in batches (one flush per batch), sends the close frame.
-pub(crate) async fn write_loop<S>(mut sink: S, out: Arc<Outbound>)
-where
-    S: Sink<WsMessage> + Unpin,
+/// What [`Io::poll_io`] has to report.
+pub(crate) enum IoEvent {
+    /// The next item of the socket's stream.
+    Frame(Option<Result<WsMessage, WsTransportError>>),
+    /// The server decided to close (the close frame is queued), or the socket failed.
+    Ended,
+}
+
+/// A connection's socket, driven by the connection's one task: the frames of the outbound queue
+/// are written between reads, and flushed once the queue is drained, so an idle connection holds
+/// one task and no writer.
+pub(crate) struct Io<S> {
+    socket: S,
+    /// Frames were fed and not flushed yet.
+    unflushed: bool,
+    /// The queue is finished and written: the socket is closing.
+    closing: bool,
+    /// Written and closed, or the socket failed: nothing more to do.
+    done: bool,
+}
+
+/// A connection's WebSocket as the read loop drives it: frames in, frames out, and what its
+/// reads tell (`LazyRead` keeps a [`ReadState`] under tungstenite; other transports have none,
+/// and each frame then reads the clock).
+pub(crate) trait Socket:
+    Stream<Item = Result<WsMessage, WsTransportError>> + Sink<WsMessage> + Unpin
 {
-    loop {
-        let batch = out.next_batch().await;
-        for (i, frame) in batch.frames.into_iter().enumerate() {
-            let frame = match (&batch.seal, frame) {
-                (Some(key), WsMessage::Text(text)) if i >= batch.clear => {
-                    WsMessage::Text(Utf8Bytes::from(key.seal(&text)))
+    /// The transport's read state, when its reads go through `LazyRead`.
+    fn read_state(&self) -> Option<&ReadState> {
+        None
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Socket for WebSocketStream<LazyRead<T>> {
+    fn read_state(&self) -> Option<&ReadState> {
+        Some(self.get_ref().state())
+    }
+}
+
+impl<S: Socket> Io<S> {
+    /// The socket's read state (see [`Socket`]).
+    pub(crate) fn read_state(&self) -> Option<&ReadState> {
+        self.socket.read_state()
+    }
+
+    pub(crate) fn new(socket: S) -> Self {
+        Io {
+            socket,
+            unflushed: false,
+            closing: false,
+            done: false,
+        }
+    }
+
+    /// The socket, given back.
+    pub(crate) fn into_socket(self) -> S {
+        self.socket
+    }
+
+    /// Writes what waits, then reads (when `read`). Ready with a frame read, or when the server
+    /// decided to close or the socket failed; the task is woken by the socket and by the queue.
+    pub(crate) fn poll_io(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &Outbound,
+        read: bool,
+    ) -> Poll<IoEvent> {
+        let _ = self.poll_write(cx, out);
+        if out.is_closing() {
+            return Poll::Ready(IoEvent::Ended);
+        }
+        if read && let Poll::Ready(frame) = self.socket.poll_next_unpin(cx) {
+            return Poll::Ready(IoEvent::Frame(frame));
+        }
+        Poll::Pending
+    }
+
+    /// Reads the next item of the socket's stream, writing what waits meanwhile.
+    pub(crate) fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &Outbound,
+    ) -> Poll<Option<Result<WsMessage, WsTransportError>>> {
+        let _ = self.poll_write(cx, out);
+        self.socket.poll_next_unpin(cx)
+    }
+
+    /// The next item of the stream if it is already there (no write, no waiting).
+    pub(crate) fn poll_next_ready(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<WsMessage, WsTransportError>>> {
+        self.socket.poll_next_unpin(cx)
+    }
+
+    /// Writes what the queue holds, frame by frame, and flushes when it is drained. Ready once
+    /// the queue is finished and everything is written and the socket closed, or the socket
+    /// failed; the task is woken by the socket or by the queue.
+    pub(crate) fn poll_write(&mut self, cx: &mut Context<'_>, out: &Outbound) -> Poll<()> {
+        out.task.register(cx.waker());
+        while !self.done {
+            if self.closing {
+                // The peer may already be gone; the connection ends either way.
+                if self.socket.poll_close_unpin(cx).is_pending() {
+                    return Poll::Pending;
                 }
-                (_, frame) => frame,
-            };
-            if sink.feed(frame).await.is_err() {
-                out.mark_dead();
-                return;
+                self.done = true;
+                break;
             }
-        }
-        if let Some(closing) = batch.closing {
-            let frame = CloseFrame {
-                code: CloseCode::from(closing.code),
-                reason: Utf8Bytes::from(closing.reason),
+            match self.socket.poll_ready_unpin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return self.failed(out),
+            }
+            let finished = match out.take_next() {
+                Next::Frame(frame) => {
+                    let close = matches!(frame, WsMessage::Close(_));
+                    if self.socket.start_send_unpin(frame).is_err() && !close {
+                        return self.failed(out);
+                    }
+                    self.unflushed = true;
+                    continue;
+                }
+                Next::Empty => false,
+                Next::Finished => true,
             };
-            // The peer may already be gone; the connection ends either way.
-            let _ = sink.feed(WsMessage::Close(Some(frame))).await;
+            if self.unflushed {
+                match self.socket.poll_flush_unpin(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(())) => self.unflushed = false,
+                    Poll::Ready(Err(_)) => return self.failed(out),
+                }
+            }
+            if !finished {
+                return Poll::Pending;
+            }
+            self.closing = true;
         }
-        if sink.flush().await.is_err() {
-            out.mark_dead();
-            return;
-        }
-        if batch.finished {
-            let _ = sink.close().await;
-            return;
-        }
+        Poll::Ready(())
+    }
+
+    /// The socket failed: nothing more can be written, and the connection ends.
+    fn failed(&mut self, out: &Outbound) -> Poll<()> {
+        self.done = true;
+        out.mark_dead();
+        Poll::Ready(())
     }
 }

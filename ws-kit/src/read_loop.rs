@@ -3,37 +3,33 @@
 
 use crate::app::App;
 use crate::close_code;
-use crate::connection::Connection;
+use crate::connection::{Connection, heartbeat};
 use crate::error::{MAX_ISSUE_MESSAGE, MAX_QUOTED, WsError, clip};
 use crate::event::{CloseInfo, ErrorKind};
 use crate::lazy_read::{BudgetExhausted, ReadState};
 use crate::metrics::{self, MessageType};
-use crate::outbound::write_loop;
+use crate::outbound::{Io, IoEvent, Socket};
 use crate::task::{self, panic_message};
 use crate::wire;
-use futures_util::{FutureExt, Sink, Stream, StreamExt};
+use futures_util::{FutureExt, Sink};
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::watch;
-use tokio::task::JoinSet;
 use tokio::time::Sleep;
 use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::{Error as WsTransportError, Message as WsMessage, Utf8Bytes};
 
-/// Connection settings the read loop needs.
+/// Connection settings the read loop needs: one copy per service, shared by its connections.
 #[derive(Clone, Debug)]
 pub(crate) struct LoopConfig {
     pub(crate) max_payload_bytes: usize,
     pub(crate) heartbeat_interval: Duration,
     pub(crate) heartbeat_timeout: Duration,
     pub(crate) close_grace: Duration,
-    /// The time of the transport's last socket read, when it has one (see `LazyRead`).
-    pub(crate) read_state: Option<Arc<ReadState>>,
 }
 
 pub(crate) fn now_ms(t: SystemTime) -> u64 {
@@ -60,46 +56,167 @@ where
 
 /// Runs a connection to its end: `on_open`, the read loop, then `on_close` and cleanup.
 ///
-/// `reader` carries the connection, its router and its settings: one copy of each in this
-/// future's state, which every idle connection holds.
+/// One task per connection: `io` reads the socket and writes the outbound queue in the same
+/// task. `reader` carries the connection, its router and its settings: one copy of each in this
+/// future's state, which every idle connection holds. The open and close phases are boxed, so
+/// their state (hooks' futures, timers) is on the heap only while they run.
 ///
 /// A connection that comes in once shutdown has started (its upgrade was under way) is closed at
 /// once with 1001, never opened: no hooks run. While it runs it is counted in `open`.
-pub(crate) async fn run<D, S>(
-    socket: S,
+// Not an `async fn` on purpose: see the comment in the body.
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn run<D, S>(
+    mut io: Io<S>,
     mut reader: Reader<D>,
-    mut shutdown: watch::Receiver<bool>,
     open: Arc<AtomicUsize>,
-) where
+) -> impl Future<Output = ()> + Send + 'static + use<D, S>
+where
     D: Send + Sync + 'static,
-    S: Stream<Item = Result<WsMessage, WsTransportError>>
-        + Sink<WsMessage>
-        + Unpin
-        + Send
-        + 'static,
+    S: Socket + Send + 'static,
 {
-    if *shutdown.borrow() {
-        // Boxed: this rare path's state (the close frame, its timer) stays out of the future
-        // every idle connection holds.
-        return Box::pin(close_at_once(socket)).await;
-    }
-    let _open = Counted::new(open);
-    // `auth_timeout` counts from the open (kept in the reader, not in this future's state).
-    if let Some(gate) = reader.app.auth {
-        reader.auth_timer = Some(Box::pin(tokio::time::sleep(gate.timeout)));
-    }
-    let (sink, mut stream) = socket.split();
-    let out = reader.conn.inner.out.clone();
-    let writer = tokio::spawn(write_loop(sink, out.clone()));
+    // An `async` block, not an `async fn`: an `async fn` would keep each argument twice in
+    // its state (the argument, and the local it is moved to), and every idle connection holds
+    // that state.
+    async move {
+        if reader.conn.inner.shared.registry.is_stopping() {
+            // Boxed: this rare path's state (the close frame, its timer) stays out of the future
+            // every idle connection holds.
+            return Box::pin(close_at_once(io.into_socket())).await;
+        }
+        let _open = Counted::new(open);
+        heartbeat::start(
+            &reader.conn.inner.shared.registry,
+            reader.config.heartbeat_interval,
+            reader.config.heartbeat_timeout,
+        );
+        // `auth_timeout` counts from the open (kept in the reader, not in this future's state).
+        if let Some(gate) = reader.app.auth {
+            reader.auth_timer = Some(Box::pin(tokio::time::sleep(gate.timeout)));
+        }
+        // The open phase writes what its hooks send while they run.
+        let opened = {
+            let mut opening = Box::pin(open_phase(reader.conn.clone(), reader.app.clone()));
+            let out = &*reader.conn.inner.out;
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(opened) = opening.as_mut().poll(cx) {
+                    return Poll::Ready(opened);
+                }
+                let _ = io.poll_write(cx, out);
+                Poll::Pending
+            })
+            .await
+        };
 
-    let mut opened = true;
-    let (conn, app) = (&reader.conn, &reader.app);
+        // In-band authentication: an unauthenticated connection is gated. One whose upgrade gave it
+        // a user id is authenticated already.
+        if reader.app.auth.is_some() && opened {
+            if reader.conn.user_id().is_some() {
+                reader.conn.inner.auth.set_authenticated();
+            }
+            if !reader.conn.is_authenticated() {
+                reader.gate = Gate::Closed;
+            }
+        }
+        if reader.gate == Gate::Open {
+            reader.auth_timer = None;
+        }
+
+        // A connection whose `on_open` failed is never read from.
+        let client_close = if opened {
+            loop {
+                // Ordered dispatch holds frames; past its budget the socket waits.
+                let reading = !reader.over_held_budget();
+                // One future for the three things the loop waits on (a `select!` would keep one
+                // future each in this state).
+                let (conn, tasks, auth_timer) =
+                    (&reader.conn, &mut reader.tasks, &mut reader.auth_timer);
+                let woke = std::future::poll_fn(|cx| {
+                    if let Poll::Ready(event) = io.poll_io(cx, &conn.inner.out, reading) {
+                        return Poll::Ready(Woke::Io(event));
+                    }
+                    if tasks.poll_join_next(cx).is_ready() {
+                        return Poll::Ready(Woke::TaskEnded);
+                    }
+                    if let Some(timer) = auth_timer
+                        && timer.as_mut().poll(cx).is_ready()
+                    {
+                        return Poll::Ready(Woke::AuthTimeout);
+                    }
+                    Poll::Pending
+                })
+                .await;
+                match woke {
+                    Woke::Io(IoEvent::Ended) => break None,
+                    Woke::Io(IoEvent::Frame(frame)) => {
+                        reader.conn.inner.live.seen();
+                        // Frames already read are handled in a row, without looking at the
+                        // other events for each one; a server close still stops the run at once.
+                        let mut frame = frame;
+                        let mut budget = FRAMES_PER_WAKE;
+                        let ended = loop {
+                            if let Some(ended) = reader.on_frame(frame, io.read_state()) {
+                                break Some(ended);
+                            }
+                            budget -= 1;
+                            if budget == 0
+                                || reader.conn.inner.out.is_closing()
+                                || reader.over_held_budget()
+                            {
+                                break None;
+                            }
+                            // Without waiting, so no frame is kept in this future's state across
+                            // an await. (The no-op waker is harmless: the socket is polled
+                            // again with the task's waker before the task sleeps.)
+                            match io.poll_next_ready(&mut Context::from_waker(Waker::noop())) {
+                                Poll::Ready(next) => frame = next,
+                                Poll::Pending => break None,
+                            }
+                        };
+                        match ended {
+                            None => {}
+                            Some(Ended::Server) => break None,
+                            Some(Ended::Client(info)) => break Some(info),
+                        }
+                    }
+                    Woke::TaskEnded => reader.release_held(),
+                    Woke::AuthTimeout => {
+                        reader.auth_timer = None;
+                        if !reader.conn.is_authenticated() {
+                            reader.conn.report(
+                                ErrorKind::AuthTimeout,
+                                None,
+                                None,
+                                WsError::unauthenticated(
+                                    "not authenticated within the auth timeout",
+                                ),
+                            );
+                            reader
+                                .conn
+                                .inner
+                                .out
+                                .close(close_code::AUTH_TIMEOUT, "Authentication timeout");
+                            break None;
+                        }
+                    }
+                }
+            }
+        } else {
+            None
+        };
+        Box::pin(close_phase(&mut io, &mut reader, client_close)).await;
+    }
+}
+
+/// `on_open`: joins the connection's internal topics, then runs the app's open hooks. False when
+/// one of them failed (the close is queued).
+async fn open_phase<D: Send + Sync + 'static>(conn: Connection<D>, app: Arc<App<D>>) -> bool {
+    let out = &conn.inner.out;
     if let Err(e) = conn.join_internal().await {
         conn.report(ErrorKind::Open, None, None, e);
         out.close(close_code::ERROR, "Internal error");
-        opened = false;
+        return false;
     }
-    for hook in app.on_open.iter().filter(|_| opened) {
+    for hook in app.on_open.iter() {
         match AssertUnwindSafe(hook(conn.clone())).catch_unwind().await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -109,8 +226,7 @@ pub(crate) async fn run<D, S>(
                     .unwrap_or((close_code::ERROR, e.message().to_string().into()));
                 conn.report(ErrorKind::Open, None, None, e);
                 out.close(code, reason);
-                opened = false;
-                break;
+                return false;
             }
             Err(panic) => {
                 conn.report(
@@ -120,129 +236,42 @@ pub(crate) async fn run<D, S>(
                     WsError::internal(panic_message(&*panic)),
                 );
                 out.close(close_code::ERROR, "Internal error");
-                opened = false;
-                break;
+                return false;
             }
         }
     }
+    true
+}
 
-    // In-band authentication: an unauthenticated connection is gated. One whose upgrade gave it
-    // a user id is authenticated already.
-    if app.auth.is_some() && opened {
-        if conn.user_id().is_some() {
-            conn.inner.auth.set_authenticated();
-        }
-        if !conn.is_authenticated() {
-            reader.gate = Gate::Closed;
-        }
-    }
-    if reader.gate == Gate::Open {
-        reader.auth_timer = None;
-    }
-
-    // Liveness is checked at each ping tick: a frame only sets `active`, so the hot path reads
-    // no clock. A connection is closed between `timeout` and `timeout + interval` after its last
-    // frame, never earlier.
-    let mut last_seen = tokio::time::Instant::now();
-    let mut active = false;
-    let ping = tokio::time::sleep(reader.config.heartbeat_interval);
-    tokio::pin!(ping);
-    let mut client_close: Option<CloseInfo> = None;
-    // Created once, not once per frame.
-    let closed_by_server = out.closed_by_server();
-    tokio::pin!(closed_by_server);
-    let shutdown_started = shutdown.changed();
-    tokio::pin!(shutdown_started);
-
-    // A connection whose `on_open` failed is never read from.
-    if opened {
-        loop {
-            // Ordered dispatch holds frames; past its budget the socket waits.
-            let reading = !reader.over_held_budget();
-            tokio::select! {
-                biased;
-                () = &mut closed_by_server => break,
-                _ = &mut shutdown_started => {
-                    out.close(close_code::AWAY, "Server shutting down");
-                    break;
-                }
-                frame = stream.next(), if reading => {
-                    active = true;
-                    // Frames already read are handled in a row, without re-polling the other
-                    // branches for each one; a server close still stops the run at once.
-                    let mut frame = frame;
-                    let mut budget = FRAMES_PER_WAKE;
-                    let ended = loop {
-                        if let Some(ended) = reader.on_frame(frame) {
-                            break Some(ended);
-                        }
-                        budget -= 1;
-                        if budget == 0 || out.is_closing() || reader.over_held_budget() {
-                            break None;
-                        }
-                        match std::future::poll_fn(|cx| Poll::Ready(stream.poll_next_unpin(cx))).await {
-                            Poll::Ready(next) => frame = next,
-                            Poll::Pending => break None,
-                        }
-                    };
-                    match ended {
-                        None => {}
-                        Some(Ended::Server) => break,
-                        Some(Ended::Client(info)) => {
-                            client_close = Some(info);
-                            break;
-                        }
-                    }
-                }
-                () = &mut ping => {
-                    let now = tokio::time::Instant::now();
-                    reader.pings = 0;
-                    // Held frames mean the peer is talking; the server is the one not reading.
-                    if std::mem::take(&mut active) || reader.holds_frames() {
-                        last_seen = now;
-                    } else if now - last_seen >= reader.config.heartbeat_timeout {
-                        out.close(close_code::HEARTBEAT_TIMEOUT, "Heartbeat timeout");
-                        break;
-                    }
-                    out.push(WsMessage::Ping(Default::default()));
-                    ping.as_mut().reset(now + reader.config.heartbeat_interval);
-                }
-                Some(_) = reader.tasks.join_next(), if !reader.tasks.is_empty() => {
-                    reader.release_held();
-                }
-                () = expired(&mut reader.auth_timer), if reader.auth_timer.is_some() => {
-                    reader.auth_timer = None;
-                    if !reader.conn.is_authenticated() {
-                        reader.conn.report(
-                            ErrorKind::AuthTimeout,
-                            None,
-                            None,
-                            WsError::unauthenticated("not authenticated within the auth timeout"),
-                        );
-                        out.close(close_code::AUTH_TIMEOUT, "Authentication timeout");
-                        break;
-                    }
-                }
-            }
-        }
-    }
-
-    // In-flight handlers end with the connection. (The reader's parts are used in place, not
-    // moved out: a moved value keeps its old slot in this future's state.)
+/// The end of a connection: in-flight handlers stop; when the server closed, the client gets a
+/// moment to answer the close frame (what is queued is written meanwhile); then `on_close`,
+/// leaving every topic, and the last writes and the socket's close.
+async fn close_phase<D, S>(io: &mut Io<S>, reader: &mut Reader<D>, client_close: Option<CloseInfo>)
+where
+    D: Send + Sync + 'static,
+    S: Socket,
+{
     reader.tasks.abort_all();
     let (conn, app, close_grace) = (&reader.conn, &reader.app, reader.config.close_grace);
-
+    let out = &*conn.inner.out;
     let info = match (client_close, out.closing()) {
         (Some(info), _) => info,
         (None, Some(closing)) => {
             // The server closed: give the client a moment to answer the close frame.
-            let _ = tokio::time::timeout(close_grace, async {
-                while let Some(Ok(frame)) = stream.next().await {
-                    if matches!(frame, WsMessage::Close(_)) {
-                        break;
+            let _ = tokio::time::timeout(
+                close_grace,
+                std::future::poll_fn(|cx| {
+                    loop {
+                        match io.poll_read(cx, out) {
+                            Poll::Ready(Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None) => {
+                                return Poll::Ready(());
+                            }
+                            Poll::Ready(Some(Ok(_))) => {}
+                            Poll::Pending => return Poll::Pending,
+                        }
                     }
-                }
-            })
+                }),
+            )
             .await;
             CloseInfo {
                 code: closing.code,
@@ -267,15 +296,11 @@ pub(crate) async fn run<D, S>(
     }
     conn.leave_all().await;
     out.finish();
-    let _ = tokio::time::timeout(close_grace, writer).await;
-}
-
-/// Resolves when the timer does; never without one.
-async fn expired(timer: &mut Option<Pin<Box<Sleep>>>) {
-    match timer {
-        Some(timer) => timer.as_mut().await,
-        None => std::future::pending().await,
-    }
+    let _ = tokio::time::timeout(
+        close_grace,
+        std::future::poll_fn(|cx| io.poll_write(cx, out)),
+    )
+    .await;
 }
 
 /// Counts a running connection while it lives (and in the `ws_kit_connections` gauge).
@@ -301,6 +326,16 @@ const MAX_PINGS_PER_INTERVAL: u32 = 100;
 
 /// How many frames the read loop handles in a row before it looks at its other events again.
 const FRAMES_PER_WAKE: usize = 64;
+
+/// What woke the read loop.
+enum Woke {
+    /// The socket: a frame, or the end (a server close, a failed write).
+    Io(IoEvent),
+    /// A handler's task ended.
+    TaskEnded,
+    /// `auth_timeout` passed.
+    AuthTimeout,
+}
 
 /// Why the read loop stops.
 enum Ended {
@@ -349,15 +384,13 @@ enum Order {
 pub(crate) struct Reader<D> {
     conn: Connection<D>,
     app: Arc<App<D>>,
-    config: LoopConfig,
-    pub(crate) tasks: JoinSet<()>,
+    config: Arc<LoopConfig>,
+    pub(crate) tasks: task::Tasks,
     /// Frames read but not dispatched yet (ordered dispatch), with their arrival times.
     /// Ordered dispatch's state; allocated the first time a frame is held.
     held: Option<Box<Held>>,
     /// An ordered frame's handler is among `tasks`: nothing else starts until they are done.
     ordered_running: bool,
-    /// Pings since the last heartbeat tick.
-    pings: u32,
     /// In-band authentication's hold (`Open` without it).
     gate: Gate,
     /// The `auth_timeout` timer, while the connection is not authenticated.
@@ -375,20 +408,14 @@ struct Held {
 
 impl<D: Send + Sync + 'static> Reader<D> {
     /// The reader of `conn` (the benchmarks make one without a socket and feed it frames).
-    pub(crate) fn new(
-        conn: Connection<D>,
-        app: Arc<App<D>>,
-        config: LoopConfig,
-        tasks: JoinSet<()>,
-    ) -> Self {
+    pub(crate) fn new(conn: Connection<D>, app: Arc<App<D>>, config: Arc<LoopConfig>) -> Self {
         Reader {
             conn,
             app,
             config,
-            tasks,
+            tasks: task::Tasks::default(),
             held: None,
             ordered_running: false,
-            pings: 0,
             gate: Gate::Open,
             auth_timer: None,
             client_sealed: false,
@@ -409,28 +436,34 @@ impl<D: Send + Sync + 'static> Reader<D> {
     }
 
     /// Handles one item of the socket stream; `Some` when the connection ends with it.
-    fn on_frame(&mut self, frame: Option<Result<WsMessage, WsTransportError>>) -> Option<Ended> {
+    /// `reads` is the transport's read state, if it has one (see `outbound::Socket`).
+    fn on_frame(
+        &mut self,
+        frame: Option<Result<WsMessage, WsTransportError>>,
+        reads: Option<&ReadState>,
+    ) -> Option<Ended> {
         if let Some(Ok(WsMessage::Text(_) | WsMessage::Binary(_) | WsMessage::Close(_))) = &frame {
             // The message is complete: its bytes no longer count against the inbound budget.
-            if let Some(state) = &self.config.read_state {
+            if let Some(state) = reads {
                 state.message_done();
             }
         }
+        // When the frame's bytes came off the socket.
+        let received_at = || reads.map_or_else(SystemTime::now, ReadState::last_read);
         match frame {
-            Some(Ok(WsMessage::Text(text))) => self.on_text(text),
+            Some(Ok(WsMessage::Text(text))) => self.on_text(text, received_at()),
             Some(Ok(WsMessage::Binary(bytes))) => match Utf8Bytes::try_from(bytes) {
-                Ok(text) => self.on_text(text),
+                Ok(text) => self.on_text(text, received_at()),
                 Err(_) => invalid_frame(&self.conn, "binary frame is not UTF-8 JSON".into()),
             },
             Some(Ok(WsMessage::Close(frame))) => {
                 return Some(Ended::Client(CloseInfo::from_frame(frame.as_ref())));
             }
             Some(Ok(WsMessage::Ping(payload))) => {
-                self.control_done(&payload);
+                control_done(reads, &payload);
                 // tungstenite answers each ping; a peer that pings without reading would make
                 // the answers pile up (bounded by the write buffer), so a flood ends here.
-                self.pings += 1;
-                if self.pings > MAX_PINGS_PER_INTERVAL {
+                if self.conn.inner.live.pinged() > MAX_PINGS_PER_INTERVAL {
                     return self.close(
                         ErrorKind::Flood,
                         close_code::POLICY,
@@ -439,7 +472,7 @@ impl<D: Send + Sync + 'static> Reader<D> {
                     );
                 }
             }
-            Some(Ok(WsMessage::Pong(payload))) => self.control_done(&payload), // liveness only
+            Some(Ok(WsMessage::Pong(payload))) => control_done(reads, &payload), // liveness only
             Some(Ok(WsMessage::Frame(_))) => {} // only for writing raw frames; never read
             Some(Err(WsTransportError::Capacity(CapacityError::MessageTooLong {
                 size,
@@ -474,7 +507,7 @@ impl<D: Send + Sync + 'static> Reader<D> {
             }
             Some(Err(WsTransportError::Io(e))) if BudgetExhausted::is(&e) => {
                 // What it held goes back at once, for the connections that go on.
-                if let Some(state) = &self.config.read_state {
+                if let Some(state) = reads {
                     state.message_done();
                 }
                 return self.close(
@@ -489,14 +522,6 @@ impl<D: Send + Sync + 'static> Reader<D> {
         None
     }
 
-    /// A ping or pong was handled: its bytes leave the inbound accounting (a client's control
-    /// frame is its payload, at most 125 bytes, a 2-byte header and a 4-byte mask).
-    fn control_done(&self, payload: &[u8]) {
-        if let Some(state) = &self.config.read_state {
-            state.control_done(payload.len() + 6);
-        }
-    }
-
     /// Reports `message` and closes the connection with `code` and `reason`.
     fn close(&self, kind: ErrorKind, code: u16, reason: &str, message: String) -> Option<Ended> {
         let err = match kind {
@@ -509,13 +534,7 @@ impl<D: Send + Sync + 'static> Reader<D> {
     }
 
     /// A text frame: dispatched now, or held for ordered dispatch.
-    fn on_text(&mut self, text: Utf8Bytes) {
-        // When the frame's bytes came off the socket.
-        let received_at = self
-            .config
-            .read_state
-            .as_ref()
-            .map_or_else(SystemTime::now, |clock| clock.last_read());
+    fn on_text(&mut self, text: Utf8Bytes, received_at: SystemTime) {
         let text = if self.conn.inner.out.is_sealed() {
             match self.unseal(text) {
                 Some(text) => text,
@@ -536,6 +555,7 @@ impl<D: Send + Sync + 'static> Reader<D> {
                 let held = self.held.get_or_insert_with(Box::default);
                 held.bytes += text.len();
                 held.frames.push_back((text, received_at));
+                self.conn.inner.live.holding(true);
             }
             order => self.dispatch_in_order(&text, received_at, order),
         }
@@ -619,6 +639,7 @@ impl<D: Send + Sync + 'static> Reader<D> {
             let held = self.held.get_or_insert_with(Box::default);
             held.bytes += text.len();
             held.frames.push_back((text, received_at));
+            self.conn.inner.live.holding(true);
             return;
         }
         if ty == gate.tag {
@@ -688,6 +709,7 @@ impl<D: Send + Sync + 'static> Reader<D> {
             }
             if !self.holds_frames() {
                 self.held = None;
+                self.conn.inner.live.holding(false);
             }
             return;
         }
@@ -713,6 +735,7 @@ impl<D: Send + Sync + 'static> Reader<D> {
         if !self.holds_frames() {
             // Nothing waits: give the queue's memory back.
             self.held = None;
+            self.conn.inner.live.holding(false);
         }
     }
 
@@ -806,6 +829,14 @@ impl<D: Send + Sync + 'static> Reader<D> {
         if let Some(task) = route.dispatch(env, received_at, conn, global) {
             task::start(task, &mut self.tasks);
         }
+    }
+}
+
+/// A ping or pong was handled: its bytes leave the inbound accounting (a client's control frame
+/// is its payload, at most 125 bytes, a 2-byte header and a 4-byte mask).
+fn control_done(reads: Option<&ReadState>, payload: &[u8]) {
+    if let Some(state) = reads {
+        state.control_done(payload.len() + 6);
     }
 }
 

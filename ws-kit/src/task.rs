@@ -24,12 +24,57 @@ pub(crate) type Task = BoxFuture<'static, ()>;
 
 /// Starts a handler: runs it until it first waits, so what it does before waiting keeps arrival
 /// order (docs/protocol.md 2a); only a handler that waits becomes a task of its own.
-pub(crate) fn start(task: Task, tasks: &mut JoinSet<()>) {
+pub(crate) fn start(task: Task, tasks: &mut Tasks) {
     let mut task = task;
     let mut cx = Context::from_waker(Waker::noop());
     if task.as_mut().poll(&mut cx).is_pending() {
         // The spawned task is polled again at once, with a real waker.
-        tasks.spawn(task);
+        tasks.0.get_or_insert_with(JoinSet::new).spawn(task);
+    }
+}
+
+/// A connection's handlers that wait, each a task. The set is made by the first one and dropped
+/// when the last one ends, so a connection whose handlers never wait holds none (a `JoinSet` is
+/// an allocation of its own).
+#[derive(Default)]
+pub(crate) struct Tasks(Option<JoinSet<()>>);
+
+impl Tasks {
+    /// How many run.
+    pub(crate) fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, JoinSet::len)
+    }
+
+    /// Whether none runs.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Ready when one ended; never when none runs.
+    pub(crate) fn poll_join_next(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(set) = self.0.as_mut() else {
+            return Poll::Pending;
+        };
+        match set.poll_join_next(cx) {
+            Poll::Ready(Some(_)) => {
+                if set.is_empty() {
+                    self.0 = None;
+                }
+                Poll::Ready(())
+            }
+            Poll::Ready(None) => {
+                self.0 = None;
+                Poll::Pending
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Stops every one (they end with the connection).
+    pub(crate) fn abort_all(&mut self) {
+        if let Some(set) = self.0.take() {
+            drop(set); // dropping a JoinSet aborts its tasks
+        }
     }
 }
 

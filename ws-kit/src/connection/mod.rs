@@ -3,6 +3,7 @@
 //! requests in flight ([`rpc`]).
 
 pub(crate) mod auth_state;
+pub(crate) mod heartbeat;
 pub(crate) mod registry;
 pub(crate) mod rpc;
 pub(crate) mod shared;
@@ -28,8 +29,8 @@ use shared::Shared;
 use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// One WebSocket connection: its id, typed data, outbound queue and subscriptions.
@@ -61,12 +62,12 @@ pub(crate) struct ConnInner<D> {
     pub(crate) remote_addr: Option<SocketAddr>,
     pub(crate) data: RwLock<D>,
     pub(crate) out: Arc<Outbound>,
-    pub(crate) topics: Mutex<HashSet<Box<str>>>,
-    /// The framework's own topics for this connection (`#client:..`, `#all`, `#user:..`).
-    pub(crate) internal_topics: Mutex<Vec<String>>,
-    /// Topics where this connection set its presence (docs/protocol.md 8b): left with the topic.
-    pub(crate) presence_topics: Mutex<Vec<Box<str>>>,
-    pub(crate) user_id: Mutex<Option<String>>,
+    /// Its topics, presence, user: allocated when it first joins a topic or gets a user, so an
+    /// idle connection holds one pointer for them.
+    pub(crate) joined: Mutex<Option<Box<Joined>>>,
+    /// How many of the connection's first two framework topics (`#client:<id>`, then `#all`)
+    /// it joined: their names are not kept, `leave_all` makes them again.
+    pub(crate) base_topics: AtomicU8,
     pub(crate) inflight: Mutex<InflightTable>,
     /// What every connection of the router shares: engine, limits, hooks, state.
     pub(crate) shared: Arc<Shared<D>>,
@@ -76,6 +77,33 @@ pub(crate) struct ConnInner<D> {
     pub(crate) auth: AuthState,
     /// The connection's span, when a `tracing` subscriber wanted one (its `user` is recorded).
     pub(crate) span: Option<Box<tracing::Span>>,
+    /// What the heartbeat sweep reads: frames seen, frames held, the peer's pings.
+    pub(crate) live: heartbeat::Liveness,
+}
+
+/// What a connection joined (see `ConnInner::joined`).
+#[derive(Default)]
+pub(crate) struct Joined {
+    /// The app's topics.
+    topics: HashSet<Box<str>>,
+    /// Topics where this connection set its presence (docs/protocol.md 8b): left with the topic.
+    presence: Vec<Box<str>>,
+    /// The user id set with `set_user_id`.
+    user_id: Option<String>,
+    /// The user's topic (`#user:..`) this connection joined, if any.
+    user_topics: Vec<String>,
+}
+
+impl<D> ConnInner<D> {
+    /// What the connection joined, locked.
+    fn joined(&self) -> MutexGuard<'_, Option<Box<Joined>>> {
+        self.joined.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `f` on what the connection joined, allocated if it was not.
+    fn joining<R>(&self, f: impl FnOnce(&mut Joined) -> R) -> R {
+        f(self.joined().get_or_insert_with(Box::default))
+    }
 }
 
 impl<D: Send + Sync + 'static> Connection<D> {
@@ -96,15 +124,14 @@ impl<D: Send + Sync + 'static> Connection<D> {
                 remote_addr,
                 data: RwLock::new(data),
                 out,
-                topics: Mutex::default(),
-                internal_topics: Mutex::default(),
-                presence_topics: Mutex::default(),
-                user_id: Mutex::default(),
+                joined: Mutex::default(),
+                base_topics: AtomicU8::new(0),
                 inflight: Mutex::default(),
                 auth: AuthState::new(!shared.in_band_auth),
                 span: span.map(Box::new),
                 shared,
                 closed: AtomicBool::new(false),
+                live: heartbeat::Liveness::default(),
             }),
         }
     }
@@ -200,20 +227,23 @@ impl<D: Send + Sync + 'static> Connection<D> {
         self.inner
             .shared
             .authorize(self, topic, TopicAction::Subscribe)?;
-        {
-            let mut topics = self.inner.topics.lock().unwrap_or_else(|e| e.into_inner());
-            if topics.contains(topic) {
-                return Ok(unchanged);
+        let limit = self.inner.shared.limits.max_topics_per_connection;
+        let joined = self.inner.joining(|joined| {
+            if joined.topics.contains(topic) {
+                return Ok(false);
             }
-            let limit = self.inner.shared.limits.max_topics_per_connection;
-            if topics.len() >= limit {
+            if joined.topics.len() >= limit {
                 return Err(WsError::resource_exhausted(format!(
                     "at most {limit} topics per connection"
                 ))
                 .with_details(serde_json::json!({ "limit": limit }))
                 .with_default_retry());
             }
-            topics.insert(topic.into());
+            joined.topics.insert(topic.into());
+            Ok(true)
+        })?;
+        if !joined {
+            return Ok(unchanged);
         }
         let subscriber = Subscriber::new(self.inner.id, self.inner.out.clone());
         let engine = &self.inner.shared.pubsub;
@@ -231,11 +261,7 @@ impl<D: Send + Sync + 'static> Connection<D> {
         let subscribed = match result {
             Ok(subscribed) => subscribed,
             Err(e) => {
-                self.inner
-                    .topics
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(topic);
+                self.inner.joining(|joined| joined.topics.remove(topic));
                 return Err(e);
             }
         };
@@ -257,10 +283,9 @@ impl<D: Send + Sync + 'static> Connection<D> {
         validate_topic(topic)?;
         let removed = self
             .inner
-            .topics
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(topic);
+            .joined()
+            .as_mut()
+            .is_some_and(|joined| joined.topics.remove(topic));
         if removed {
             self.leave_presence(topic).await;
             self.inner
@@ -293,16 +318,11 @@ impl<D: Send + Sync + 'static> Connection<D> {
             user_id: user_id.map(str::to_string),
             info,
         };
-        {
-            let mut topics = self
-                .inner
-                .presence_topics
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if !topics.iter().any(|t| **t == *topic) {
-                topics.push(topic.into());
+        self.inner.joining(|joined| {
+            if !joined.presence.iter().any(|t| **t == *topic) {
+                joined.presence.push(topic.into());
             }
-        }
+        });
         self.inner.shared.pubsub.presence_join(topic, entry).await
     }
 
@@ -318,16 +338,11 @@ impl<D: Send + Sync + 'static> Connection<D> {
     }
 
     async fn leave_presence(&self, topic: &str) {
-        let had = {
-            let mut topics = self
-                .inner
-                .presence_topics
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            let before = topics.len();
-            topics.retain(|t| **t != *topic);
-            topics.len() != before
-        };
+        let had = self.inner.joined().as_mut().is_some_and(|joined| {
+            let before = joined.presence.len();
+            joined.presence.retain(|t| **t != *topic);
+            joined.presence.len() != before
+        });
         if had {
             self.inner
                 .shared
@@ -340,10 +355,17 @@ impl<D: Send + Sync + 'static> Connection<D> {
     /// Makes this connection reachable by `send_to_client` and `broadcast`, and lists it among
     /// the instance's clients.
     pub(crate) async fn join_internal(&self) -> Result<(), WsError> {
-        self.inner.shared.registry.insert(self);
-        self.join_internal_topic(internal::client(self.inner.id))
-            .await?;
-        self.join_internal_topic(internal::ALL.to_string()).await?;
+        if !self.inner.shared.registry.insert(self) {
+            // Shutdown started while this connection opened: it closes like the others (its
+            // open hooks still run, so its close hooks meet an opened connection).
+            self.inner
+                .out
+                .close(crate::close_code::AWAY, "Server shutting down");
+        }
+        for topic in [internal::client(self.inner.id), internal::ALL.to_string()] {
+            self.join_internal_topic(&topic).await?;
+            self.inner.base_topics.fetch_add(1, Ordering::SeqCst);
+        }
         let user_id = self
             .inner
             .shared
@@ -356,12 +378,12 @@ impl<D: Send + Sync + 'static> Connection<D> {
         }
     }
 
-    async fn join_internal_topic(&self, topic: String) -> Result<(), WsError> {
+    async fn join_internal_topic(&self, topic: &str) -> Result<(), WsError> {
         let subscriber = Subscriber::new(self.inner.id, self.inner.out.clone());
         self.inner
             .shared
             .pubsub
-            .subscribe(&topic, subscriber)
+            .subscribe(topic, subscriber)
             .await?;
         if self.inner.closed.load(Ordering::SeqCst) {
             // Teardown already drained this connection's topics.
@@ -369,15 +391,10 @@ impl<D: Send + Sync + 'static> Connection<D> {
                 .inner
                 .shared
                 .pubsub
-                .unsubscribe(&topic, self.inner.id)
+                .unsubscribe(topic, self.inner.id)
                 .await;
             return Err(WsError::unavailable("connection closed").with_default_retry());
         }
-        self.inner
-            .internal_topics
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(topic);
         Ok(())
     }
 
@@ -390,10 +407,7 @@ impl<D: Send + Sync + 'static> Connection<D> {
         }
         let previous = self
             .inner
-            .user_id
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .replace(user_id.clone());
+            .joining(|joined| joined.user_id.replace(user_id.clone()));
         if previous.as_deref() == Some(user_id.as_str()) {
             // Already indexed under this user (or being indexed by the call that set it): a
             // second subscription would deliver every send to the user twice.
@@ -402,17 +416,17 @@ impl<D: Send + Sync + 'static> Connection<D> {
         if let Some(previous) = previous {
             let topic = internal::user(&previous);
             self.inner
-                .internal_topics
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .retain(|t| *t != topic);
+                .joining(|joined| joined.user_topics.retain(|t| *t != topic));
             self.inner
                 .shared
                 .pubsub
                 .unsubscribe(&topic, self.inner.id)
                 .await?;
         }
-        self.join_internal_topic(internal::user(&user_id)).await
+        let topic = internal::user(&user_id);
+        self.join_internal_topic(&topic).await?;
+        self.inner.joining(|joined| joined.user_topics.push(topic));
+        Ok(())
     }
 
     /// Whether the connection may send any message: always, unless the router authenticates
@@ -455,19 +469,14 @@ impl<D: Send + Sync + 'static> Connection<D> {
     pub(crate) fn with_user_id<R>(&self, f: impl FnOnce(Option<&str>) -> R) -> R {
         f(self
             .inner
-            .user_id
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_deref())
+            .joined()
+            .as_ref()
+            .and_then(|joined| joined.user_id.as_deref()))
     }
 
     /// The user id set with [`Connection::set_user_id`], if any.
     pub fn user_id(&self) -> Option<String> {
-        self.inner
-            .user_id
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.with_user_id(|user_id| user_id.map(str::to_string))
     }
 
     /// This instance's open connections: all of them, a user's, a topic's (read-only views).
@@ -488,17 +497,19 @@ impl<D: Send + Sync + 'static> Connection<D> {
 
     /// The topics this connection subscribes to.
     pub fn topics(&self) -> Vec<String> {
-        let topics = self.inner.topics.lock().unwrap_or_else(|e| e.into_inner());
-        topics.iter().map(|t| t.to_string()).collect()
+        let joined = self.inner.joined();
+        joined
+            .iter()
+            .flat_map(|joined| joined.topics.iter().map(|t| t.to_string()))
+            .collect()
     }
 
     /// Whether this connection subscribes to `topic`.
     pub fn is_subscribed(&self, topic: &str) -> bool {
         self.inner
-            .topics
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(topic)
+            .joined()
+            .as_ref()
+            .is_some_and(|joined| joined.topics.contains(topic))
     }
 
     /// Publishes a message to a topic's subscribers (this connection included, if subscribed).
@@ -567,23 +578,21 @@ impl<D: Send + Sync + 'static> Connection<D> {
         inner.closed.store(true, Ordering::SeqCst);
         inner.shared.registry.remove(inner.id);
         let topics: Vec<Box<str>> = inner
-            .topics
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain()
-            .collect();
+            .joined()
+            .as_mut()
+            .map_or_else(Vec::new, |joined| joined.topics.drain().collect());
         for topic in topics {
             self.leave_presence(&topic).await;
             let _ = inner.shared.pubsub.unsubscribe(&topic, inner.id).await;
         }
-        let internal = std::mem::take(
-            &mut *inner
-                .internal_topics
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
-        for topic in internal {
-            let _ = inner.shared.pubsub.unsubscribe(&topic, inner.id).await;
+        let internal = inner
+            .joined()
+            .as_mut()
+            .map_or_else(Vec::new, |joined| std::mem::take(&mut joined.user_topics));
+        let base = [internal::client(inner.id), internal::ALL.to_string()];
+        let joined = usize::from(inner.base_topics.swap(0, Ordering::SeqCst));
+        for topic in internal.iter().chain(&base[..joined.min(2)]) {
+            let _ = inner.shared.pubsub.unsubscribe(topic, inner.id).await;
         }
         inner
             .inflight

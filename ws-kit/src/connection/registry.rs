@@ -5,15 +5,24 @@ use super::{ConnInner, Connection};
 use crate::pubsub::{ClientId, PubSub, internal};
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 /// Shards of the registry: opens and closes on many cores rarely meet on one lock.
-const SHARDS: usize = 16;
+pub(crate) const SHARDS: usize = 16;
 
 /// Every open connection of a router on this instance. Holds weak references: a connection's
 /// life is its read loop's, never the registry's.
+///
+/// It is also how the service reaches every connection at once: the heartbeat sweep
+/// (`heartbeat.rs`) and graceful shutdown go through it, so an idle connection holds no timer
+/// and no shutdown watch of its own.
 pub(crate) struct Registry<D> {
     shards: Box<[Mutex<Shard<D>>]>,
+    /// Shutdown started: every connection is closed, and one inserted from now on is told so.
+    stopping: AtomicBool,
+    /// The heartbeat sweep runs.
+    pub(super) sweeping: AtomicBool,
 }
 
 type Shard<D> = HashMap<ClientId, Weak<ConnInner<D>>>;
@@ -22,6 +31,8 @@ impl<D> Default for Registry<D> {
     fn default() -> Self {
         Registry {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            stopping: AtomicBool::new(false),
+            sweeping: AtomicBool::new(false),
         }
     }
 }
@@ -33,9 +44,44 @@ impl<D> Registry<D> {
         self.shards[index].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn insert(&self, conn: &Connection<D>) {
-        self.shard(conn.inner.id)
-            .insert(conn.inner.id, Arc::downgrade(&conn.inner));
+    /// Lists a connection. False when shutdown has started: the connection must close (1001).
+    ///
+    /// The flag is read under the shard's lock, and [`close_all`](Self::close_all) sets it
+    /// before it takes the locks: a connection is either seen by `close_all` or sees the flag.
+    pub(crate) fn insert(&self, conn: &Connection<D>) -> bool {
+        let mut shard = self.shard(conn.inner.id);
+        shard.insert(conn.inner.id, Arc::downgrade(&conn.inner));
+        !self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Whether shutdown has started.
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Shutdown: closes every connection with 1001 "Server shutting down", and every one
+    /// listed later at once (see [`insert`](Self::insert)).
+    pub(crate) fn close_all(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        for index in 0..SHARDS {
+            self.for_each_in_shard(index, |inner| {
+                inner
+                    .out
+                    .close(crate::close_code::AWAY, "Server shutting down");
+            });
+        }
+    }
+
+    /// Calls `f` on each open connection of one shard, outside its lock (a connection dropped
+    /// here runs the app's `Drop` of its data, which must not find the shard locked).
+    pub(super) fn for_each_in_shard(&self, index: usize, mut f: impl FnMut(&ConnInner<D>)) {
+        let open: Vec<Arc<ConnInner<D>>> = {
+            let shard = self.shards[index].lock().unwrap_or_else(|e| e.into_inner());
+            shard.values().filter_map(Weak::upgrade).collect()
+        };
+        for inner in &open {
+            f(inner);
+        }
     }
 
     pub(crate) fn remove(&self, id: ClientId) {
@@ -162,4 +208,47 @@ impl<D: Send + Sync + 'static> Clients<D> {
 fn sorted<D>(mut connections: Vec<Connection<D>>) -> Vec<Connection<D>> {
     connections.sort_by_key(|c| c.inner.id);
     connections
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connection::shared::Limits;
+    use std::sync::Barrier;
+
+    /// Shutdown's `close_all` racing `insert` on other threads, many times: every connection
+    /// either was closed by it or was told at insert that shutdown started (ARCHITECTURE.md,
+    /// "Shutdown reaches every connection, once").
+    #[test]
+    fn close_all_and_insert_never_miss_each_other() {
+        for round in 0..300 {
+            let app = crate::Router::new().build(Limits::default()).unwrap();
+            let registry = app.shared.registry.clone();
+            let conns: Vec<Connection<()>> = (0..64)
+                .map(|_| Connection::new(uuid::Uuid::now_v7(), None, (), app.shared.clone(), None))
+                .collect();
+            let barrier = Barrier::new(3);
+            let (first, second) = conns.split_at(32);
+            let admitted: Vec<bool> = std::thread::scope(|s| {
+                let (registry, barrier) = (&registry, &barrier);
+                let insert = move |conns: &[Connection<()>]| {
+                    barrier.wait();
+                    conns.iter().map(|c| registry.insert(c)).collect::<Vec<_>>()
+                };
+                let a = s.spawn(move || insert(first));
+                let b = s.spawn(move || insert(second));
+                barrier.wait();
+                registry.close_all();
+                let mut admitted = a.join().unwrap();
+                admitted.extend(b.join().unwrap());
+                admitted
+            });
+            for (conn, admitted) in conns.iter().zip(admitted) {
+                assert!(
+                    !admitted || conn.inner.out.is_closing(),
+                    "round {round}: a connection listed during shutdown was neither closed nor told"
+                );
+            }
+        }
+    }
 }

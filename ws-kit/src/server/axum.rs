@@ -7,7 +7,6 @@
 //! (404, 403, 401 or the hook's answer). What the app's layers put in the request's extensions (a
 //! user from a cookie session, `ConnectInfo`) reaches `authenticate` with the request.
 
-use super::admission::Permit;
 use super::handshake::{self, Rejection};
 use super::service::Service;
 use super::upgrade::{self, Refusal};
@@ -19,7 +18,6 @@ use axum::response::Response;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::http::{self, HeaderValue, StatusCode, header};
@@ -135,39 +133,53 @@ impl<D: Send + Sync + 'static> Service<D> {
             }
         };
         metrics::upgraded();
-        let service = self.clone();
-        tokio::spawn(async move {
-            let _hosted = hosted;
-            service
-                .run_upgraded(on_upgrade, client_id, remote_addr, data, permit)
-                .await;
-        });
+        // The connection's future alone, the permit and the hosted count inside it: this task is
+        // what every idle connection on axum holds.
+        let guard = (permit, hosted);
+        tokio::spawn(
+            self.clone()
+                .run_upgraded(on_upgrade, client_id, remote_addr, data, guard),
+        );
         switching
     }
 
     /// The connection after the `101`: hyper's upgraded stream under `LazyRead`, as a WebSocket,
-    /// run to its end.
-    async fn run_upgraded(
+    /// run to its end, holding `guard` until then. As `serve_owned`: an `async` block (an
+    /// `async fn` keeps its arguments twice), the wait for hyper's upgrade boxed.
+    fn run_upgraded<G: Send + 'static>(
         self,
         on_upgrade: OnUpgrade,
         client_id: uuid::Uuid,
         remote_addr: Option<SocketAddr>,
         data: D,
-        permit: Permit,
-    ) {
-        let _permit = permit;
-        let upgraded = match tokio::time::timeout(self.handshake_timeout(), on_upgrade).await {
-            Ok(Ok(upgraded)) => upgraded,
-            Ok(Err(e)) => return tracing::debug!(error = %e, "the upgrade failed"),
-            Err(_) => return tracing::debug!("the upgrade timed out"),
-        };
-        let state = Arc::new(ReadState::new(Some(self.inbound_budget())));
-        let stream = LazyRead::new(TokioIo::new(upgraded), state.clone(), Vec::new());
-        let socket =
-            WebSocketStream::from_raw_socket(stream, Role::Server, Some(self.socket_config()))
-                .await;
-        let (_, run) = self.open_transport(socket, client_id, remote_addr, data, Some(state));
-        run.await;
+        guard: G,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let opening = Box::pin(async move {
+            let upgraded = match tokio::time::timeout(self.handshake_timeout(), on_upgrade).await {
+                Ok(Ok(upgraded)) => upgraded,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "the upgrade failed");
+                    return None;
+                }
+                Err(_) => {
+                    tracing::debug!("the upgrade timed out");
+                    return None;
+                }
+            };
+            let state = ReadState::new(Some(self.inbound_budget()));
+            let stream = LazyRead::new(TokioIo::new(upgraded), state, Vec::new());
+            let socket =
+                WebSocketStream::from_raw_socket(stream, Role::Server, Some(self.socket_config()))
+                    .await;
+            Some(self.open_transport(socket, client_id, remote_addr, data).1)
+        });
+        async move {
+            let Some(run) = opening.await else {
+                return drop(guard);
+            };
+            run.await;
+            drop(guard);
+        }
     }
 }
 

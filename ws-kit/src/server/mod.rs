@@ -185,12 +185,10 @@ impl<D: Send + Sync + 'static> Server<D> {
                     });
                     return;
                 }
-                connections.spawn(async move {
-                    let _permit = permit;
-                    if let Err(e) = service.serve_stream_from(stream, Some(peer)).await {
-                        tracing::debug!(error = %e, %peer, "upgrade failed");
-                    }
-                });
+                // The connection's future alone, the permit inside it: this task is what every
+                // idle connection holds (a block around it would keep its captures twice).
+                let serving = service.serve_owned(stream, Some(peer), permit);
+                connections.spawn(futures_util::FutureExt::map(serving, drop));
             }
             Err(full) => {
                 tracing::debug!(%peer, reason = full.reason(), "connection refused");

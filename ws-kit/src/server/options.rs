@@ -132,7 +132,7 @@ impl<D: Send + Sync + 'static> ServeOptions<D> {
             progress_data_compat: false,
             heartbeat_interval: Duration::from_secs(30),
             heartbeat_timeout: Duration::from_secs(90),
-            read_buffer_size: 256,
+            read_buffer_size: 128,
             shutdown_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(5),
             max_connections: default_max_connections(),
@@ -320,9 +320,11 @@ impl<D: Send + Sync + 'static> ServeOptions<D> {
         self
     }
 
-    /// tungstenite's read buffer per connection (default 256 bytes; tungstenite's own default is
-    /// 128 KiB). Socket reads are 8 KiB regardless: an adapter underneath reads in large chunks and
-    /// keeps unread bytes only while there are some, so idle connections hold almost nothing.
+    /// tungstenite's read buffer per connection (default 128 bytes; tungstenite's own default is
+    /// 128 KiB), which is also the most it copies out of the socket's chunk per step. Socket
+    /// reads are 8 KiB regardless: an adapter underneath reads in large chunks and keeps unread
+    /// bytes only while there are some, so idle connections hold almost nothing. A larger buffer
+    /// takes larger messages in fewer steps, at this many bytes more per connection.
     pub fn read_buffer_size(mut self, bytes: usize) -> Self {
         self.read_buffer_size = bytes;
         self

@@ -9,6 +9,7 @@ use crate::app::App;
 use crate::connection::Connection;
 use crate::error::Error;
 use crate::lazy_read::{InboundBudget, LazyRead, ReadState};
+use crate::outbound::Io;
 use crate::publisher::Publisher;
 use crate::pubsub::ClientId;
 use crate::read_loop::{self, LoopConfig, Reader};
@@ -20,7 +21,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -63,6 +63,8 @@ struct ServiceInner<D> {
     /// Connections this service runs in tasks of its own (hosted on axum), for
     /// [`Service::graceful_shutdown`] to wait for.
     hosted: Arc<watch::Sender<usize>>,
+    /// The read loop's settings, shared by every connection.
+    loop_config: Arc<LoopConfig>,
 }
 
 impl<D: Send + Sync + 'static, S: Send + Sync + 'static> Router<D, S> {
@@ -79,12 +81,18 @@ impl<D: Send + Sync + 'static, S: Send + Sync + 'static> Router<D, S> {
         Ok(Service {
             inner: Arc::new(ServiceInner {
                 app,
-                options,
                 shutdown,
                 connections: Arc::default(),
                 admission,
                 budget,
                 hosted: Arc::new(watch::channel(0).0),
+                loop_config: Arc::new(LoopConfig {
+                    max_payload_bytes: options.max_payload_bytes,
+                    heartbeat_interval: options.heartbeat_interval,
+                    heartbeat_timeout: options.heartbeat_timeout,
+                    close_grace: Duration::from_secs(1),
+                }),
+                options,
             }),
         })
     }
@@ -96,7 +104,7 @@ type Upgraded<T, D> = (
     WebSocketStream<LazyRead<T>>,
     ClientId,
     D,
-    (Option<std::net::SocketAddr>, Arc<ReadState>),
+    Option<std::net::SocketAddr>,
 );
 
 impl<D: Send + Sync + 'static> Service<D> {
@@ -115,31 +123,68 @@ impl<D: Send + Sync + 'static> Service<D> {
     /// reports it ([`Connection::remote_addr`]), so rate limits can key on it, and the
     /// authentication hook finds it among the request's extensions
     /// (`req.extensions().get::<SocketAddr>()`).
-    pub async fn serve_stream_from<T>(
+    pub fn serve_stream_from<T>(
         &self,
         stream: T,
         remote_addr: Option<std::net::SocketAddr>,
-    ) -> Result<(), Error>
+    ) -> impl Future<Output = Result<(), Error>> + Send + '_
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        // Boxed: the handshake's state (buffers, the timer) lives on the heap while it runs and
-        // is gone after; left inline it would size the future every idle connection holds.
-        let upgrade = Box::pin(self.upgrade(stream, remote_addr));
-        let (socket, client_id, data, (remote_addr, state)) =
-            match tokio::time::timeout(self.inner.options.handshake_timeout, upgrade).await {
-                Ok(Ok(Some(upgraded))) => upgraded,
-                Ok(Ok(None)) => return Ok(()),
-                Ok(Err(e)) => return Err(e),
-                // The stream is dropped with the handshake: a client this slow gets no answer.
-                Err(_) => {
-                    crate::metrics::upgrade_rejected(crate::metrics::reason::TIMEOUT);
-                    return Err(Error::HandshakeTimeout);
+        self.serve_owned(stream, remote_addr, ())
+    }
+
+    /// [`Service::serve_stream_from`] as a future of its own (it holds a clone of the service),
+    /// holding `guard` until the connection ends: what the accept loop spawns for each socket.
+    ///
+    /// An `async` block rather than an `async fn` (which keeps its arguments twice), and the
+    /// handshake boxed with its timer: its state (buffers, the timer) lives on the heap while it
+    /// runs and is gone after. What stays is what every idle connection's task holds: the
+    /// connection's future, this service and `guard`.
+    pub(super) fn serve_owned<T, G>(
+        &self,
+        stream: T,
+        remote_addr: Option<std::net::SocketAddr>,
+        guard: G,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'static + use<T, G, D>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        G: Send + 'static,
+    {
+        let service = self.clone();
+        let handshake =
+            Box::pin(async move {
+                let upgrade = service.upgrade(stream, remote_addr);
+                let upgraded =
+                    match tokio::time::timeout(service.inner.options.handshake_timeout, upgrade)
+                        .await
+                    {
+                        Ok(upgraded) => upgraded,
+                        // The stream is dropped with the handshake: a client this slow gets no answer.
+                        Err(_) => {
+                            crate::metrics::upgrade_rejected(crate::metrics::reason::TIMEOUT);
+                            Err(Error::HandshakeTimeout)
+                        }
+                    };
+                if let Err(e) = &upgraded {
+                    tracing::debug!(error = %e, peer = ?remote_addr, "upgrade failed");
                 }
+                upgraded.map(|upgraded| (upgraded, service))
+            });
+        async move {
+            // `let .. else`, so nothing of the handshake's output outlives the move into the
+            // connection (an `if let` would keep it in this state beside the connection).
+            let (Some((socket, client_id, data, remote_addr)), service) = handshake.await? else {
+                return Ok(());
             };
-        let (_, run) = self.open_transport(socket, client_id, remote_addr, data, Some(state));
-        run.await;
-        Ok(())
+            let run = service
+                .open_transport(socket, client_id, remote_addr, data)
+                .1;
+            drop(service);
+            run.await;
+            drop(guard);
+            Ok(())
+        }
     }
 
     /// The handshake: the request head read and checked (RFC 6455), then tungstenite's upgrade
@@ -204,16 +249,16 @@ impl<D: Send + Sync + 'static> Service<D> {
             Ok(handshake::respond(opts, req, response, client_id))
         };
         let config = self.socket_config();
-        let state = Arc::new(ReadState::new(Some(self.inner.budget.clone())));
+        let state = ReadState::new(Some(self.inner.budget.clone()));
         let socket = tokio_tungstenite::accept_hdr_async_with_config(
-            LazyRead::new(stream, state.clone(), head),
+            LazyRead::new(stream, state, head),
             callback,
             Some(config),
         )
         .await
         .map_err(Error::WebSocket)?;
         crate::metrics::upgraded();
-        Ok(Some((socket, client_id, data, (remote_addr, state))))
+        Ok(Some((socket, client_id, data, remote_addr)))
     }
 
     /// tungstenite's configuration of every connection: buffers and frame limits.
@@ -253,6 +298,7 @@ impl<D: Send + Sync + 'static> Service<D> {
     /// once they are done.
     pub fn shutdown(&self) {
         self.inner.shutdown.send_replace(true);
+        self.inner.app.shared.registry.close_all();
     }
 
     /// [`Service::shutdown`], then waits (at most `shutdown_timeout`) until the connections this
@@ -360,31 +406,21 @@ impl<D: Send + Sync + 'static> Service<D> {
     /// A connection over a transport that is already open: what `serve_stream` does after its
     /// handshake, and what the testing harness does with its in-memory socket. Returns the connection and the
     /// future that runs it to its end (`on_open`, the read loop, `on_close`, cleanup).
-    /// `read_state` stamps `received_at` when the transport's reads go through `LazyRead`;
-    /// without it each frame reads the clock.
+    /// A transport whose reads go through `LazyRead` stamps `received_at` (see
+    /// `outbound::Socket`); with another each frame reads the clock.
     pub(crate) fn open_transport<T>(
         &self,
         socket: T,
         client_id: uuid::Uuid,
         remote_addr: Option<std::net::SocketAddr>,
         data: D,
-        read_state: Option<Arc<ReadState>>,
     ) -> (
         Connection<D>,
         impl Future<Output = ()> + Send + 'static + use<D, T>,
     )
     where
-        T: futures_util::Stream<
-                Item = Result<
-                    tokio_tungstenite::tungstenite::Message,
-                    tokio_tungstenite::tungstenite::Error,
-                >,
-            > + futures_util::Sink<tokio_tungstenite::tungstenite::Message>
-            + Unpin
-            + Send
-            + 'static,
+        T: crate::outbound::Socket + Send + 'static,
     {
-        let opts = &self.inner.options;
         let app = self.inner.app.clone();
         // A span per connection only when a subscriber wants it (see `run` below).
         let span = tracing::info_span!(
@@ -401,18 +437,10 @@ impl<D: Send + Sync + 'static> Service<D> {
             app.shared.clone(),
             span.clone(),
         );
-        let loop_config = LoopConfig {
-            max_payload_bytes: opts.max_payload_bytes,
-            heartbeat_interval: opts.heartbeat_interval,
-            heartbeat_timeout: opts.heartbeat_timeout,
-            close_grace: Duration::from_secs(1),
-            read_state,
-        };
-        let shutdown = self.inner.shutdown.subscribe();
-        let reader = Reader::new(conn.clone(), app, loop_config, JoinSet::new());
+        let reader = Reader::new(conn.clone(), app, self.inner.loop_config.clone());
         // `run` itself, not a block around it: every capture of a block would keep a slot in the
         // future's state, which every idle connection holds.
-        let run = read_loop::run(socket, reader, shutdown, self.inner.connections.clone());
+        let run = read_loop::run(Io::new(socket), reader, self.inner.connections.clone());
         // Without a subscriber the connection's future is `run` as it is; with one, `run` inside
         // its span, boxed (so the plain case pays no span in every idle connection's state).
         let run = match span {
@@ -420,5 +448,59 @@ impl<D: Send + Sync + 'static> Service<D> {
             Some(span) => Either::Right(Box::pin(run.instrument(span))),
         };
         (conn, run)
+    }
+}
+
+#[cfg(test)]
+mod sizes {
+    use super::*;
+    use crate::Router;
+    use std::mem::{size_of, size_of_val};
+
+    /// What every idle connection holds, in budgets that fail when a change fattens it (see
+    /// ARCHITECTURE.md, "What an idle connection holds"). tokio rounds a task to 128 bytes and
+    /// adds about 100 of its own: a connection's task future up to 640 bytes takes 768.
+    #[tokio::test]
+    async fn an_idle_connection_stays_within_its_budget() {
+        let service = Router::new().into_service(ServeOptions::new()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+
+        // The task the accept loop spawns per socket (its permit is 32 bytes).
+        let task = service.serve_owned(client, None, [0u64; 4]);
+        let task = size_of_val(&task);
+        assert!(
+            task <= 640,
+            "a connection's task future is {task} bytes (budget 640)"
+        );
+
+        // The connection's future alone, from the open on.
+        let socket = WebSocketStream::from_raw_socket(
+            LazyRead::new(server, ReadState::new(None), Vec::new()),
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            None,
+        )
+        .await;
+        let (_, run) = service.open_transport(socket, uuid::Uuid::now_v7(), None, ());
+        let run = size_of_val(&run);
+        assert!(
+            run <= 560,
+            "the connection's future is {run} bytes (budget 560)"
+        );
+
+        // Its two allocations of its own: the connection and its outbound queue.
+        let conn = size_of::<crate::connection::ConnInner<()>>();
+        assert!(conn <= 184, "a connection is {conn} bytes (budget 184)");
+        // (The `metrics` feature adds the queue's gauge handle.)
+        let out = size_of::<crate::outbound::Outbound>();
+        let budget = if cfg!(feature = "metrics") { 128 } else { 112 };
+        assert!(
+            out <= budget,
+            "an outbound queue is {out} bytes (budget {budget})"
+        );
+        eprintln!("task future {task}, connection future {run}, connection {conn}, queue {out}");
     }
 }

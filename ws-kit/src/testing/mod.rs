@@ -262,7 +262,7 @@ impl<D: Send + Sync + 'static> TestServer<D> {
         };
         let (connection, run) =
             self.service
-                .open_transport(socket, uuid::Uuid::now_v7(), None, data, None);
+                .open_transport(socket, uuid::Uuid::now_v7(), None, data);
         let id = connection.client_id();
         let (opened_tx, opened) = oneshot::channel();
         lock(&self.shared.opening).insert(id, opened_tx);

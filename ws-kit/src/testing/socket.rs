@@ -27,6 +27,9 @@ pub(super) struct MemorySocket {
     pub(super) max_frame_bytes: usize,
 }
 
+/// No `LazyRead` underneath: each frame reads the clock.
+impl crate::outbound::Socket for MemorySocket {}
+
 impl Stream for MemorySocket {
     type Item = Result<WsMessage, WsTransportError>;
 
