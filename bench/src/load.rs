@@ -35,14 +35,41 @@ fn check_loopback(url: &str) -> Result<(), String> {
     }
 }
 
+/// Connects and reads the server's `WELCOME`, so a load starts on a greeted connection.
 async fn connect(url: &str) -> Result<Ws, String> {
     let config = WebSocketConfig::default().read_buffer_size(64 * 1024);
     let fut = tokio_tungstenite::connect_async_with_config(url, Some(config), true);
-    match tokio::time::timeout(Duration::from_secs(10), fut).await {
-        Ok(Ok((ws, _))) => Ok(ws),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("connect timed out".into()),
+    let mut ws = match tokio::time::timeout(Duration::from_secs(10), fut).await {
+        Ok(Ok((ws, _))) => ws,
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => return Err("connect timed out".into()),
+    };
+    welcomed(&mut ws).await?;
+    Ok(ws)
+}
+
+/// Waits (at most 10 s) for the `WELCOME` every server sends on open.
+async fn welcomed<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(WsMessage::Text(t)))) if is_welcome(t.as_str()) => return Ok(()),
+            Ok(Some(Ok(WsMessage::Text(t)))) => {
+                return Err(format!("expected WELCOME first, got {}", t.as_str()));
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(e))) => return Err(e.to_string()),
+            Ok(None) => return Err("closed before WELCOME".into()),
+            Err(_) => return Err("no WELCOME within 10 s".into()),
+        }
     }
+}
+
+fn is_welcome(text: &str) -> bool {
+    serde_json::from_str::<Frame>(text).is_ok_and(|f| f.ty == "WELCOME")
 }
 
 #[derive(Deserialize)]
@@ -68,12 +95,19 @@ struct MsgPayload {
 }
 
 /// Reads a delivery, `{"type":"MSG","payload":{"text":…,"sentUs":…,"seq":…,"from":…}}` (both
-/// servers write exactly this), with a targeted scan instead of a full JSON parse: at 2M
+/// Rust servers write exactly this), with a targeted scan instead of a full JSON parse: at 2M
 /// deliveries/s on one core the subscribers are the load generator's hot loop, and a parse there
-/// saturated it, so delivery latency measured its own backlog rather than the server. Anything
-/// else is `None` (an error in the result).
+/// saturated it, so delivery latency measured its own backlog rather than the server. WS-Kit 0.10
+/// on Bun (`BunPubSub.publish`) writes the same keys in another order,
+/// `{"payload":{…},"type":"MSG"}`, which is read the same way. Anything else is `None` (an error
+/// in the result).
 fn parse_msg(text: &str) -> Option<MsgPayload> {
-    let rest = text.strip_prefix(r#"{"type":"MSG","payload":{"#)?;
+    let rest = match text.strip_prefix(r#"{"type":"MSG","payload":{"#) {
+        Some(rest) => rest,
+        None => text
+            .strip_prefix(r#"{"payload":{"#)?
+            .strip_suffix(r#"},"type":"MSG"}"#)?,
+    };
     let number = |key: &str| -> Option<u64> {
         let at = rest.find(key)? + key.len();
         let digits = rest[at..].bytes().take_while(u8::is_ascii_digit).count();
@@ -511,8 +545,8 @@ async fn publisher(
 /// short of ephemeral ports (about 28k each) and a bind never searches a crowded port range.
 const SOURCES: usize = 100;
 
-/// `idle`: opens `n` connections from [`SOURCES`] loopback source addresses, reports, then holds
-/// them for `hold` seconds.
+/// `idle`: opens `n` connections from [`SOURCES`] loopback source addresses, each counted once
+/// its `WELCOME` arrived, reports, then holds them for `hold` seconds.
 pub(crate) async fn idle(
     url: &str,
     n: usize,
@@ -545,13 +579,15 @@ pub(crate) async fn idle(
                 .map_err(|_| "connect timed out".to_string())?
                 .map_err(|e| e.to_string())?;
             let config = WebSocketConfig::default().read_buffer_size(1024);
-            let (ws, _) = tokio::time::timeout(
+            let (mut ws, _) = tokio::time::timeout(
                 Duration::from_secs(10),
                 tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config)),
             )
             .await
             .map_err(|_| "handshake timed out".to_string())?
             .map_err(|e| e.to_string())?;
+            // Counted once greeted: the server has sent what every connection gets.
+            welcomed(&mut ws).await?;
             Ok::<_, String>(ws)
         }));
         if batch.len() == 64 || i + 1 == n {
@@ -609,7 +645,12 @@ mod tests {
                 from: 2
             })
         );
+        // WS-Kit on Bun: the same keys, `type` last.
+        let bun =
+            r#"{"payload":{"text":"hello world","sentUs":123456,"seq":7,"from":2},"type":"MSG"}"#;
+        assert_eq!(parse_msg(bun), parse_msg(frame));
         for bad in [
+            r#"{"payload":{"sentUs":1,"seq":7,"from":2},"type":"PONG"}"#,
             r#"{"type":"PONG","payload":{"sentUs":1,"seq":7,"from":2}}"#,
             r#"{"type":"MSG","payload":{"text":"x","seq":7,"from":2}}"#,
             r#"{"type":"MSG","payload":{"sentUs":"1","seq":7,"from":2}}"#,

@@ -6,6 +6,8 @@
 //! ws-kit-bench load fanout --url ws://127.0.0.1:P [--subs 1000] [--pubs 1] [--rate 2000|max] [--window 64] [--secs 5]
 //! ws-kit-bench load idle   --url ws://127.0.0.1:P [--conns 10000] [--hold 10]
 //! ws-kit-bench compare [--quick] [--idle]   (--idle: the idle-memory rows alone)
+//!     (with a third peer, WS-Kit 0.10 on Bun: bench/bun/server.ts, run with the Bun binary of
+//!      bench/bun's npm packages, `npm ci` there first if missing)
 //! ws-kit-bench fuzz [--secs 10] [--inputs N] [--seed 1]
 //! ```
 //!

@@ -1,8 +1,10 @@
-//! The two servers under test, speaking the same frames:
+//! The servers under test, speaking the same frames (the third, WS-Kit on Bun, is
+//! `bench/bun/server.ts`, run by `compare` under Bun, see [`Kind::Bun`]):
 //! - `PING {text}` with `meta.correlationId` → `PONG {reply: "Got: <text>"}` with the id copied;
 //! - `JOIN {topic}` (an RPC) → subscribes, then `JOINED {topic}`;
 //! - `SAY {topic, text, sentUs, seq, from}` → `MSG {text, sentUs, seq, from}` to every subscriber
-//!   of the topic, serialized once.
+//!   of the topic, serialized once;
+//! - on open, `WELCOME {message: "Connected"}`.
 
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -26,6 +28,9 @@ pub(crate) enum Kind {
     Baseline,
     /// The ws-kit router hosted on axum (`Service::axum_route`), for the idle-memory figure.
     WsKitAxum,
+    /// WS-Kit 0.10 (TypeScript) on Bun: `bench/bun/server.ts`, not served by this binary;
+    /// `compare` runs it with the Bun binary that `bench/bun`'s npm packages bring.
+    Bun,
 }
 
 impl Kind {
@@ -35,6 +40,7 @@ impl Kind {
             "ws-kit" | "wskit" => Some(Kind::WsKit),
             "baseline" => Some(Kind::Baseline),
             "ws-kit-axum" => Some(Kind::WsKitAxum),
+            "ws-kit-bun" | "bun" => Some(Kind::Bun),
             _ => None,
         }
     }
@@ -45,6 +51,7 @@ impl Kind {
             Kind::WsKit => "ws-kit",
             Kind::Baseline => "baseline",
             Kind::WsKitAxum => "ws-kit-axum",
+            Kind::Bun => "ws-kit-bun",
         }
     }
 }
@@ -94,7 +101,23 @@ pub(crate) async fn bind(
             let addr = listener.local_addr()?;
             Ok((addr, Box::pin(baseline_serve(listener))))
         }
+        Kind::Bun => Err(std::io::Error::other(format!(
+            "ws-kit-bun runs under Bun: {} {} --port {port}",
+            bun_binary().display(),
+            bun_dir().join("server.ts").display()
+        ))),
     }
+}
+
+/// `bench/bun`: the WS-Kit-on-Bun server and its npm packages, found from this crate's directory
+/// at compile time, so the bench runs from any working directory.
+pub(crate) fn bun_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bun")
+}
+
+/// The Bun binary that the npm package `bun` installs.
+pub(crate) fn bun_binary() -> std::path::PathBuf {
+    bun_dir().join("node_modules/.bin/bun")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -166,9 +189,25 @@ async fn say(ctx: Ctx<Say>) {
     ctx.publish(&p.topic, &msg).await;
 }
 
-/// The ws-kit router: PING (RPC), JOIN (RPC), SAY (publish).
+#[derive(Message)]
+struct Welcome {
+    message: String,
+}
+
+/// What every server sends a connection when it opens; the idle measurement counts a
+/// connection once this arrived.
+pub(crate) const WELCOME: &str = "Connected";
+
+/// The ws-kit router: WELCOME on open, PING (RPC), JOIN (RPC), SAY (publish).
 pub(crate) fn wskit_router() -> Router {
-    Router::new().routes(routes![ping, join, say])
+    Router::new()
+        .on_open(|conn| async move {
+            conn.send(&Welcome {
+                message: WELCOME.into(),
+            });
+            Ok(())
+        })
+        .routes(routes![ping, join, say])
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -302,6 +341,9 @@ async fn baseline_connection(stream: TcpStream, topics: Arc<Topics>) {
         }
         let _ = sink.close().await;
     });
+    let welcome =
+        format!(r#"{{"type":"WELCOME","meta":{{}},"payload":{{"message":"{WELCOME}"}}}}"#);
+    let _ = tx.send(WsMessage::Text(welcome.into()));
     let id = topics.next_id.fetch_add(1, Ordering::Relaxed);
     let mut joined: Vec<String> = Vec::new();
     while let Some(Ok(msg)) = stream.next().await {

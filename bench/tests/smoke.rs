@@ -1,5 +1,5 @@
-//! Keeps the benchmark tool from rotting: `compare --quick` must run both servers through every
-//! mode and print the table, within a bounded time.
+//! Keeps the benchmark tool from rotting: `compare --quick` must run the three servers (the
+//! baseline, ws-kit, WS-Kit on Bun) through every mode and print the table, within a bounded time.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -37,4 +37,19 @@ fn compare_quick_runs_every_mode() {
     ] {
         assert!(out.contains(mode), "missing {mode} in:\n{out}");
     }
+    // WS-Kit on Bun needs npm (the bench installs Bun with it); without npm its column says so.
+    assert!(
+        out.contains("Bun (WS-Kit 0.10)"),
+        "no Bun column in:\n{out}"
+    );
+    if out.contains("not run: npm not found") {
+        println!(
+            "compare_quick_runs_every_mode: skipped: the WS-Kit on Bun column (npm not found)"
+        );
+        return;
+    }
+    assert!(
+        !out.contains("not run: "),
+        "a server did not run in compare --quick:\n{out}"
+    );
 }
